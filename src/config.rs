@@ -1,0 +1,173 @@
+//! Typed settings: defaults < `mailroom.toml` < `MAILROOM_*` environment variables.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// Where mailroom keeps its files (the SQLite database by default).
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; default: `{data_dir}/mailroom.db`.
+    pub database_url: Option<Secret>,
+    /// The base of links in emails; never taken from a request's Host header.
+    pub public_url: Option<String>,
+    /// A tracing filter such as `info` or `mailroom=debug,info`.
+    pub log: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("mailroom-data"),
+            database_url: None,
+            public_url: None,
+            log: "info".to_string(),
+        }
+    }
+}
+
+/// Settings as loaded, with the keys that matched no setting.
+pub struct Loaded {
+    pub settings: Settings,
+    pub unknown_keys: Vec<String>,
+}
+
+impl Settings {
+    /// Reads the optional file (`path`, else `./mailroom.toml` when present), then the
+    /// `MAILROOM_*` variables of `env` on top.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Loaded> {
+        let mut table = match path {
+            Some(path) => read_table(path)?,
+            None if Path::new("mailroom.toml").exists() => read_table(Path::new("mailroom.toml"))?,
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(name) = key.strip_prefix("MAILROOM_") else {
+                continue;
+            };
+            // Variables that steer the CLI or the test suite, not settings.
+            if name == "CONFIG" || name.starts_with("TEST_") {
+                continue;
+            }
+            table.insert(name.to_ascii_lowercase(), toml::Value::String(value));
+        }
+        let mut unknown_keys = Vec::new();
+        let settings: Settings = serde_ignored::deserialize(table, |path| {
+            unknown_keys.push(path.to_string())
+        })
+        .context("invalid settings")?;
+        Ok(Loaded {
+            settings,
+            unknown_keys,
+        })
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_string(),
+            None => format!("sqlite://{}", self.data_dir.join("mailroom.db").display()),
+        }
+    }
+
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{bound}"),
+        }
+    }
+}
+
+fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the settings file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid TOML in {}", path.display()))
+}
+
+/// A setting that must never reach a log: its `Debug` form is redacted.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mailroom.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nlog = \"debug\"\n").unwrap();
+        let loaded =
+            Settings::load(Some(&file), env(&[("MAILROOM_LISTEN", "127.0.0.1:9100")])).unwrap();
+        assert_eq!(loaded.settings.listen.port(), 9100);
+        assert_eq!(loaded.settings.log, "debug");
+        assert_eq!(loaded.settings.data_dir, PathBuf::from("mailroom-data"));
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mailroom.toml");
+        std::fs::write(&file, "lsiten = \"127.0.0.1:9000\"\n").unwrap();
+        let loaded = Settings::load(
+            Some(&file),
+            env(&[("MAILROOM_DATABSE_URL", "x"), ("MAILROOM_TEST_X", "y")]),
+        )
+        .unwrap();
+        let mut unknown = loaded.unknown_keys;
+        unknown.sort();
+        assert_eq!(unknown, vec!["databse_url", "lsiten"]);
+    }
+
+    #[test]
+    fn a_malformed_value_is_an_error_naming_it() {
+        let error = Settings::load(None, env(&[("MAILROOM_LISTEN", "nowhere")])).unwrap_err();
+        assert!(format!("{error:#}").contains("invalid"), "{error:#}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let loaded = Settings::load(
+            None,
+            env(&[("MAILROOM_DATABASE_URL", "postgres://u:hunter2@db/mailroom")]),
+        )
+        .unwrap();
+        let shown = format!("{:?}", loaded.settings);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("[redacted]"));
+    }
+}

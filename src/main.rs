@@ -1,0 +1,106 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mailroom::config::{Loaded, Settings};
+use mailroom::store::Db;
+use mailroom::{Application, shutdown_signal, tenancy};
+
+/// mailroom: a self-hosted email control plane.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The settings file (default: ./mailroom.toml when present).
+    #[arg(long, global = true, env = "MAILROOM_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API (applies migrations first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Operator commands that act on the database directly.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an account with its first entity and an admin API key.
+    CreateAccount {
+        #[arg(long)]
+        name: String,
+        /// Print `{"account_id", "entity_id", "api_key"}` as the last line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Loaded {
+        settings,
+        unknown_keys,
+    } = Settings::load(cli.config.as_deref(), std::env::vars())?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&settings.log)?)
+        .with_writer(std::io::stderr)
+        .init();
+    for key in unknown_keys {
+        tracing::warn!(key, "unknown setting ignored");
+    }
+    match cli.command {
+        Command::Serve => serve(&settings).await,
+        Command::Migrate => {
+            open_db(&settings).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Admin {
+            command: AdminCommand::CreateAccount { name, json },
+        } => {
+            let name = mailroom::text::parse_name(&name, 200)
+                .map_err(|e| anyhow::anyhow!("--name {e}"))?;
+            let db = open_db(&settings).await?;
+            let account = tenancy::accounts::create_account(&db, &name).await?;
+            if json {
+                println!("{}", serde_json::to_string(&account)?);
+            } else {
+                println!("account: {}", account.account_id);
+                println!("entity:  {}", account.entity_id);
+                println!("admin API key (shown once, keep it safe): {}", account.api_key);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn open_db(settings: &Settings) -> anyhow::Result<Db> {
+    let db = Db::connect(&settings.database_url()).await?;
+    db.migrate().await.context("cannot migrate the database")?;
+    Ok(db)
+}
+
+async fn serve(settings: &Settings) -> anyhow::Result<()> {
+    let db = open_db(settings).await?;
+    let app = Application::with_db(settings, db).await?;
+    if let Some(account) = tenancy::accounts::bootstrap(app.db()).await? {
+        let base = format!("http://{}", app.address());
+        println!();
+        println!("First start: created account {} with entity {}.", account.account_id, account.entity_id);
+        println!("Its admin API key, shown only this once:");
+        println!();
+        println!("    {}", account.api_key);
+        println!();
+        println!("Try it:  curl -H 'Authorization: Bearer {}' {base}/entities", account.api_key);
+        println!();
+    }
+    app.run(shutdown_signal()).await
+}

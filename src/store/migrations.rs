@@ -1,0 +1,54 @@
+//! Migrations per engine, embedded in the binary and applied by sqlx's migrator
+//! (which takes an advisory lock on PostgreSQL, so several instances may start at once).
+
+use std::borrow::Cow;
+use std::pin::Pin;
+
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+
+use super::{Db, Engine};
+
+macro_rules! embedded {
+    ($engine:literal: $($version:literal $name:literal),* $(,)?) => {
+        &[$(($version, $name, include_str!(concat!(
+            "../../migrations/", $engine, "/", $version, "_", $name, ".sql"
+        )))),*]
+    };
+}
+
+type Embedded = &'static [(&'static str, &'static str, &'static str)];
+
+const SQLITE: Embedded = embedded!("sqlite": "0001" "tenancy");
+const POSTGRES: Embedded = embedded!("postgres": "0001" "tenancy");
+
+#[derive(Debug)]
+struct Source(Embedded);
+
+impl<'s> MigrationSource<'s> for Source {
+    fn resolve(self) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 's>> {
+        Box::pin(async move {
+            self.0
+                .iter()
+                .map(|(version, name, sql)| {
+                    Ok(Migration::new(
+                        version.parse()?,
+                        Cow::Borrowed(*name),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    ))
+                })
+                .collect()
+        })
+    }
+}
+
+pub async fn run(db: &Db) -> anyhow::Result<()> {
+    let source = match db.engine {
+        Engine::Sqlite => Source(SQLITE),
+        Engine::Postgres => Source(POSTGRES),
+    };
+    Migrator::new(source).await?.run(&db.pool).await?;
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! API keys: created by the CLI or by an admin, shown once, stored as a SHA-256 digest.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use utoipa::ToSchema;
+
+use super::Role;
+use crate::http::{ApiError, AppState, Caller, Json, List};
+use crate::store::secrets::{digest, new_secret};
+use crate::store::{Db, Timestamp, new_id};
+use crate::text::parse_name;
+
+/// Every API key starts with this, so that a leaked one is easy to recognise.
+pub const KEY_PREFIX: &str = "mrk";
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKey {
+    /// `key_` and 24 hex digits; what `X-Key` names.
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// The entity the key is limited to; `null` for a key that acts for the whole account.
+    pub entity_id: Option<String>,
+    /// The first characters of the secret, to tell keys apart.
+    pub prefix: String,
+    pub created_at: Timestamp,
+}
+
+impl sqlx::FromRow<'_, AnyRow> for ApiKey {
+    fn from_row(row: &AnyRow) -> sqlx::Result<ApiKey> {
+        let role: String = row.try_get("role")?;
+        Ok(ApiKey {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            role: Role::parse(&role).ok_or_else(|| sqlx::Error::Decode(role.into()))?,
+            entity_id: row.try_get("entity_id")?,
+            prefix: row.try_get("prefix")?,
+            created_at: Timestamp(row.try_get("created_at")?),
+        })
+    }
+}
+
+/// A key as created: the only answer that carries its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewApiKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// The secret. It is shown this once; mailroom keeps only a digest of it.
+    pub api_key: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct CreateApiKey {
+    /// 1 to 100 characters, to remember what the key is for.
+    pub name: String,
+    pub role: Role,
+    /// Limit the key to one entity of the account.
+    pub entity_id: Option<String>,
+}
+
+/// The credential a secret stands for.
+pub struct KeyRecord {
+    pub id: String,
+    pub account_id: String,
+    pub entity_id: Option<String>,
+    pub role: Role,
+}
+
+/// Create an API key. An entity-scoped admin can only create keys for its own entity.
+#[utoipa::path(post, path = "/api-keys", tag = "api-keys",
+    request_body = CreateApiKey,
+    responses((status = 201, description = "The key, with its secret shown once", body = NewApiKey)))]
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<CreateApiKey>,
+) -> Result<(StatusCode, Json<NewApiKey>), ApiError> {
+    caller.require(Role::Admin)?;
+    let name = parse_name(&body.name, 100).map_err(|e| ApiError::invalid("name", e))?;
+    let entity_id = match (caller.scoped_entity(), body.entity_id) {
+        (Some(scoped), Some(asked)) if scoped != asked => {
+            return Err(ApiError::not_found("entity").with_param("entity_id"));
+        }
+        (Some(scoped), _) => Some(scoped.to_string()),
+        (None, Some(asked)) => {
+            let exists = sqlx::query("SELECT 1 FROM entities WHERE id = $1 AND account_id = $2")
+                .bind(&asked)
+                .bind(&caller.account_id)
+                .fetch_optional(&state.db.pool)
+                .await?;
+            if exists.is_none() {
+                return Err(ApiError::not_found("entity").with_param("entity_id"));
+            }
+            Some(asked)
+        }
+        (None, None) => None,
+    };
+    let mut conn = state.db.pool.acquire().await?;
+    let key = insert_api_key(
+        &mut conn,
+        &caller.account_id,
+        entity_id.as_deref(),
+        &name,
+        body.role,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+/// List API keys (never their secrets).
+#[utoipa::path(get, path = "/api-keys", tag = "api-keys",
+    responses((status = 200, description = "The keys", body = List<ApiKey>)))]
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<List<ApiKey>>, ApiError> {
+    caller.require(Role::Admin)?;
+    let keys = sqlx::query_as(
+        "SELECT id, name, role, entity_id, prefix, created_at FROM api_keys \
+         WHERE account_id = $1 AND ($2 IS NULL OR entity_id = $2) ORDER BY created_at, id",
+    )
+    .bind(&caller.account_id)
+    .bind(caller.scoped_entity())
+    .fetch_all(&state.db.pool)
+    .await?;
+    Ok(Json(List { data: keys }))
+}
+
+/// Delete an API key; it stops working at once.
+#[utoipa::path(delete, path = "/api-keys/{id}", tag = "api-keys",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 204, description = "Deleted")))]
+pub async fn delete_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    let deleted = sqlx::query(
+        "DELETE FROM api_keys WHERE id = $1 AND account_id = $2 AND ($3 IS NULL OR entity_id = $3)",
+    )
+    .bind(&id)
+    .bind(&caller.account_id)
+    .bind(caller.scoped_entity())
+    .execute(&state.db.pool)
+    .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(ApiError::not_found("API key"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn insert_api_key(
+    conn: &mut sqlx::AnyConnection,
+    account_id: &str,
+    entity_id: Option<&str>,
+    name: &str,
+    role: Role,
+) -> sqlx::Result<NewApiKey> {
+    let secret = new_secret(KEY_PREFIX);
+    let key = ApiKey {
+        id: new_id("key"),
+        name: name.to_string(),
+        role,
+        entity_id: entity_id.map(str::to_string),
+        prefix: secret[..KEY_PREFIX.len() + 9].to_string(),
+        created_at: Timestamp::now(),
+    };
+    sqlx::query(
+        "INSERT INTO api_keys (id, account_id, entity_id, name, role, secret_hash, prefix, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&key.id)
+    .bind(account_id)
+    .bind(&key.entity_id)
+    .bind(&key.name)
+    .bind(role.as_str())
+    .bind(digest(&secret))
+    .bind(&key.prefix)
+    .bind(key.created_at.0)
+    .execute(conn)
+    .await?;
+    Ok(NewApiKey {
+        key,
+        api_key: secret,
+    })
+}
+
+/// The key a secret belongs to: one lookup on a unique index, no slow hash.
+pub async fn find_by_secret(db: &Db, secret: &str) -> sqlx::Result<Option<KeyRecord>> {
+    let row = sqlx::query(
+        "SELECT id, account_id, entity_id, role FROM api_keys WHERE secret_hash = $1",
+    )
+    .bind(digest(secret))
+    .fetch_optional(&db.pool)
+    .await?;
+    row.map(|row| {
+        let role: String = row.try_get("role")?;
+        Ok(KeyRecord {
+            id: row.try_get("id")?,
+            account_id: row.try_get("account_id")?,
+            entity_id: row.try_get("entity_id")?,
+            role: Role::parse(&role).ok_or_else(|| sqlx::Error::Decode(role.into()))?,
+        })
+    })
+    .transpose()
+}
