@@ -35,6 +35,7 @@ impl Default for Settings {
 }
 
 /// Settings as loaded, with the keys that matched no setting.
+#[derive(Debug)]
 pub struct Loaded {
     pub settings: Settings,
     pub unknown_keys: Vec<String>,
@@ -63,10 +64,9 @@ impl Settings {
             table.insert(name.to_ascii_lowercase(), toml::Value::String(value));
         }
         let mut unknown_keys = Vec::new();
-        let settings: Settings = serde_ignored::deserialize(table, |path| {
-            unknown_keys.push(path.to_string())
-        })
-        .context("invalid settings")?;
+        let settings: Settings =
+            serde_ignored::deserialize(table, |path| unknown_keys.push(path.to_string()))
+                .context("invalid settings")?;
         Ok(Loaded {
             settings,
             unknown_keys,

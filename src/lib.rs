@@ -59,7 +59,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting and finishes the requests
     /// already in flight.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         tracing::info!(address = %self.address, "listening");
         axum::serve(self.listener, http::router(self.state))
             .with_graceful_shutdown(shutdown)

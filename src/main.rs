@@ -71,11 +71,20 @@ async fn main() -> anyhow::Result<()> {
             let db = open_db(&settings).await?;
             let account = tenancy::accounts::create_account(&db, &name).await?;
             if json {
-                println!("{}", serde_json::to_string(&account)?);
+                // The documented line, spaced as shown in the README.
+                println!(
+                    "{{\"account_id\": {}, \"entity_id\": {}, \"api_key\": {}}}",
+                    serde_json::to_string(&account.account_id)?,
+                    serde_json::to_string(&account.entity_id)?,
+                    serde_json::to_string(&account.api_key)?,
+                );
             } else {
                 println!("account: {}", account.account_id);
                 println!("entity:  {}", account.entity_id);
-                println!("admin API key (shown once, keep it safe): {}", account.api_key);
+                println!(
+                    "admin API key (shown once, keep it safe): {}",
+                    account.api_key
+                );
             }
             Ok(())
         }
@@ -94,12 +103,18 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     if let Some(account) = tenancy::accounts::bootstrap(app.db()).await? {
         let base = format!("http://{}", app.address());
         println!();
-        println!("First start: created account {} with entity {}.", account.account_id, account.entity_id);
+        println!(
+            "First start: created account {} with entity {}.",
+            account.account_id, account.entity_id
+        );
         println!("Its admin API key, shown only this once:");
         println!();
         println!("    {}", account.api_key);
         println!();
-        println!("Try it:  curl -H 'Authorization: Bearer {}' {base}/entities", account.api_key);
+        println!(
+            "Try it:  curl -H 'Authorization: Bearer {}' {base}/entities",
+            account.api_key
+        );
         println!();
     }
     app.run(shutdown_signal()).await

@@ -96,7 +96,11 @@ impl Caller {
     /// The entity the request acts in: `x-entity-id`, else the credential's own entity,
     /// else the account's first entity.
     pub async fn entity_id(&self, state: &AppState) -> Result<String, ApiError> {
-        if let Some(entity) = self.requested_entity.as_ref().or(self.scoped_entity.as_ref()) {
+        if let Some(entity) = self
+            .requested_entity
+            .as_ref()
+            .or(self.scoped_entity.as_ref())
+        {
             return Ok(entity.clone());
         }
         sqlx::query_scalar(
@@ -125,14 +129,13 @@ async fn entity_in_account(
 /// The secret from `Authorization: Bearer <t>`, `Authorization: <t>`, `x-api-key: <t>` or
 /// `X-Access-Token: <t>`. Several may be sent, but they must agree.
 fn credential(headers: &HeaderMap) -> Result<String, ApiError> {
-    let authorization = header(headers, "authorization")?.map(|value| {
-        match value.split_once(' ') {
+    let authorization =
+        header(headers, "authorization")?.map(|value| match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
                 token.trim().to_string()
             }
             _ => value,
-        }
-    });
+        });
     let mut sent = [
         authorization,
         header(headers, "x-api-key")?,
@@ -161,7 +164,10 @@ fn header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
         return Ok(None);
     };
     let value = value.to_str().map_err(|_| {
-        ApiError::bad_request("invalid_header", format!("the {name} header is not valid text"))
+        ApiError::bad_request(
+            "invalid_header",
+            format!("the {name} header is not valid text"),
+        )
     })?;
     let value = value.trim();
     Ok((!value.is_empty()).then(|| value.to_string()))

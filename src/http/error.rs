@@ -130,9 +130,10 @@ impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> ApiError {
         match error {
             sqlx::Error::RowNotFound => ApiError::not_found("resource"),
-            error if crate::store::is_unique_violation(&error) => {
-                ApiError::conflict("already_exists", "a resource with these values already exists")
-            }
+            error if crate::store::is_unique_violation(&error) => ApiError::conflict(
+                "already_exists",
+                "a resource with these values already exists",
+            ),
             error => ApiError::internal(error),
         }
     }

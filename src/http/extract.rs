@@ -24,21 +24,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                 "send the body as JSON with `Content-Type: application/json`",
             ));
         }
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            let status = rejection.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    status,
-                    "payload_too_large",
-                    format!(
-                        "the request body is larger than the limit of {} bytes",
-                        super::MAX_BODY_BYTES
-                    ),
-                )
-            } else {
-                ApiError::new(status, "unreadable_body", rejection.body_text())
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                let status = rejection.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        status,
+                        "payload_too_large",
+                        format!(
+                            "the request body is larger than the limit of {} bytes",
+                            super::MAX_BODY_BYTES
+                        ),
+                    )
+                } else {
+                    ApiError::new(status, "unreadable_body", rejection.body_text())
+                }
+            })?;
         parse_json(&bytes).map(Json)
     }
 }
@@ -64,9 +66,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             serde_json::error::Category::Data => {
                 let message = inner.to_string();
                 let message = message.split(" at line ").next().unwrap_or(&message);
-                let param = missing_field(message).map(str::to_string).or_else(|| {
-                    (path != "." && !path.is_empty()).then_some(path.clone())
-                });
+                let param = missing_field(message)
+                    .map(str::to_string)
+                    .or_else(|| (path != "." && !path.is_empty()).then_some(path.clone()));
                 let code = if message.starts_with("missing field") {
                     "missing_field"
                 } else {

@@ -74,9 +74,11 @@ fn add_error_responses(operation: &mut Operation) {
         .security
         .as_ref()
         .is_some_and(|all| all.iter().all(|r| *r == SecurityRequirement::default()));
-    let has_path_params = operation.parameters.iter().flatten().any(|p| {
-        p.parameter_in == ParameterIn::Path
-    });
+    let has_path_params = operation
+        .parameters
+        .iter()
+        .flatten()
+        .any(|p| p.parameter_in == ParameterIn::Path);
     let mut statuses = vec![("500", "Something went wrong on the server")];
     if !public {
         statuses.extend([

@@ -26,7 +26,9 @@ const POSTGRES: Embedded = embedded!("postgres": "0001" "tenancy");
 struct Source(Embedded);
 
 impl<'s> MigrationSource<'s> for Source {
-    fn resolve(self) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 's>> {
+    fn resolve(
+        self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 's>> {
         Box::pin(async move {
             self.0
                 .iter()

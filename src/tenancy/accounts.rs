@@ -1,12 +1,10 @@
 //! Creating accounts: from the CLI, and once on the very first start.
 
-use serde::Serialize;
-
 use super::Role;
 use crate::store::{Db, Timestamp, new_id};
 
 /// A new account with its first entity and an admin API key (the only time it is shown).
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct NewAccount {
     pub account_id: String,
     pub entity_id: String,
@@ -56,8 +54,8 @@ async fn insert_account(tx: &mut sqlx::AnyConnection, name: &str) -> anyhow::Res
         .execute(&mut *tx)
         .await?;
     let entity = super::entities::insert_entity(&mut *tx, &account_id, name).await?;
-    let key = super::api_keys::insert_api_key(&mut *tx, &account_id, None, "admin", Role::Admin)
-        .await?;
+    let key =
+        super::api_keys::insert_api_key(&mut *tx, &account_id, None, "admin", Role::Admin).await?;
     Ok(NewAccount {
         account_id,
         entity_id: entity.id,

@@ -191,12 +191,11 @@ pub async fn insert_api_key(
 
 /// The key a secret belongs to: one lookup on a unique index, no slow hash.
 pub async fn find_by_secret(db: &Db, secret: &str) -> sqlx::Result<Option<KeyRecord>> {
-    let row = sqlx::query(
-        "SELECT id, account_id, entity_id, role FROM api_keys WHERE secret_hash = $1",
-    )
-    .bind(digest(secret))
-    .fetch_optional(&db.pool)
-    .await?;
+    let row =
+        sqlx::query("SELECT id, account_id, entity_id, role FROM api_keys WHERE secret_hash = $1")
+            .bind(digest(secret))
+            .fetch_optional(&db.pool)
+            .await?;
     row.map(|row| {
         let role: String = row.try_get("role")?;
         Ok(KeyRecord {

@@ -1,1 +1,9 @@
+//! The integration tests: the real server over real HTTP, on SQLite and on PostgreSQL.
 
+mod helpers;
+
+mod auth;
+mod cli;
+mod errors;
+mod openapi;
+mod tenancy;

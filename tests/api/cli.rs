@@ -1,0 +1,145 @@
+//! The binary as a user runs it.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::both_engines;
+use crate::helpers::{Engine, ServerProcess, fresh_database_url};
+
+both_engines!(
+    the_first_start_prints_a_working_key_once,
+    create_account_prints_json_beside_a_running_server,
+    sigterm_finishes_requests_in_flight_and_exits_zero,
+);
+
+fn key_in(output: &str) -> Option<String> {
+    output
+        .split_whitespace()
+        .find(|word| word.starts_with("mrk_") && word.len() == 68)
+        .map(str::to_string)
+}
+
+async fn the_first_start_prints_a_working_key_once(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database_url(engine, &dir).await;
+    let mut first = ServerProcess::serve(&dir, &database);
+    let printed = first.stdout();
+    let key = key_in(&printed).unwrap_or_else(|| panic!("no key printed:\n{printed}"));
+    assert!(printed.contains(&format!(
+        "curl -H 'Authorization: Bearer {key}' {}",
+        first.address
+    )));
+
+    let entities = reqwest::Client::new()
+        .get(format!("{}/entities", first.address))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(entities.status(), 200);
+    first.terminate();
+    assert!(first.wait_for_exit(Duration::from_secs(10)).success());
+
+    let second = ServerProcess::serve(&dir, &database);
+    assert_eq!(
+        key_in(&second.stdout()),
+        None,
+        "a later start never prints a key"
+    );
+    let still = reqwest::Client::new()
+        .get(format!("{}/entities", second.address))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status(), 200);
+}
+
+async fn create_account_prints_json_beside_a_running_server(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database_url(engine, &dir).await;
+    let server = ServerProcess::serve(&dir, &database);
+
+    let output = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+        .args(["admin", "create-account", "--name", "Globex", "--json"])
+        .current_dir(dir.path())
+        .env("MAILROOM_DATABASE_URL", &database)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let last = stdout.lines().last().unwrap();
+    assert!(last.starts_with(r#"{"account_id": "acc_"#), "{last}");
+    let created: serde_json::Value = serde_json::from_str(last).unwrap();
+    let mut fields: Vec<&String> = created.as_object().unwrap().keys().collect();
+    fields.sort();
+    assert_eq!(fields, vec!["account_id", "api_key", "entity_id"]);
+    let (entity, key) = (
+        last.find("\"entity_id\"").unwrap(),
+        last.find("\"api_key\"").unwrap(),
+    );
+    assert!(entity < key, "fields in the documented order: {last}");
+    assert!(created["account_id"].as_str().unwrap().starts_with("acc_"));
+    assert!(created["entity_id"].as_str().unwrap().starts_with("ent_"));
+
+    let entities: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/entities", server.address))
+        .header("x-api-key", created["api_key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(entities["data"][0]["id"], created["entity_id"]);
+    assert_eq!(entities["data"][0]["name"], "Globex");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+        .args(["admin", "create-account", "--name", " ", "--json"])
+        .current_dir(dir.path())
+        .env("MAILROOM_DATABASE_URL", &database)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+}
+
+async fn sigterm_finishes_requests_in_flight_and_exits_zero(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database_url(engine, &dir).await;
+    let mut server = ServerProcess::serve(&dir, &database);
+    let key = key_in(&server.stdout()).unwrap();
+    let host = server.address.trim_start_matches("http://").to_string();
+
+    // A request whose body is still on its way when the signal comes.
+    let body = br#"{"name": "Created during shutdown"}"#;
+    let mut stream = TcpStream::connect(&host).unwrap();
+    write!(
+        stream,
+        "POST /entities HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body[..10]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    server.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        TcpStream::connect(&host).is_err(),
+        "no new connections after SIGTERM"
+    );
+
+    stream.write_all(&body[10..]).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(answer.contains("Created during shutdown"));
+    assert!(server.wait_for_exit(Duration::from_secs(10)).success());
+}

@@ -1,0 +1,259 @@
+//! The harness: `spawn_app` runs the real server on port 0 with a fresh database of the
+//! chosen engine; `ServerProcess` runs the built binary for what only a process can show.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mailroom::Application;
+use mailroom::config::{Secret, Settings};
+use mailroom::store::Db;
+use mailroom::tenancy::accounts::{NewAccount, create_account};
+use reqwest::Method;
+use tempfile::TempDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn(Engine)` once per engine: `sqlite` always, `postgres` when
+/// `MAILROOM_TEST_POSTGRES_URL` is set (and fails without it under
+/// `MAILROOM_TEST_REQUIRE_EXTERNAL`).
+#[macro_export]
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Engine::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::helpers::postgres_url().is_some() {
+                    super::$name($crate::helpers::Engine::Postgres).await
+                }
+            }
+        }
+    )*};
+}
+
+/// The PostgreSQL server to test against; `None` means skip.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("MAILROOM_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("MAILROOM_TEST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") => {
+            panic!("MAILROOM_TEST_REQUIRE_EXTERNAL=1 but MAILROOM_TEST_POSTGRES_URL is not set")
+        }
+        _ => {
+            eprintln!("skipped: set MAILROOM_TEST_POSTGRES_URL to run against PostgreSQL");
+            None
+        }
+    }
+}
+
+/// A fresh, empty database of `engine`: a file in `dir`, or a new PostgreSQL database.
+pub async fn fresh_database_url(engine: Engine, dir: &TempDir) -> String {
+    match engine {
+        Engine::Sqlite => format!("sqlite://{}", dir.path().join("mailroom.db").display()),
+        Engine::Postgres => {
+            let base = postgres_url().expect("PostgreSQL URL");
+            let name = mailroom::store::new_id("test");
+            let admin = Db::connect(&base).await.expect("connect to PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&admin.pool)
+                .await
+                .expect("create a test database");
+            admin.pool.close().await;
+            let mut url = url::Url::parse(&base).unwrap();
+            url.set_path(&name);
+            url.to_string()
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: Db,
+    pub client: reqwest::Client,
+    /// The first account, made with the CLI's own function: its admin key is `admin.api_key`.
+    pub admin: NewAccount,
+    pub dir: TempDir,
+}
+
+pub async fn spawn_app(engine: Engine) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        database_url: Some(Secret::new(fresh_database_url(engine, &dir).await)),
+        ..Settings::default()
+    };
+    let app = Application::build(&settings).await.expect("build the app");
+    let db = app.db().clone();
+    let address = format!("http://{}", app.address());
+    tokio::spawn(app.run(std::future::pending()));
+    let admin = create_account(&db, "Acme").await.unwrap();
+    TestApp {
+        address,
+        db,
+        client: reqwest::Client::new(),
+        admin,
+        dir,
+    }
+}
+
+impl TestApp {
+    /// A request with the admin key as a bearer token.
+    pub fn api(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.with_key(&self.admin.api_key, method, path)
+    }
+
+    pub fn with_key(&self, key: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(key)
+    }
+
+    /// A second, unrelated account in the same database.
+    pub async fn other_account(&self) -> NewAccount {
+        create_account(&self.db, "Other").await.unwrap()
+    }
+
+    /// Creates an API key through the API and answers its secret.
+    pub async fn create_key(&self, body: serde_json::Value) -> String {
+        let response = self
+            .api(Method::POST, "/api-keys")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let key: serde_json::Value = response.json().await.unwrap();
+        key["api_key"].as_str().unwrap().to_string()
+    }
+}
+
+/// Asserts the API's error shape and answers its `code`.
+pub async fn error_code(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status(), status);
+    assert!(response.headers().contains_key("x-request-id"));
+    let body: serde_json::Value = response.json().await.expect("a JSON error body");
+    let error = &body["error"];
+    assert!(error["type"].is_string(), "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    error.clone()
+}
+
+/// The `mailroom` binary, run as a user would, with its stdout collected line by line.
+pub struct ServerProcess {
+    child: Child,
+    pub address: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    pub fn serve(dir: &TempDir, database_url: &str) -> ServerProcess {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("MAILROOM_LISTEN", format!("127.0.0.1:{port}"))
+            .env("MAILROOM_DATABASE_URL", database_url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mailroom serve");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let lines = stdout.clone();
+        let pipe = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let server = ServerProcess {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            stdout,
+        };
+        server.wait_until_ready();
+        server
+    }
+
+    fn wait_until_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if answers_ready(&self.address) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mailroom did not become ready");
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM, the signal a service manager stops a service with.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn wait_for_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mailroom did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `GET /readyz` answers 200, asked over a plain socket.
+fn answers_ready(address: &str) -> bool {
+    use std::io::{Read, Write};
+    let host = address.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.1 200")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
