@@ -20,6 +20,23 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// A tracing filter such as `info` or `mailroom=debug,info`.
     pub log: String,
+    /// The master key (64 hex digits) that encrypts secrets at rest; default: a key file
+    /// generated in the data dir on first start.
+    pub secret_key: Option<Secret>,
+    /// The zone mailroom's DNS server answers for, where DKIM CNAMEs point.
+    pub dkim_zone: String,
+    /// Where mailroom's DNS server listens (UDP and TCP); off when unset.
+    pub dns_listen: Option<SocketAddr>,
+    /// The resolvers used to check domains (`ip:port`, comma-separated); default: the system's.
+    #[serde(deserialize_with = "socket_list")]
+    pub dns_nameservers: Vec<SocketAddr>,
+    /// Seconds before the first background check of a pending domain (doubling after).
+    #[serde(deserialize_with = "number")]
+    pub dns_check_interval: u64,
+    /// The domain the advisory SPF record includes.
+    pub spf_include: Option<String>,
+    /// The host the advisory MX record names; no MX record is advised when unset.
+    pub mx_host: Option<String>,
 }
 
 impl Default for Settings {
@@ -30,6 +47,13 @@ impl Default for Settings {
             database_url: None,
             public_url: None,
             log: "info".to_string(),
+            secret_key: None,
+            dkim_zone: "dkim.mailroom.test".to_string(),
+            dns_listen: None,
+            dns_nameservers: Vec::new(),
+            dns_check_interval: 300,
+            spf_include: None,
+            mx_host: None,
         }
     }
 }
@@ -80,12 +104,61 @@ impl Settings {
         }
     }
 
+    pub fn spf_include(&self) -> String {
+        self.spf_include
+            .clone()
+            .unwrap_or_else(|| format!("spf.{}", self.dkim_zone))
+    }
+
     pub fn public_url(&self, bound: SocketAddr) -> String {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => format!("http://{bound}"),
         }
     }
+}
+
+/// A number, from TOML or from the text of an environment variable.
+fn number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(u64),
+        Text(String),
+    }
+    match NumberOrText::deserialize(deserializer)? {
+        NumberOrText::Number(n) => Ok(n),
+        NumberOrText::Text(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a whole number"))),
+    }
+}
+
+/// `ip:port` addresses, as a TOML array or comma-separated text.
+fn socket_list<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match ListOrText::deserialize(deserializer)? {
+        ListOrText::List(items) => items,
+        ListOrText::Text(text) => text.split(',').map(str::to_string).collect(),
+    };
+    items
+        .iter()
+        .map(|item| item.trim())
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse().map_err(|_| {
+                serde::de::Error::custom(format!("`{item}` is not an ip:port address"))
+            })
+        })
+        .collect()
 }
 
 fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
@@ -151,6 +224,30 @@ mod tests {
         let mut unknown = loaded.unknown_keys;
         unknown.sort();
         assert_eq!(unknown, vec!["databse_url", "lsiten"]);
+    }
+
+    #[test]
+    fn numbers_and_lists_come_from_text_or_toml() {
+        let loaded = Settings::load(
+            None,
+            env(&[
+                ("MAILROOM_DNS_CHECK_INTERVAL", "15"),
+                ("MAILROOM_DNS_NAMESERVERS", "127.0.0.1:53, [::1]:5353"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.settings.dns_check_interval, 15);
+        assert_eq!(loaded.settings.dns_nameservers.len(), 2);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mailroom.toml");
+        std::fs::write(&file, "dns_check_interval = 60\ndns_nameservers = [\"127.0.0.1:53\"]\n").unwrap();
+        let loaded = Settings::load(Some(&file), Vec::new()).unwrap();
+        assert_eq!(loaded.settings.dns_check_interval, 60);
+        assert_eq!(loaded.settings.dns_nameservers.len(), 1);
+
+        let error = Settings::load(None, env(&[("MAILROOM_DNS_CHECK_INTERVAL", "soon")])).unwrap_err();
+        assert!(format!("{error:#}").contains("soon"), "{error:#}");
     }
 
     #[test]

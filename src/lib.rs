@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dns;
+pub mod domains;
 pub mod http;
 pub mod store;
 pub mod tenancy;
@@ -15,13 +17,17 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
+use crate::dns::DnsResolver;
+use crate::dns::server::DnsServer;
 use crate::http::AppState;
 use crate::store::Db;
+use crate::store::crypto::MasterKey;
 
 /// The server, built and bound but not yet running: tests and `main` start it the same way.
 pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
+    dns: Option<DnsServer>,
     state: AppState,
 }
 
@@ -40,11 +46,21 @@ impl Application {
         let address = listener.local_addr()?;
         let state = AppState {
             db,
+            settings: Arc::new(settings.clone()),
             public_url: Arc::from(settings.public_url(address)),
+            resolver: DnsResolver::new(&settings.dns_nameservers)?,
+            master_key: MasterKey::load(settings)?,
+        };
+        let dns = match settings.dns_listen {
+            Some(address) => {
+                Some(DnsServer::start(address, &settings.dkim_zone, state.db.clone()).await?)
+            }
+            None => None,
         };
         Ok(Application {
             listener,
             address,
+            dns,
             state,
         })
     }
@@ -53,22 +69,35 @@ impl Application {
         self.address
     }
 
+    /// Where mailroom's DNS server answers, when it runs.
+    pub fn dns_address(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(|dns| dns.address)
+    }
+
     pub fn db(&self) -> &Db {
         &self.state.db
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and finishes the requests
-    /// already in flight.
+    /// Serves until `shutdown` resolves, then stops accepting, finishes the requests
+    /// already in flight and lets the workers finish their current job.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let verifier = tokio::spawn(domains::check::run_verifier(self.state.clone(), stopped));
+
         tracing::info!(address = %self.address, "listening");
-        axum::serve(self.listener, http::router(self.state))
+        let served = axum::serve(self.listener, http::router(self.state))
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        let _ = stop.send(true);
+        let _ = verifier.await;
+        if let Some(dns) = self.dns {
+            dns.shutdown().await;
+        }
         tracing::info!("stopped");
-        Ok(())
+        Ok(served?)
     }
 }
 

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mailroom::config::{Loaded, Settings};
 use mailroom::store::Db;
+use mailroom::domains::{self, DomainName, DomainStatus};
 use mailroom::{Application, shutdown_signal, tenancy};
 
 /// mailroom: a self-hosted email control plane.
@@ -39,6 +40,20 @@ enum AdminCommand {
         /// Print `{"account_id", "entity_id", "api_key"}` as the last line.
         #[arg(long)]
         json: bool,
+    },
+    /// Mark a domain active without DNS proof (for the operator's own domains).
+    ActivateDomain {
+        domain: String,
+        /// The account, when several have added the domain.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Suspend a domain: no checks, and it can no longer be used.
+    SuspendDomain {
+        domain: String,
+        /// The account, when several have added the domain.
+        #[arg(long)]
+        account: Option<String>,
     },
 }
 
@@ -88,7 +103,26 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Admin {
+            command: AdminCommand::ActivateDomain { domain, account },
+        } => set_domain_status(&settings, &domain, account, DomainStatus::Active).await,
+        Command::Admin {
+            command: AdminCommand::SuspendDomain { domain, account },
+        } => set_domain_status(&settings, &domain, account, DomainStatus::Suspended).await,
     }
+}
+
+async fn set_domain_status(
+    settings: &Settings,
+    domain: &str,
+    account: Option<String>,
+    status: DomainStatus,
+) -> anyhow::Result<()> {
+    let name = DomainName::parse(domain).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = open_db(settings).await?;
+    let account = domains::set_status_by_operator(&db, &name, account.as_deref(), status).await?;
+    println!("{name} is now {} (account {account})", status.as_str());
+    Ok(())
 }
 
 async fn open_db(settings: &Settings) -> anyhow::Result<Db> {

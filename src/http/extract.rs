@@ -106,3 +106,68 @@ impl<T: Serialize> IntoResponse for Json<T> {
         axum::Json(self.0).into_response()
     }
 }
+
+/// Query parameters: 422, naming the parameter, when they do not fit.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(Query)
+            .map_err(|error| {
+                let path = error.path().to_string();
+                let message = error.into_inner().to_string();
+                let mut error = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_parameter",
+                    if path == "." {
+                        message
+                    } else {
+                        format!("{path}: {message}")
+                    },
+                );
+                if path != "." {
+                    error.param = Some(path);
+                }
+                error
+            })
+    }
+}
+
+/// `limit` (1–200, default 50) and `offset` (from 0) of a list.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Page {
+    /// How many items, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+    /// How many items to skip (default 0).
+    pub offset: Option<i64>,
+}
+
+impl Page {
+    pub const MAX_LIMIT: i64 = 200;
+
+    /// The limit and offset, checked.
+    pub fn parse(&self) -> Result<(i64, i64), ApiError> {
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=Self::MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("limit must be between 1 and {}", Self::MAX_LIMIT),
+            ));
+        }
+        let offset = self.offset.unwrap_or(0);
+        if offset < 0 {
+            return Err(ApiError::invalid("offset", "offset must be 0 or more"));
+        }
+        Ok((limit, offset))
+    }
+}

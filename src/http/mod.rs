@@ -24,9 +24,12 @@ use utoipa_axum::routes;
 
 pub use auth::Caller;
 pub use error::{ApiError, ErrorBody};
-pub use extract::Json;
+pub use extract::{Json, Page, Query};
 
+use crate::config::Settings;
+use crate::dns::DnsResolver;
 use crate::store::Db;
+use crate::store::crypto::MasterKey;
 
 /// Request bodies are small JSON documents; anything larger is refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -34,8 +37,11 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    pub settings: Arc<Settings>,
     /// The base of links in emails.
     pub public_url: Arc<str>,
+    pub resolver: DnsResolver,
+    pub master_key: MasterKey,
 }
 
 /// A list in the `{"data": [...]}` shape.
@@ -50,6 +56,7 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(readyz))
         .routes(routes!(get_openapi))
         .merge(crate::tenancy::router())
+        .merge(crate::domains::router())
         .split_for_parts();
     let document = openapi::complete(document);
     let document = Arc::new(document.to_json().expect("the OpenAPI document serializes"));

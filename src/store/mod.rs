@@ -1,5 +1,6 @@
 //! The database: one `sqlx::Any` pool for both engines, migrations, ids and time.
 
+pub mod crypto;
 mod migrations;
 pub mod secrets;
 

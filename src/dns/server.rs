@@ -1,0 +1,215 @@
+//! mailroom's authoritative DNS server for the DKIM zone: `TXT "v=DKIM1; k=rsa; p=…"` at
+//! `{token}.{zone}` for every domain's keys, read from the database on each query so
+//! that a new or rotated key is published at once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::rr::rdata::{NS, SOA, TXT};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::store::Db;
+
+const TTL: u32 = 300;
+
+/// The DKIM TXT value for a public key, as mailroom publishes it.
+pub fn dkim_record_value(public_key_base64: &str) -> String {
+    format!("v=DKIM1; k=rsa; p={public_key_base64}")
+}
+
+/// A running DNS server; `shutdown` stops it.
+pub struct DnsServer {
+    server: hickory_server::Server<DkimZone>,
+    pub address: SocketAddr,
+}
+
+impl DnsServer {
+    /// Answers on UDP and TCP at `address` for `zone`.
+    pub async fn start(address: SocketAddr, zone: &str, db: Db) -> anyhow::Result<DnsServer> {
+        let udp = UdpSocket::bind(address)
+            .await
+            .with_context(|| format!("cannot listen for DNS on udp/{address}"))?;
+        let address = udp.local_addr()?;
+        let tcp = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen for DNS on tcp/{address}"))?;
+        let mut server = hickory_server::Server::new(DkimZone::new(zone, db)?);
+        server.register_socket(udp);
+        server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
+        tracing::info!(%address, zone, "DNS server listening");
+        Ok(DnsServer { server, address })
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Err(error) = self.server.shutdown_gracefully().await {
+            tracing::warn!(%error, "DNS server stopped with an error");
+        }
+    }
+}
+
+pub struct DkimZone {
+    db: Db,
+    /// Lowercase, without the trailing dot.
+    zone: String,
+    soa: Record,
+    ns: Record,
+}
+
+impl DkimZone {
+    fn new(zone: &str, db: Db) -> anyhow::Result<DkimZone> {
+        let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+        let origin = Name::from_ascii(format!("{zone}."))?;
+        let nameserver = Name::from_ascii(format!("ns.{zone}."))?;
+        let soa = SOA::new(
+            nameserver.clone(),
+            Name::from_ascii(format!("hostmaster.{zone}."))?,
+            1,
+            3600,
+            600,
+            604_800,
+            TTL,
+        );
+        Ok(DkimZone {
+            db,
+            zone,
+            soa: Record::from_rdata(origin.clone(), TTL, RData::SOA(soa)),
+            ns: Record::from_rdata(origin, TTL, RData::NS(NS(nameserver))),
+        })
+    }
+
+    /// The response code and answers for one question.
+    async fn answer(&self, name: &str, record_type: RecordType) -> (ResponseCode, Vec<Record>) {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if name == self.zone {
+            let answer = match record_type {
+                RecordType::SOA => vec![self.soa.clone()],
+                RecordType::NS => vec![self.ns.clone()],
+                _ => vec![],
+            };
+            return (ResponseCode::NoError, answer);
+        }
+        let Some(token) = name
+            .strip_suffix(&self.zone)
+            .and_then(|rest| rest.strip_suffix('.'))
+        else {
+            return (ResponseCode::Refused, vec![]);
+        };
+        if token.contains('.') {
+            return (ResponseCode::NXDomain, vec![]);
+        }
+        let key: Result<Option<String>, sqlx::Error> =
+            sqlx::query_scalar("SELECT public_key FROM dkim_keys WHERE token = $1")
+                .bind(token)
+                .fetch_optional(&self.db.pool)
+                .await;
+        match key {
+            Err(error) => {
+                tracing::error!(%error, "DNS: cannot read DKIM keys");
+                (ResponseCode::ServFail, vec![])
+            }
+            Ok(None) => (ResponseCode::NXDomain, vec![]),
+            Ok(Some(_)) if record_type != RecordType::TXT => (ResponseCode::NoError, vec![]),
+            Ok(Some(public_key)) => {
+                let Ok(owner) = Name::from_ascii(format!("{name}.")) else {
+                    return (ResponseCode::FormErr, vec![]);
+                };
+                // One DNS character-string holds at most 255 bytes.
+                let value = dkim_record_value(&public_key);
+                let strings = value
+                    .as_bytes()
+                    .chunks(255)
+                    .map(|chunk| String::from_utf8_lossy(chunk).into_owned())
+                    .collect();
+                let record = Record::from_rdata(owner, TTL, RData::TXT(TXT::new(strings)));
+                (ResponseCode::NoError, vec![record])
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DkimZone {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        let builder = MessageResponseBuilder::from_message_request(request);
+        let query = match request.request_info() {
+            Ok(info) if request.metadata.op_code == OpCode::Query => info.query,
+            Ok(_) => return send_error(response_handle, builder, metadata, ResponseCode::NotImp).await,
+            Err(_) => return send_error(response_handle, builder, metadata, ResponseCode::FormErr).await,
+        };
+        let (code, answers) = self
+            .answer(&query.name().to_string(), query.query_type())
+            .await;
+        metadata.response_code = code;
+        metadata.authoritative = code != ResponseCode::Refused;
+
+        let mut response_edns = Edns::new();
+        let mut limit = 512;
+        let mut builder = builder;
+        if let Some(edns) = &request.edns {
+            limit = edns.max_payload().max(512);
+            response_edns.set_max_payload(limit);
+            builder.edns(&response_edns);
+        }
+        // A key does not fit a plain 512-byte UDP answer: flag it truncated so that the
+        // client asks again over TCP.
+        let too_large = request.protocol() == Protocol::Udp
+            && answers.iter().map(answer_size).sum::<usize>() + 64 > usize::from(limit);
+        let (answers, soa) = if too_large {
+            metadata.truncation = true;
+            (vec![], vec![])
+        } else if answers.is_empty() && code != ResponseCode::Refused {
+            (answers, vec![self.soa.clone()])
+        } else {
+            (answers, vec![])
+        };
+        let message = builder.build(metadata, answers.iter(), [], soa.iter(), []);
+        match response_handle.send_response(message).await {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::warn!(%error, "DNS: cannot send a response");
+                failed(metadata)
+            }
+        }
+    }
+}
+
+fn answer_size(record: &Record) -> usize {
+    let rdata = match &record.data {
+        RData::TXT(txt) => txt.txt_data.iter().map(|s| s.len() + 1).sum(),
+        _ => 64,
+    };
+    record.name.len() + 10 + rdata
+}
+
+async fn send_error<R: ResponseHandler>(
+    mut handle: R,
+    builder: MessageResponseBuilder<'_>,
+    request_metadata: Metadata,
+    code: ResponseCode,
+) -> ResponseInfo {
+    let message = builder.error_msg(&request_metadata, code);
+    handle
+        .send_response(message)
+        .await
+        .unwrap_or_else(|_| failed(request_metadata))
+}
+
+fn failed(mut metadata: Metadata) -> ResponseInfo {
+    metadata.response_code = ResponseCode::ServFail;
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}

@@ -1,0 +1,432 @@
+//! Checking a domain's DNS: the lookups, the status rules, and the background verifier.
+
+use std::time::Duration;
+
+use hickory_resolver::proto::rr::RecordType;
+use sqlx::Row;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::records::{self, Found, Purpose, RecordStatus, Wanted};
+use super::DomainStatus;
+use crate::dns::Answer;
+use crate::http::AppState;
+use crate::store::{Engine, Timestamp};
+
+const HOUR: i64 = 3_600_000;
+/// How long a pending domain may go without proof before it is `failed`.
+pub const PENDING_LIMIT: i64 = 72 * HOUR;
+/// How long an active domain's proof may be missing before it is `pending` again.
+pub const PROOF_GRACE: i64 = 24 * HOUR;
+const ACTIVE_RECHECK: i64 = 24 * HOUR;
+const MAX_BACKOFF: i64 = 6 * HOUR;
+/// How long a claimed check may run before another instance may take it over.
+const LEASE: i64 = 120_000;
+
+/// What the required records, taken together, showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Proven,
+    /// A required record is definitely missing or wrong.
+    Disproven,
+    /// Some lookups failed and none disproved: nothing can be concluded.
+    Inconclusive,
+}
+
+/// The fields of a domain the status rules read and write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standing {
+    pub status: DomainStatus,
+    pub verified_by: Option<String>,
+    pub status_changed_at: i64,
+    pub verified_at: Option<i64>,
+    pub proof_missing_since: Option<i64>,
+    pub next_check_at: Option<i64>,
+    pub failed_checks: i64,
+}
+
+/// Applies one check's outcome; answers the new standing and, when the status changed, why.
+pub fn decide(
+    before: &Standing,
+    outcome: Outcome,
+    now: i64,
+    interval_ms: i64,
+) -> (Standing, Option<&'static str>) {
+    let mut after = before.clone();
+    let mut reason = None;
+    let backoff = |failed: i64| {
+        let factor = 1i64 << failed.clamp(0, 16);
+        now + interval_ms.saturating_mul(factor).min(MAX_BACKOFF.max(interval_ms))
+    };
+    match (before.status, outcome) {
+        (DomainStatus::Suspended, _) => {
+            after.next_check_at = None;
+        }
+        (DomainStatus::Pending | DomainStatus::Failed, Outcome::Proven) => {
+            after.status = DomainStatus::Active;
+            after.verified_by = Some("dns".to_string());
+            after.verified_at = Some(now);
+            after.proof_missing_since = None;
+            after.failed_checks = 0;
+            after.next_check_at = Some(now + ACTIVE_RECHECK);
+            reason = Some("the DNS records prove the domain");
+        }
+        (DomainStatus::Pending, _) if now - before.status_changed_at > PENDING_LIMIT => {
+            after.status = DomainStatus::Failed;
+            after.next_check_at = None;
+            reason = Some("no DNS proof within 72 hours");
+        }
+        (DomainStatus::Pending, _) => {
+            after.failed_checks = before.failed_checks + 1;
+            after.next_check_at = Some(backoff(after.failed_checks));
+        }
+        (DomainStatus::Failed, _) => {
+            after.next_check_at = None;
+        }
+        (DomainStatus::Active, Outcome::Proven) => {
+            after.proof_missing_since = None;
+            after.next_check_at = Some(now + ACTIVE_RECHECK);
+        }
+        (DomainStatus::Active, Outcome::Inconclusive) => {
+            after.next_check_at = Some(now + interval_ms.min(HOUR));
+        }
+        (DomainStatus::Active, Outcome::Disproven) if before.verified_by.as_deref() == Some("operator") => {
+            after.next_check_at = Some(now + ACTIVE_RECHECK);
+        }
+        (DomainStatus::Active, Outcome::Disproven) => {
+            let since = before.proof_missing_since.unwrap_or(now);
+            if now - since > PROOF_GRACE {
+                after.status = DomainStatus::Pending;
+                after.proof_missing_since = None;
+                after.failed_checks = 0;
+                after.next_check_at = Some(backoff(0));
+                reason = Some("the DNS proof has been missing for more than 24 hours");
+            } else {
+                after.proof_missing_since = Some(since);
+                after.next_check_at = Some(now + interval_ms.min(HOUR));
+            }
+        }
+    }
+    if reason.is_some() {
+        after.status_changed_at = now;
+    }
+    (after, reason)
+}
+
+/// Looks up every record of the domain, stores what was found, and applies the status
+/// rules. The caller holds the domain's lease.
+pub async fn check_domain(state: &AppState, domain_id: &str) -> anyhow::Result<()> {
+    let row = sqlx::query(
+        "SELECT name, status, verified_by, status_changed_at, verified_at, proof_missing_since, \
+         next_check_at, failed_checks FROM domains WHERE id = $1",
+    )
+    .bind(domain_id)
+    .fetch_optional(&state.db.pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let name: String = row.try_get("name")?;
+    let status: String = row.try_get("status")?;
+    let before = Standing {
+        status: DomainStatus::parse(&status)?,
+        verified_by: row.try_get("verified_by")?,
+        status_changed_at: row.try_get("status_changed_at")?,
+        verified_at: row.try_get("verified_at")?,
+        proof_missing_since: row.try_get("proof_missing_since")?,
+        next_check_at: row.try_get("next_check_at")?,
+        failed_checks: row.try_get("failed_checks")?,
+    };
+    let tokens = super::tokens(&state.db, domain_id).await?;
+    let wanted = records::wanted(&name, &tokens, &state.settings);
+    let found = look_up_all(state, &name, &wanted).await;
+
+    let outcome = outcome(&wanted, &found, &name, state);
+    let now = Timestamp::now().0;
+    let interval_ms = (state.settings.dns_check_interval.max(1) as i64).saturating_mul(1000);
+    let (mut after, mut reason) = decide(&before, outcome, now, interval_ms);
+    if after.status == DomainStatus::Active && before.status != DomainStatus::Active {
+        let taken: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM domains WHERE name = $1 AND status = 'active' AND id <> $2",
+        )
+        .bind(&name)
+        .bind(domain_id)
+        .fetch_optional(&state.db.pool)
+        .await?;
+        if taken.is_some() {
+            // Proven here, but active in another account: it stays as it was.
+            after = Standing {
+                next_check_at: Some(now + interval_ms),
+                ..before.clone()
+            };
+            reason = None;
+        }
+    }
+
+    let mut tx = state.db.pool.begin().await?;
+    sqlx::query("DELETE FROM domain_lookups WHERE domain_id = $1")
+        .bind(domain_id)
+        .execute(&mut *tx)
+        .await?;
+    for (record, found) in wanted.iter().zip(&found) {
+        sqlx::query(
+            "INSERT INTO domain_lookups (domain_id, record_type, name, found, found_at, error, checked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(domain_id)
+        .bind(record.record_type)
+        .bind(&record.name)
+        .bind(serde_json::to_string(&found.values)?)
+        .bind(&found.at)
+        .bind(&found.error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE domains SET status = $2, verified_by = $3, status_changed_at = $4, verified_at = $5, \
+         proof_missing_since = $6, next_check_at = $7, failed_checks = $8, last_checked_at = $9, \
+         lease_until = NULL WHERE id = $1",
+    )
+    .bind(domain_id)
+    .bind(after.status.as_str())
+    .bind(&after.verified_by)
+    .bind(after.status_changed_at)
+    .bind(after.verified_at)
+    .bind(after.proof_missing_since)
+    .bind(after.next_check_at)
+    .bind(after.failed_checks)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if let Some(reason) = reason {
+        super::record_event(&mut tx, domain_id, Some(before.status), after.status, reason).await?;
+        tracing::info!(domain = %name, from = before.status.as_str(), to = after.status.as_str(), reason, "domain status changed");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn outcome(wanted: &[Wanted], found: &[Found], domain: &str, state: &AppState) -> Outcome {
+    let statuses: Vec<RecordStatus> = wanted
+        .iter()
+        .zip(found)
+        .filter(|(w, _)| w.required)
+        .map(|(w, f)| records::evaluate(w, Some(f), domain, &state.settings).status)
+        .collect();
+    if statuses.iter().all(|s| *s == RecordStatus::Verified) {
+        Outcome::Proven
+    } else if statuses
+        .iter()
+        .any(|s| matches!(s, RecordStatus::NotFound | RecordStatus::Mismatch))
+    {
+        Outcome::Disproven
+    } else {
+        Outcome::Inconclusive
+    }
+}
+
+/// All lookups of one domain at once; answers one `Found` per wanted record, in order.
+async fn look_up_all(state: &AppState, domain: &str, wanted: &[Wanted]) -> Vec<Found> {
+    let mut lookups = JoinSet::new();
+    for (index, record) in wanted.iter().enumerate() {
+        let resolver = state.resolver.clone();
+        let record = record.clone();
+        let domain = domain.to_string();
+        lookups.spawn(async move { (index, look_up(&resolver, &domain, &record).await) });
+    }
+    let mut found = vec![Found::default(); wanted.len()];
+    while let Some(result) = lookups.join_next().await {
+        match result {
+            Ok((index, answer)) => found[index] = answer,
+            Err(error) => tracing::error!(%error, "a DNS lookup task failed"),
+        }
+    }
+    found
+}
+
+async fn look_up(resolver: &crate::dns::DnsResolver, domain: &str, record: &Wanted) -> Found {
+    let record_type = match record.record_type {
+        "CNAME" => RecordType::CNAME,
+        "MX" => RecordType::MX,
+        _ => RecordType::TXT,
+    };
+    match resolver.lookup(&record.name, record_type).await {
+        Answer::Found(values) => Found {
+            values: records::relevant(record.purpose, values),
+            ..Found::default()
+        },
+        Answer::Failed(error) => Found {
+            error: Some(error),
+            ..Found::default()
+        },
+        // A DNS provider that appends the zone turns `x._domainkey.customer.com` into
+        // `x._domainkey.customer.com.customer.com`: look there to say so.
+        Answer::Nothing if record.purpose == Purpose::Dkim => {
+            let doubled = format!("{}.{domain}", record.name);
+            match resolver.lookup(&doubled, record_type).await {
+                Answer::Found(values) => Found {
+                    values,
+                    at: Some(doubled),
+                    error: None,
+                },
+                _ => Found::default(),
+            }
+        }
+        Answer::Nothing => Found::default(),
+    }
+}
+
+/// Takes the lease on one domain for an immediate check; waits while another instance
+/// is checking it. Answers false when the wait ran out.
+pub async fn lease_one(state: &AppState, domain_id: &str) -> anyhow::Result<bool> {
+    for _ in 0..100 {
+        let now = Timestamp::now().0;
+        let taken = sqlx::query(
+            "UPDATE domains SET lease_until = $2 WHERE id = $1 \
+             AND (lease_until IS NULL OR lease_until < $3)",
+        )
+        .bind(domain_id)
+        .bind(now + LEASE)
+        .bind(now)
+        .execute(&state.db.pool)
+        .await?;
+        if taken.rows_affected() == 1 {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(false)
+}
+
+/// Claims up to `limit` domains that are due, for this instance alone.
+async fn claim_due(state: &AppState, limit: i64) -> anyhow::Result<Vec<String>> {
+    let lock = match state.db.engine {
+        Engine::Postgres => "FOR UPDATE SKIP LOCKED",
+        Engine::Sqlite => "",
+    };
+    let now = Timestamp::now().0;
+    let sql = format!(
+        "UPDATE domains SET lease_until = $1 \
+         WHERE id IN (SELECT id FROM domains WHERE next_check_at <= $2 \
+                        AND status IN ('pending', 'active') \
+                        AND (lease_until IS NULL OR lease_until < $2) \
+                      ORDER BY next_check_at LIMIT $3 {lock}) \
+           AND (lease_until IS NULL OR lease_until < $2) \
+         RETURNING id"
+    );
+    let ids = sqlx::query_scalar(&sql)
+        .bind(now + LEASE)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&state.db.pool)
+        .await?;
+    Ok(ids)
+}
+
+/// The background verifier: checks due domains until `stop` changes.
+pub async fn run_verifier(state: AppState, mut stop: watch::Receiver<bool>) {
+    const BATCH: i64 = 64;
+    const CONCURRENCY: usize = 16;
+    let idle = Duration::from_secs(state.settings.dns_check_interval.clamp(1, 30));
+    tracing::info!("domain verifier started");
+    while !*stop.borrow() {
+        let claimed = match claim_due(&state, BATCH).await {
+            Ok(ids) => ids,
+            Err(error) => {
+                tracing::error!(%error, "domain verifier cannot claim domains");
+                Vec::new()
+            }
+        };
+        let full_batch = claimed.len() as i64 == BATCH;
+        let mut checks = JoinSet::new();
+        for id in claimed {
+            while checks.len() >= CONCURRENCY {
+                checks.join_next().await;
+            }
+            let state = state.clone();
+            checks.spawn(async move {
+                if let Err(error) = check_domain(&state, &id).await {
+                    tracing::error!(%error, domain_id = %id, "domain check failed");
+                }
+            });
+        }
+        while checks.join_next().await.is_some() {}
+        if !full_batch {
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+    tracing::info!("domain verifier stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: i64 = 300_000;
+
+    fn standing(status: DomainStatus, changed: i64) -> Standing {
+        Standing {
+            status,
+            verified_by: None,
+            status_changed_at: changed,
+            verified_at: None,
+            proof_missing_since: None,
+            next_check_at: Some(changed),
+            failed_checks: 0,
+        }
+    }
+
+    #[test]
+    fn pending_becomes_active_on_proof() {
+        let (after, reason) = decide(&standing(DomainStatus::Pending, 0), Outcome::Proven, 1000, INTERVAL);
+        assert_eq!(after.status, DomainStatus::Active);
+        assert_eq!(after.verified_at, Some(1000));
+        assert!(reason.is_some());
+    }
+
+    #[test]
+    fn pending_backs_off_then_fails_after_72_hours() {
+        let start = standing(DomainStatus::Pending, 0);
+        let (first, _) = decide(&start, Outcome::Disproven, 1, INTERVAL);
+        let (second, _) = decide(&first, Outcome::Disproven, 2, INTERVAL);
+        assert!(second.next_check_at.unwrap() - 2 > first.next_check_at.unwrap() - 1);
+        assert_eq!(second.status, DomainStatus::Pending);
+        let (late, reason) = decide(&second, Outcome::Inconclusive, PENDING_LIMIT + 1, INTERVAL);
+        assert_eq!(late.status, DomainStatus::Failed);
+        assert_eq!(late.next_check_at, None);
+        assert!(reason.is_some());
+    }
+
+    #[test]
+    fn active_survives_a_short_loss_of_proof_and_failed_lookups() {
+        let active = Standing {
+            verified_by: Some("dns".into()),
+            ..standing(DomainStatus::Active, 0)
+        };
+        let (missing, reason) = decide(&active, Outcome::Disproven, 10, INTERVAL);
+        assert_eq!((missing.status, reason), (DomainStatus::Active, None));
+        assert_eq!(missing.proof_missing_since, Some(10));
+        let (unsure, _) = decide(&missing, Outcome::Inconclusive, PROOF_GRACE + 100, INTERVAL);
+        assert_eq!(unsure.status, DomainStatus::Active, "a failed lookup never demotes");
+        let (back, _) = decide(&missing, Outcome::Proven, 20, INTERVAL);
+        assert_eq!(back.proof_missing_since, None);
+        let (demoted, reason) = decide(&missing, Outcome::Disproven, PROOF_GRACE + 11, INTERVAL);
+        assert_eq!(demoted.status, DomainStatus::Pending);
+        assert!(reason.is_some());
+    }
+
+    #[test]
+    fn operator_activation_is_not_undone_by_dns() {
+        let active = Standing {
+            verified_by: Some("operator".into()),
+            proof_missing_since: Some(0),
+            ..standing(DomainStatus::Active, 0)
+        };
+        let (after, _) = decide(&active, Outcome::Disproven, PROOF_GRACE * 3, INTERVAL);
+        assert_eq!(after.status, DomainStatus::Active);
+    }
+}
