@@ -241,12 +241,17 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("mailroom.toml");
-        std::fs::write(&file, "dns_check_interval = 60\ndns_nameservers = [\"127.0.0.1:53\"]\n").unwrap();
+        std::fs::write(
+            &file,
+            "dns_check_interval = 60\ndns_nameservers = [\"127.0.0.1:53\"]\n",
+        )
+        .unwrap();
         let loaded = Settings::load(Some(&file), Vec::new()).unwrap();
         assert_eq!(loaded.settings.dns_check_interval, 60);
         assert_eq!(loaded.settings.dns_nameservers.len(), 1);
 
-        let error = Settings::load(None, env(&[("MAILROOM_DNS_CHECK_INTERVAL", "soon")])).unwrap_err();
+        let error =
+            Settings::load(None, env(&[("MAILROOM_DNS_CHECK_INTERVAL", "soon")])).unwrap_err();
         assert!(format!("{error:#}").contains("soon"), "{error:#}");
     }
 

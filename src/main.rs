@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mailroom::config::{Loaded, Settings};
-use mailroom::store::Db;
 use mailroom::domains::{self, DomainName, DomainStatus};
+use mailroom::store::Db;
 use mailroom::{Application, shutdown_signal, tenancy};
 
 /// mailroom: a self-hosted email control plane.

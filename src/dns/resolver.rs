@@ -54,6 +54,7 @@ impl DnsResolver {
         options.timeout = Duration::from_secs(3);
         options.attempts = 2;
         options.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+        options.edns0 = true;
         Ok(DnsResolver {
             inner: builder.build()?,
         })

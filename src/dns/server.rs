@@ -145,8 +145,12 @@ impl RequestHandler for DkimZone {
         let builder = MessageResponseBuilder::from_message_request(request);
         let query = match request.request_info() {
             Ok(info) if request.metadata.op_code == OpCode::Query => info.query,
-            Ok(_) => return send_error(response_handle, builder, metadata, ResponseCode::NotImp).await,
-            Err(_) => return send_error(response_handle, builder, metadata, ResponseCode::FormErr).await,
+            Ok(_) => {
+                return send_error(response_handle, builder, metadata, ResponseCode::NotImp).await;
+            }
+            Err(_) => {
+                return send_error(response_handle, builder, metadata, ResponseCode::FormErr).await;
+            }
         };
         let (code, answers) = self
             .answer(&query.name().to_string(), query.query_type())

@@ -7,8 +7,8 @@ use sqlx::Row;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::records::{self, Found, Purpose, RecordStatus, Wanted};
 use super::DomainStatus;
+use super::records::{self, Found, Purpose, RecordStatus, Wanted};
 use crate::dns::Answer;
 use crate::http::AppState;
 use crate::store::{Engine, Timestamp};
@@ -56,7 +56,9 @@ pub fn decide(
     let mut reason = None;
     let backoff = |failed: i64| {
         let factor = 1i64 << failed.clamp(0, 16);
-        now + interval_ms.saturating_mul(factor).min(MAX_BACKOFF.max(interval_ms))
+        now + interval_ms
+            .saturating_mul(factor)
+            .min(MAX_BACKOFF.max(interval_ms))
     };
     match (before.status, outcome) {
         (DomainStatus::Suspended, _) => {
@@ -90,7 +92,9 @@ pub fn decide(
         (DomainStatus::Active, Outcome::Inconclusive) => {
             after.next_check_at = Some(now + interval_ms.min(HOUR));
         }
-        (DomainStatus::Active, Outcome::Disproven) if before.verified_by.as_deref() == Some("operator") => {
+        (DomainStatus::Active, Outcome::Disproven)
+            if before.verified_by.as_deref() == Some("operator") =>
+        {
             after.next_check_at = Some(now + ACTIVE_RECHECK);
         }
         (DomainStatus::Active, Outcome::Disproven) => {
@@ -200,7 +204,14 @@ pub async fn check_domain(state: &AppState, domain_id: &str) -> anyhow::Result<(
     .execute(&mut *tx)
     .await?;
     if let Some(reason) = reason {
-        super::record_event(&mut tx, domain_id, Some(before.status), after.status, reason).await?;
+        super::record_event(
+            &mut tx,
+            domain_id,
+            Some(before.status),
+            after.status,
+            reason,
+        )
+        .await?;
         tracing::info!(domain = %name, from = before.status.as_str(), to = after.status.as_str(), reason, "domain status changed");
     }
     tx.commit().await?;
@@ -382,7 +393,12 @@ mod tests {
 
     #[test]
     fn pending_becomes_active_on_proof() {
-        let (after, reason) = decide(&standing(DomainStatus::Pending, 0), Outcome::Proven, 1000, INTERVAL);
+        let (after, reason) = decide(
+            &standing(DomainStatus::Pending, 0),
+            Outcome::Proven,
+            1000,
+            INTERVAL,
+        );
         assert_eq!(after.status, DomainStatus::Active);
         assert_eq!(after.verified_at, Some(1000));
         assert!(reason.is_some());
@@ -411,7 +427,11 @@ mod tests {
         assert_eq!((missing.status, reason), (DomainStatus::Active, None));
         assert_eq!(missing.proof_missing_since, Some(10));
         let (unsure, _) = decide(&missing, Outcome::Inconclusive, PROOF_GRACE + 100, INTERVAL);
-        assert_eq!(unsure.status, DomainStatus::Active, "a failed lookup never demotes");
+        assert_eq!(
+            unsure.status,
+            DomainStatus::Active,
+            "a failed lookup never demotes"
+        );
         let (back, _) = decide(&missing, Outcome::Proven, 20, INTERVAL);
         assert_eq!(back.proof_missing_since, None);
         let (demoted, reason) = decide(&missing, Outcome::Disproven, PROOF_GRACE + 11, INTERVAL);

@@ -29,8 +29,7 @@ fn new_token() -> String {
 
 /// Generates a domain's keys on a blocking thread: RSA key generation takes a while.
 pub async fn generate_keys() -> anyhow::Result<Vec<NewKey>> {
-    tokio::task::spawn_blocking(|| (0..KEYS_PER_DOMAIN).map(|_| generate_key()).collect())
-        .await?
+    tokio::task::spawn_blocking(|| (0..KEYS_PER_DOMAIN).map(|_| generate_key()).collect()).await?
 }
 
 fn generate_key() -> anyhow::Result<NewKey> {
@@ -71,6 +70,10 @@ pub async fn insert_keys(
 }
 
 /// A private key as PKCS#8 DER, opened from its sealed form.
-pub fn open_private_key(master_key: &MasterKey, token: &str, sealed: &str) -> anyhow::Result<Vec<u8>> {
+pub fn open_private_key(
+    master_key: &MasterKey,
+    token: &str,
+    sealed: &str,
+) -> anyhow::Result<Vec<u8>> {
     master_key.open(sealed, &seal_context(token))
 }

@@ -123,7 +123,11 @@ pub async fn tokens(db: &Db, domain_id: &str) -> sqlx::Result<Vec<String>> {
 
 /// Attaches records (wanted, and found at the last check) to domain rows, with two
 /// queries for any number of domains.
-pub async fn render(db: &Db, settings: &Settings, rows: Vec<DomainRow>) -> sqlx::Result<Vec<Domain>> {
+pub async fn render(
+    db: &Db,
+    settings: &Settings,
+    rows: Vec<DomainRow>,
+) -> sqlx::Result<Vec<Domain>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -158,7 +162,11 @@ pub async fn render(db: &Db, settings: &Settings, rows: Vec<DomainRow>) -> sqlx:
     for row in query.fetch_all(&db.pool).await? {
         let values: String = row.try_get("found")?;
         found.insert(
-            (row.try_get("domain_id")?, row.try_get("record_type")?, row.try_get("name")?),
+            (
+                row.try_get("domain_id")?,
+                row.try_get("record_type")?,
+                row.try_get("name")?,
+            ),
             Found {
                 values: serde_json::from_str(&values).unwrap_or_default(),
                 at: row.try_get("found_at")?,
@@ -170,7 +178,11 @@ pub async fn render(db: &Db, settings: &Settings, rows: Vec<DomainRow>) -> sqlx:
     Ok(rows
         .into_iter()
         .map(|row| {
-            let wanted = records::wanted(&row.name, tokens.get(&row.id).map_or(&[][..], |t| t), settings);
+            let wanted = records::wanted(
+                &row.name,
+                tokens.get(&row.id).map_or(&[][..], |t| t),
+                settings,
+            );
             let records = wanted
                 .iter()
                 .map(|w| {
@@ -264,7 +276,14 @@ pub async fn set_status_by_operator(
         DomainStatus::Active => "activated by the operator",
         _ => "set by the operator",
     };
-    record_event(&mut tx, &domain_id, Some(DomainStatus::parse(&before)?), status, reason).await?;
+    record_event(
+        &mut tx,
+        &domain_id,
+        Some(DomainStatus::parse(&before)?),
+        status,
+        reason,
+    )
+    .await?;
     tx.commit().await?;
     Ok(holder)
 }

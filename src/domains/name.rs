@@ -45,28 +45,41 @@ impl DomainName {
         }
         for label in &labels {
             if label.is_empty() {
-                return Err(format!("`{trimmed}` has an empty label (two dots in a row)"));
+                return Err(format!(
+                    "`{trimmed}` has an empty label (two dots in a row)"
+                ));
             }
             if label.len() > MAX_LABEL {
-                return Err(format!("the label `{label}` is longer than {MAX_LABEL} characters"));
+                return Err(format!(
+                    "the label `{label}` is longer than {MAX_LABEL} characters"
+                ));
             }
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 return Err(format!(
                     "the label `{label}` may hold only letters, digits and hyphens"
                 ));
             }
             if label.starts_with('-') || label.ends_with('-') {
-                return Err(format!("the label `{label}` cannot start or end with a hyphen"));
+                return Err(format!(
+                    "the label `{label}` cannot start or end with a hyphen"
+                ));
             }
         }
         let top = labels[labels.len() - 1];
         if top.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("`{trimmed}` ends in a number, so it is not a domain name"));
+            return Err(format!(
+                "`{trimmed}` ends in a number, so it is not a domain name"
+            ));
         }
         if labels.iter().any(|label| label.starts_with("xn--"))
             && idna::domain_to_ascii_strict(&ascii).is_err()
         {
-            return Err(format!("`{trimmed}` is not a valid internationalised domain name"));
+            return Err(format!(
+                "`{trimmed}` is not a valid internationalised domain name"
+            ));
         }
         Ok(DomainName(ascii))
     }
@@ -87,7 +100,9 @@ mod tests {
     use super::DomainName;
 
     fn ok(input: &str) -> String {
-        DomainName::parse(input).unwrap_or_else(|e| panic!("{input}: {e}")).0
+        DomainName::parse(input)
+            .unwrap_or_else(|e| panic!("{input}: {e}"))
+            .0
     }
 
     #[test]

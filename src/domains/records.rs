@@ -119,13 +119,21 @@ pub fn relevant(purpose: Purpose, values: Vec<String>) -> Vec<String> {
 }
 
 fn same_name(a: &str, b: &str) -> bool {
-    a.trim_end_matches('.').eq_ignore_ascii_case(b.trim_end_matches('.'))
+    a.trim_end_matches('.')
+        .eq_ignore_ascii_case(b.trim_end_matches('.'))
 }
 
-pub fn evaluate(wanted: &Wanted, found: Option<&Found>, domain: &str, settings: &Settings) -> DnsRecord {
+pub fn evaluate(
+    wanted: &Wanted,
+    found: Option<&Found>,
+    domain: &str,
+    settings: &Settings,
+) -> DnsRecord {
     let (status, found_values, hint) = match found {
         None => (RecordStatus::NotChecked, vec![], None),
-        Some(Found { error: Some(error), .. }) => (
+        Some(Found {
+            error: Some(error), ..
+        }) => (
             RecordStatus::LookupFailed,
             vec![format!("(no answer: {error})")],
             Some("DNS did not answer this time; the domain's status stays as it was".to_string()),
@@ -133,7 +141,11 @@ pub fn evaluate(wanted: &Wanted, found: Option<&Found>, domain: &str, settings: 
         Some(found) => {
             let (status, hint) = judge(wanted, found, domain, settings);
             let values = match &found.at {
-                Some(at) => found.values.iter().map(|v| format!("{v} (at {at})")).collect(),
+                Some(at) => found
+                    .values
+                    .iter()
+                    .map(|v| format!("{v} (at {at})"))
+                    .collect(),
                 None => found.values.clone(),
             };
             (status, values, hint)
@@ -150,9 +162,17 @@ pub fn evaluate(wanted: &Wanted, found: Option<&Found>, domain: &str, settings: 
     }
 }
 
-fn judge(wanted: &Wanted, found: &Found, domain: &str, settings: &Settings) -> (RecordStatus, Option<String>) {
+fn judge(
+    wanted: &Wanted,
+    found: &Found,
+    domain: &str,
+    settings: &Settings,
+) -> (RecordStatus, Option<String>) {
     if let Some(at) = &found.at {
-        let short = wanted.name.strip_suffix(&format!(".{domain}")).unwrap_or(&wanted.name);
+        let short = wanted
+            .name
+            .strip_suffix(&format!(".{domain}"))
+            .unwrap_or(&wanted.name);
         return (
             RecordStatus::NotFound,
             Some(format!(
@@ -164,7 +184,10 @@ fn judge(wanted: &Wanted, found: &Found, domain: &str, settings: &Settings) -> (
     if found.values.is_empty() {
         return (
             RecordStatus::NotFound,
-            Some(format!("publish {} {} {}", wanted.name, wanted.record_type, wanted.value)),
+            Some(format!(
+                "publish {} {} {}",
+                wanted.name, wanted.record_type, wanted.value
+            )),
         );
     }
     match wanted.purpose {
@@ -186,7 +209,10 @@ fn judge(wanted: &Wanted, found: &Found, domain: &str, settings: &Settings) -> (
             } else {
                 (
                     RecordStatus::Mismatch,
-                    Some(format!("the CNAME points elsewhere; point it to {}", wanted.value)),
+                    Some(format!(
+                        "the CNAME points elsewhere; point it to {}",
+                        wanted.value
+                    )),
                 )
             }
         }
@@ -214,11 +240,11 @@ fn judge(wanted: &Wanted, found: &Found, domain: &str, settings: &Settings) -> (
         Purpose::Dmarc => (RecordStatus::Verified, None),
         Purpose::Mx => {
             let host = wanted.value.split_whitespace().last().unwrap_or_default();
-            if found
-                .values
-                .iter()
-                .any(|v| v.split_whitespace().last().is_some_and(|h| same_name(h, host)))
-            {
+            if found.values.iter().any(|v| {
+                v.split_whitespace()
+                    .last()
+                    .is_some_and(|h| same_name(h, host))
+            }) {
                 (RecordStatus::Verified, None)
             } else {
                 (
@@ -255,7 +281,12 @@ mod tests {
     #[test]
     fn a_cname_matches_ignoring_case_and_the_final_dot() {
         let s = settings();
-        let record = evaluate(&dkim(&s), Some(&found(&["ABC.dkim.example.net."])), "customer.com", &s);
+        let record = evaluate(
+            &dkim(&s),
+            Some(&found(&["ABC.dkim.example.net."])),
+            "customer.com",
+            &s,
+        );
         assert_eq!(record.status, RecordStatus::Verified);
         assert_eq!(record.name, "abc._domainkey.customer.com");
     }
@@ -305,11 +336,24 @@ mod tests {
         let s = settings();
         let spf = wanted("customer.com", &[], &s).remove(0);
         assert_eq!(spf.purpose, Purpose::Spf);
-        let ok = evaluate(&spf, Some(&found(&["v=spf1 mx include:spf.dkim.example.net -all"])), "customer.com", &s);
+        let ok = evaluate(
+            &spf,
+            Some(&found(&["v=spf1 mx include:spf.dkim.example.net -all"])),
+            "customer.com",
+            &s,
+        );
         assert_eq!(ok.status, RecordStatus::Verified);
         let missing = evaluate(&spf, Some(&found(&["v=spf1 mx -all"])), "customer.com", &s);
         assert_eq!(missing.status, RecordStatus::Mismatch);
-        let two = evaluate(&spf, Some(&found(&["v=spf1 -all", "v=spf1 include:spf.dkim.example.net -all"])), "customer.com", &s);
+        let two = evaluate(
+            &spf,
+            Some(&found(&[
+                "v=spf1 -all",
+                "v=spf1 include:spf.dkim.example.net -all",
+            ])),
+            "customer.com",
+            &s,
+        );
         assert_eq!(two.status, RecordStatus::Mismatch);
     }
 }

@@ -45,7 +45,9 @@ pub struct DeletedDomain {
 }
 
 async fn envelope(state: &AppState, row: DomainRow) -> Result<Json<DomainEnvelope>, ApiError> {
-    let domain = render(&state.db, &state.settings, vec![row]).await?.remove(0);
+    let domain = render(&state.db, &state.settings, vec![row])
+        .await?
+        .remove(0);
     Ok(Json(DomainEnvelope { domain }))
 }
 
@@ -69,8 +71,14 @@ pub async fn create_domain(
 ) -> Result<(StatusCode, Json<DomainEnvelope>), ApiError> {
     caller.require(Role::Editor)?;
     let name = DomainName::parse(&body.domain).map_err(|e| ApiError::invalid("domain", e))?;
-    if super::find(&state.db, &caller.account_id, &name).await?.is_some() {
-        return Err(ApiError::conflict("domain_exists", format!("{name} is already added")));
+    if super::find(&state.db, &caller.account_id, &name)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::conflict(
+            "domain_exists",
+            format!("{name} is already added"),
+        ));
     }
     let active_elsewhere: Option<i64> =
         sqlx::query_scalar("SELECT 1 FROM domains WHERE name = $1 AND status = 'active'")
@@ -139,7 +147,11 @@ pub async fn list_domains(
     .fetch_all(&state.db.pool)
     .await?;
     let items = render(&state.db, &state.settings, rows).await?;
-    Ok(Json(DomainList { items, limit, offset }))
+    Ok(Json(DomainList {
+        items,
+        limit,
+        offset,
+    }))
 }
 
 /// Get a domain with its records and what DNS held at the last check.

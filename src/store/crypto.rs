@@ -48,7 +48,10 @@ impl MasterKey {
     pub fn from_hex(text: &str) -> anyhow::Result<MasterKey> {
         let bytes = hex::decode(text.trim()).context("must be 64 hex digits")?;
         if bytes.len() != 32 {
-            bail!("must be 64 hex digits (32 bytes), not {} bytes", bytes.len());
+            bail!(
+                "must be 64 hex digits (32 bytes), not {} bytes",
+                bytes.len()
+            );
         }
         Ok(MasterKey(XChaCha20Poly1305::new(bytes.as_slice().into())))
     }
@@ -77,7 +80,9 @@ impl MasterKey {
         let Some(encoded) = sealed.strip_prefix(&format!("{VERSION}:")) else {
             bail!("unknown sealed format");
         };
-        let bytes = STANDARD.decode(encoded).context("sealed value is not base64")?;
+        let bytes = STANDARD
+            .decode(encoded)
+            .context("sealed value is not base64")?;
         if bytes.len() < 24 {
             bail!("sealed value too short");
         }
@@ -123,7 +128,11 @@ mod tests {
         let key = MasterKey::from_hex(&"11".repeat(32)).unwrap();
         let sealed = key.seal(b"hunter2", "smtp:dom_1");
         assert!(!sealed.contains("hunter2"));
-        assert_ne!(sealed, key.seal(b"hunter2", "smtp:dom_1"), "a fresh nonce each time");
+        assert_ne!(
+            sealed,
+            key.seal(b"hunter2", "smtp:dom_1"),
+            "a fresh nonce each time"
+        );
         assert_eq!(key.open(&sealed, "smtp:dom_1").unwrap(), b"hunter2");
         assert!(key.open(&sealed, "smtp:dom_2").is_err());
         let other = MasterKey::from_hex(&"22".repeat(32)).unwrap();
@@ -144,7 +153,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("secret.key")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("secret.key"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

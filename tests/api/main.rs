@@ -4,6 +4,8 @@ mod helpers;
 
 mod auth;
 mod cli;
+mod dkim_dns;
+mod domains;
 mod errors;
 mod openapi;
 mod tenancy;

@@ -1,6 +1,8 @@
 //! The harness: `spawn_app` runs the real server on port 0 with a fresh database of the
 //! chosen engine; `ServerProcess` runs the built binary for what only a process can show.
 
+pub mod dns;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -76,6 +78,9 @@ pub async fn fresh_database_url(engine: Engine, dir: &TempDir) -> String {
 
 pub struct TestApp {
     pub address: String,
+    pub settings: Settings,
+    /// mailroom's own DNS server, when the settings asked for one.
+    pub dns_address: Option<std::net::SocketAddr>,
     pub db: Db,
     pub client: reqwest::Client,
     /// The first account, made with the CLI's own function: its admin key is `admin.api_key`.
@@ -84,20 +89,30 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app(engine: Engine) -> TestApp {
+    spawn_app_with(engine, |_| {}).await
+}
+
+/// `spawn_app` with settings of the test's own on top of the defaults.
+pub async fn spawn_app_with(engine: Engine, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
+    let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
         database_url: Some(Secret::new(fresh_database_url(engine, &dir).await)),
+        dkim_zone: "dkim.mailroom.test".to_string(),
         ..Settings::default()
     };
+    configure(&mut settings);
     let app = Application::build(&settings).await.expect("build the app");
+    let dns_address = app.dns_address();
     let db = app.db().clone();
     let address = format!("http://{}", app.address());
     tokio::spawn(app.run(std::future::pending()));
     let admin = create_account(&db, "Acme").await.unwrap();
     TestApp {
         address,
+        settings,
+        dns_address,
         db,
         client: reqwest::Client::new(),
         admin,
