@@ -6,12 +6,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::both_engines;
-use crate::helpers::{Engine, ServerProcess, fresh_database_url};
+use crate::helpers::{Engine, ServerProcess, error_code, fresh_database_url, spawn_app};
 
 both_engines!(
     the_first_start_prints_a_working_key_once,
     create_account_prints_json_beside_a_running_server,
     sigterm_finishes_requests_in_flight_and_exits_zero,
+    the_operator_activates_and_suspends_domains,
 );
 
 fn key_in(output: &str) -> Option<String> {
@@ -142,4 +143,58 @@ async fn sigterm_finishes_requests_in_flight_and_exits_zero(engine: Engine) {
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     assert!(answer.contains("Created during shutdown"));
     assert!(server.wait_for_exit(Duration::from_secs(10)).success());
+}
+
+async fn the_operator_activates_and_suspends_domains(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let created = app
+        .api(reqwest::Method::POST, "/v2/domains")
+        .json(&serde_json::json!({"domain": "internal.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let admin = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mailroom"))
+            .arg("admin")
+            .args(args)
+            .current_dir(app.dir.path())
+            .env("MAILROOM_DATABASE_URL", app.settings.database_url())
+            .output()
+            .unwrap()
+    };
+    let status = || async {
+        let got: serde_json::Value = app
+            .api(reqwest::Method::GET, "/v2/domains/internal.example")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        got["domain"]["status"].as_str().unwrap().to_string()
+    };
+
+    let activated = admin(&["activate-domain", "Internal.Example"]);
+    assert!(activated.status.success(), "{}", String::from_utf8_lossy(&activated.stderr));
+    assert_eq!(status().await, "active");
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM domain_events ORDER BY at")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(reasons.last().unwrap(), "activated by the operator");
+
+    let suspended = admin(&["suspend-domain", "internal.example"]);
+    assert!(suspended.status.success());
+    assert_eq!(status().await, "suspended");
+    let verify = app
+        .api(reqwest::Method::POST, "/v2/domains/internal.example/verify")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(verify, 409).await["code"], "domain_suspended");
+
+    let unknown = admin(&["activate-domain", "nobody.example"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no account has added"));
 }

@@ -12,6 +12,7 @@ both_engines!(
     what_dns_holds_is_shown_record_by_record,
     correct_records_activate_a_domain_on_verify,
     the_background_verifier_activates_a_domain,
+    two_instances_never_check_one_domain_twice,
     a_lost_proof_demotes_only_after_the_grace,
     a_failed_lookup_changes_nothing,
     a_pending_domain_fails_after_72_hours,
@@ -231,6 +232,39 @@ async fn the_background_verifier_activates_a_domain(engine: Engine) {
             "not activated in the background: {got}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn two_instances_never_check_one_domain_twice(engine: Engine) {
+    let dns = TestDns::start().await;
+    let app = spawn_app_with(engine, |s| {
+        s.dns_nameservers = vec![dns.address];
+        s.dns_check_interval = 1;
+    })
+    .await;
+    app.another_instance().await;
+    let mut first_records = Vec::new();
+    for i in 0..12 {
+        let domain = add(&app, &format!("customer{i}.com")).await;
+        publish(&dns, &domain);
+        first_records.push(required(&domain)[0]["name"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM domains WHERE status = 'active'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        if active == 12 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {active} of 12 domains activated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each domain was proven by its first check, by one instance, and not checked again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for name in first_records {
+        assert_eq!(dns.times_asked(&name), 1, "{name}");
     }
 }
 

@@ -17,6 +17,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 struct Zone {
     records: HashMap<(String, RecordType), Vec<RData>>,
     failing: HashSet<String>,
+    asked: HashMap<String, usize>,
 }
 
 #[derive(Clone)]
@@ -79,6 +80,11 @@ impl TestDns {
         self.zone.lock().unwrap().failing.insert(key(name));
     }
 
+    /// How many questions about `name` the server has answered.
+    pub fn times_asked(&self, name: &str) -> usize {
+        self.zone.lock().unwrap().asked.get(&key(name)).copied().unwrap_or(0)
+    }
+
     pub fn recover(&self, name: &str) {
         self.zone.lock().unwrap().failing.remove(&key(name));
     }
@@ -98,7 +104,8 @@ impl RequestHandler for Handler {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
         let answers: Vec<Record> = {
-            let zone = self.0.lock().unwrap();
+            let mut zone = self.0.lock().unwrap();
+            *zone.asked.entry(name.clone()).or_default() += 1;
             if zone.failing.contains(&name) {
                 metadata.response_code = ResponseCode::ServFail;
                 vec![]

@@ -132,6 +132,14 @@ impl TestApp {
             .bearer_auth(key)
     }
 
+    /// Another mailroom instance on the same database, as behind a load balancer.
+    pub async fn another_instance(&self) -> String {
+        let app = Application::build(&self.settings).await.expect("build a second app");
+        let address = format!("http://{}", app.address());
+        tokio::spawn(app.run(std::future::pending()));
+        address
+    }
+
     /// A second, unrelated account in the same database.
     pub async fn other_account(&self) -> NewAccount {
         create_account(&self.db, "Other").await.unwrap()
