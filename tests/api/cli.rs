@@ -176,7 +176,11 @@ async fn the_operator_activates_and_suspends_domains(engine: Engine) {
     };
 
     let activated = admin(&["activate-domain", "Internal.Example"]);
-    assert!(activated.status.success(), "{}", String::from_utf8_lossy(&activated.stderr));
+    assert!(
+        activated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&activated.stderr)
+    );
     assert_eq!(status().await, "active");
     let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM domain_events ORDER BY at")
         .fetch_all(&app.db.pool)

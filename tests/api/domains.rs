@@ -251,14 +251,18 @@ async fn two_instances_never_check_one_domain_twice(engine: Engine) {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM domains WHERE status = 'active'")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
+        let active: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM domains WHERE status = 'active'")
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
         if active == 12 {
             break;
         }
-        assert!(Instant::now() < deadline, "only {active} of 12 domains activated");
+        assert!(
+            Instant::now() < deadline,
+            "only {active} of 12 domains activated"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Each domain was proven by its first check, by one instance, and not checked again.

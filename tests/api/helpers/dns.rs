@@ -82,7 +82,13 @@ impl TestDns {
 
     /// How many questions about `name` the server has answered.
     pub fn times_asked(&self, name: &str) -> usize {
-        self.zone.lock().unwrap().asked.get(&key(name)).copied().unwrap_or(0)
+        self.zone
+            .lock()
+            .unwrap()
+            .asked
+            .get(&key(name))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn recover(&self, name: &str) {

@@ -134,7 +134,9 @@ impl TestApp {
 
     /// Another mailroom instance on the same database, as behind a load balancer.
     pub async fn another_instance(&self) -> String {
-        let app = Application::build(&self.settings).await.expect("build a second app");
+        let app = Application::build(&self.settings)
+            .await
+            .expect("build a second app");
         let address = format!("http://{}", app.address());
         tokio::spawn(app.run(std::future::pending()));
         address
