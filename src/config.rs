@@ -37,6 +37,17 @@ pub struct Settings {
     pub spf_include: Option<String>,
     /// The host the advisory MX record names; no MX record is advised when unset.
     pub mx_host: Option<String>,
+    /// The system relay (`smtp://user:pass@host:port?tls=starttls|none`, `smtps://…`);
+    /// without it, mail with no relay of its own is written to `{data_dir}/mail/`.
+    pub smtp_url: Option<Secret>,
+    /// The From of mail that has no sender of its own.
+    pub mail_from: String,
+    /// Seconds an SMTP conversation may take before it counts as a temporary failure.
+    #[serde(deserialize_with = "number")]
+    pub smtp_timeout: u64,
+    /// Seconds before the first retry of a temporary failure (doubling after, with jitter).
+    #[serde(deserialize_with = "number")]
+    pub mail_retry_seconds: u64,
 }
 
 impl Default for Settings {
@@ -54,6 +65,10 @@ impl Default for Settings {
             dns_check_interval: 300,
             spf_include: None,
             mx_host: None,
+            smtp_url: None,
+            mail_from: "noreply@mailroom.test".to_string(),
+            smtp_timeout: 60,
+            mail_retry_seconds: 30,
         }
     }
 }

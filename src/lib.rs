@@ -5,23 +5,22 @@ pub mod config;
 pub mod dns;
 pub mod domains;
 pub mod http;
+pub mod mail;
+pub mod relays;
 pub mod store;
 pub mod tenancy;
 pub mod text;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
-use crate::dns::DnsResolver;
 use crate::dns::server::DnsServer;
 use crate::http::AppState;
 use crate::store::Db;
-use crate::store::crypto::MasterKey;
 
 /// The server, built and bound but not yet running: tests and `main` start it the same way.
 pub struct Application {
@@ -44,13 +43,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let address = listener.local_addr()?;
-        let state = AppState {
-            db,
-            settings: Arc::new(settings.clone()),
-            public_url: Arc::from(settings.public_url(address)),
-            resolver: DnsResolver::new(&settings.dns_nameservers)?,
-            master_key: MasterKey::load(settings)?,
-        };
+        let state = AppState::new(settings, db, settings.public_url(address))?;
         let dns = match settings.dns_listen {
             Some(address) => {
                 Some(DnsServer::start(address, &settings.dkim_zone, state.db.clone()).await?)
@@ -85,7 +78,11 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let verifier = tokio::spawn(domains::check::run_verifier(self.state.clone(), stopped));
+        let verifier = tokio::spawn(domains::check::run_verifier(
+            self.state.clone(),
+            stopped.clone(),
+        ));
+        let delivery = tokio::spawn(mail::worker::run(self.state.clone(), stopped));
 
         tracing::info!(address = %self.address, "listening");
         let served = axum::serve(self.listener, http::router(self.state))
@@ -93,6 +90,7 @@ impl Application {
             .await;
         let _ = stop.send(true);
         let _ = verifier.await;
+        let _ = delivery.await;
         if let Some(dns) = self.dns {
             dns.shutdown().await;
         }

@@ -4,6 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mailroom::config::{Loaded, Settings};
 use mailroom::domains::{self, DomainName, DomainStatus};
+use mailroom::http::AppState;
+use mailroom::mail::EmailAddress;
 use mailroom::store::Db;
 use mailroom::{Application, shutdown_signal, tenancy};
 
@@ -24,6 +26,11 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Send one test message through the system transport and report the outcome.
+    SendTestEmail {
+        #[arg(long)]
+        to: String,
+    },
     /// Operator commands that act on the database directly.
     Admin {
         #[command(subcommand)]
@@ -73,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve => serve(&settings).await,
+        Command::SendTestEmail { to } => send_test_email(&settings, &to).await,
         Command::Migrate => {
             open_db(&settings).await?;
             println!("migrations applied");
@@ -109,6 +117,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Admin {
             command: AdminCommand::SuspendDomain { domain, account },
         } => set_domain_status(&settings, &domain, account, DomainStatus::Suspended).await,
+    }
+}
+
+async fn send_test_email(settings: &Settings, to: &str) -> anyhow::Result<()> {
+    let to = EmailAddress::parse(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    let db = open_db(settings).await?;
+    let state = AppState::new(settings, db, settings.public_url(settings.listen))?;
+    let (transport, outcome) = mailroom::mail::worker::send_test_email(&state, &to).await?;
+    match outcome {
+        Ok(reply) => {
+            println!("sent to {to} through {transport}: {reply}");
+            Ok(())
+        }
+        Err(failure) => anyhow::bail!("not sent through {transport}: {failure:?}"),
     }
 }
 

@@ -19,7 +19,7 @@ pub use name::DomainName;
 use records::{DnsRecord, Found};
 
 use crate::config::Settings;
-use crate::http::AppState;
+use crate::http::{ApiError, AppState};
 use crate::store::{Db, Timestamp};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -111,6 +111,54 @@ pub async fn find(db: &Db, account_id: &str, name: &DomainName) -> sqlx::Result<
     .bind(name.as_str())
     .fetch_optional(&db.pool)
     .await
+}
+
+/// Adds a domain to an account as `pending`, with its DKIM keys. 409 when the account
+/// has it already or another account has it active.
+pub async fn add_domain(
+    state: &AppState,
+    account_id: &str,
+    name: &DomainName,
+) -> Result<DomainRow, ApiError> {
+    let active_elsewhere: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM domains WHERE name = $1 AND status = 'active'")
+            .bind(name.as_str())
+            .fetch_optional(&state.db.pool)
+            .await?;
+    if active_elsewhere.is_some() {
+        return Err(ApiError::conflict(
+            "domain_taken",
+            format!("{name} is already verified by another account"),
+        ));
+    }
+    let keys = dkim::generate_keys().await?;
+    let now = Timestamp::now().0;
+    let interval_ms = (state.settings.dns_check_interval.max(1) as i64).saturating_mul(1000);
+    let id = crate::store::new_id("dom");
+    let mut tx = state.db.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO domains (id, account_id, name, status, created_at, status_changed_at, next_check_at) \
+         VALUES ($1, $2, $3, 'pending', $4, $4, $5)",
+    )
+    .bind(&id)
+    .bind(account_id)
+    .bind(name.as_str())
+    .bind(now)
+    .bind(now + interval_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(|error| match error {
+        e if crate::store::is_unique_violation(&e) => {
+            ApiError::conflict("domain_exists", format!("{name} is already added"))
+        }
+        e => e.into(),
+    })?;
+    dkim::insert_keys(&mut tx, &id, &keys, &state.master_key).await?;
+    record_event(&mut tx, &id, None, DomainStatus::Pending, "added").await?;
+    tx.commit().await?;
+    find(&state.db, account_id, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("domain"))
 }
 
 /// A domain's DKIM tokens, in order.

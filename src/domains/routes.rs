@@ -3,9 +3,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{DOMAIN_COLUMNS, Domain, DomainName, DomainRow, DomainStatus, check, dkim, render};
+use super::{DOMAIN_COLUMNS, Domain, DomainName, DomainRow, DomainStatus, check, render};
 use crate::http::{ApiError, AppState, Caller, Json, Page, Query};
-use crate::store::{Timestamp, new_id};
 use crate::tenancy::Role;
 
 #[derive(Deserialize, ToSchema)]
@@ -80,45 +79,7 @@ pub async fn create_domain(
             format!("{name} is already added"),
         ));
     }
-    let active_elsewhere: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM domains WHERE name = $1 AND status = 'active'")
-            .bind(name.as_str())
-            .fetch_optional(&state.db.pool)
-            .await?;
-    if active_elsewhere.is_some() {
-        return Err(ApiError::conflict(
-            "domain_taken",
-            format!("{name} is already verified by another account"),
-        ));
-    }
-    let keys = dkim::generate_keys().await?;
-    let now = Timestamp::now().0;
-    let interval_ms = (state.settings.dns_check_interval.max(1) as i64).saturating_mul(1000);
-    let id = new_id("dom");
-    let mut tx = state.db.pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO domains (id, account_id, name, status, created_at, status_changed_at, next_check_at) \
-         VALUES ($1, $2, $3, 'pending', $4, $4, $5)",
-    )
-    .bind(&id)
-    .bind(&caller.account_id)
-    .bind(name.as_str())
-    .bind(now)
-    .bind(now + interval_ms)
-    .execute(&mut *tx)
-    .await
-    .map_err(|error| match error {
-        e if crate::store::is_unique_violation(&e) => {
-            ApiError::conflict("domain_exists", format!("{name} is already added"))
-        }
-        e => e.into(),
-    })?;
-    dkim::insert_keys(&mut tx, &id, &keys, &state.master_key).await?;
-    super::record_event(&mut tx, &id, None, DomainStatus::Pending, "added").await?;
-    tx.commit().await?;
-    let row = super::find(&state.db, &caller.account_id, &name)
-        .await?
-        .ok_or_else(|| ApiError::not_found("domain"))?;
+    let row = super::add_domain(&state, &caller.account_id, &name).await?;
     let Json(created) = envelope(&state, row).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -205,6 +166,19 @@ pub async fn delete_domain(
 ) -> Result<Json<Deleted>, ApiError> {
     caller.require(Role::Editor)?;
     let row = find_domain(&state, &caller, &name).await?;
+    let relays: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM smtp_settings WHERE domain_id = $1")
+        .bind(&row.id)
+        .fetch_one(&state.db.pool)
+        .await?;
+    if relays > 0 {
+        return Err(ApiError::conflict(
+            "domain_in_use",
+            format!(
+                "{} still has SMTP settings; remove them first (DELETE /api/v2/email/settings?domain={})",
+                row.name, row.name
+            ),
+        ));
+    }
     let deleted = sqlx::query("DELETE FROM domains WHERE id = $1 AND account_id = $2")
         .bind(&row.id)
         .bind(&caller.account_id)

@@ -42,6 +42,26 @@ pub struct AppState {
     pub public_url: Arc<str>,
     pub resolver: DnsResolver,
     pub master_key: MasterKey,
+    /// Rung after an email is queued, so that the delivery worker starts at once.
+    pub outbox_wakeup: Arc<tokio::sync::Notify>,
+}
+
+impl AppState {
+    pub fn new(settings: &Settings, db: Db, public_url: String) -> anyhow::Result<AppState> {
+        Ok(AppState {
+            db,
+            settings: Arc::new(settings.clone()),
+            public_url: Arc::from(public_url),
+            resolver: DnsResolver::new(&settings.dns_nameservers)?,
+            master_key: MasterKey::load(settings)?,
+            outbox_wakeup: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// Call after committing a transaction that queued email.
+    pub fn wake_outbox(&self) {
+        self.outbox_wakeup.notify_one();
+    }
 }
 
 /// A list in the `{"data": [...]}` shape.
@@ -57,6 +77,8 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(get_openapi))
         .merge(crate::tenancy::router())
         .merge(crate::domains::router())
+        .merge(crate::mail::router())
+        .merge(crate::relays::router())
         .split_for_parts();
     let document = openapi::complete(document);
     let document = Arc::new(document.to_json().expect("the OpenAPI document serializes"));

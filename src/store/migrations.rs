@@ -19,8 +19,8 @@ macro_rules! embedded {
 
 type Embedded = &'static [(&'static str, &'static str, &'static str)];
 
-const SQLITE: Embedded = embedded!("sqlite": "0001" "tenancy", "0002" "domains");
-const POSTGRES: Embedded = embedded!("postgres": "0001" "tenancy", "0002" "domains");
+const SQLITE: Embedded = embedded!("sqlite": "0001" "tenancy", "0002" "domains", "0003" "mail");
+const POSTGRES: Embedded = embedded!("postgres": "0001" "tenancy", "0002" "domains", "0003" "mail");
 
 #[derive(Debug)]
 struct Source(Embedded);

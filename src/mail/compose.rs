@@ -1,0 +1,118 @@
+//! Turning a queued email into the bytes that travel: MIME (text + HTML), Message-ID,
+//! Date, and a DKIM signature when the From domain is an active managed domain.
+
+use lettre::Message;
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart, dkim};
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::pkcs8::DecodePrivateKey;
+
+use crate::store::Db;
+use crate::store::crypto::MasterKey;
+
+pub struct Composed {
+    pub envelope: lettre::address::Envelope,
+    pub bytes: Vec<u8>,
+    /// The DKIM selector used, when signed.
+    pub signed_with: Option<String>,
+}
+
+pub struct Parts<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub subject: &'a str,
+    pub text: &'a str,
+    pub html: &'a str,
+    pub message_id: &'a str,
+    /// Milliseconds since the epoch: when the email was queued.
+    pub date: i64,
+}
+
+pub async fn compose(
+    db: &Db,
+    master_key: &MasterKey,
+    parts: Parts<'_>,
+) -> anyhow::Result<Composed> {
+    let from: Mailbox = parts.from.parse()?;
+    let to: Mailbox = parts.to.parse()?;
+    let date = std::time::UNIX_EPOCH + std::time::Duration::from_millis(parts.date.max(0) as u64);
+    let mut message = Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(parts.subject)
+        .date(date)
+        .message_id(Some(parts.message_id.to_string()))
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(parts.text.to_string()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(parts.html.to_string()),
+                ),
+        )?;
+    let domain = from.email.domain().to_ascii_lowercase();
+    let signed_with = match signing_key(db, master_key, &domain).await? {
+        Some((selector, pem)) => {
+            let key = dkim::DkimSigningKey::new(&pem, dkim::DkimSigningAlgorithm::Rsa)
+                .map_err(|e| anyhow::anyhow!("DKIM key of {domain}: {e:?}"))?;
+            let headers = [
+                "From",
+                "To",
+                "Subject",
+                "Date",
+                "Message-ID",
+                "MIME-Version",
+                "Content-Type",
+            ]
+            .into_iter()
+            .map(lettre::message::header::HeaderName::new_from_ascii_str)
+            .collect();
+            let config = dkim::DkimConfig::new(
+                selector.clone(),
+                domain,
+                key,
+                headers,
+                dkim::DkimCanonicalization {
+                    header: dkim::DkimCanonicalizationType::Relaxed,
+                    body: dkim::DkimCanonicalizationType::Relaxed,
+                },
+            );
+            message.sign(&config);
+            Some(selector)
+        }
+        None => None,
+    };
+    Ok(Composed {
+        envelope: message.envelope().clone(),
+        bytes: message.formatted(),
+        signed_with,
+    })
+}
+
+/// The current DKIM key of an active managed domain: its selector (token) and the
+/// private key as PKCS#1 PEM.
+async fn signing_key(
+    db: &Db,
+    master_key: &MasterKey,
+    domain: &str,
+) -> anyhow::Result<Option<(String, String)>> {
+    let key: Option<(String, String)> = sqlx::query_as(
+        "SELECT k.token, k.private_key FROM dkim_keys k JOIN domains d ON d.id = k.domain_id \
+         WHERE d.name = $1 AND d.status = 'active' ORDER BY k.position LIMIT 1",
+    )
+    .bind(domain)
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some((token, sealed)) = key else {
+        return Ok(None);
+    };
+    let der = crate::domains::dkim::open_private_key(master_key, &token, &sealed)?;
+    let private = rsa::RsaPrivateKey::from_pkcs8_der(&der)?;
+    let pem = private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)?;
+    Ok(Some((token, pem.to_string())))
+}
