@@ -33,13 +33,8 @@ pub struct DnsServer {
 impl DnsServer {
     /// Answers on UDP and TCP at `address` for `zone`.
     pub async fn start(address: SocketAddr, zone: &str, db: Db) -> anyhow::Result<DnsServer> {
-        let udp = UdpSocket::bind(address)
-            .await
-            .with_context(|| format!("cannot listen for DNS on udp/{address}"))?;
+        let (udp, tcp) = bind_both(address).await?;
         let address = udp.local_addr()?;
-        let tcp = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen for DNS on tcp/{address}"))?;
         let mut server = hickory_server::Server::new(DkimZone::new(zone, db)?);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
@@ -50,6 +45,25 @@ impl DnsServer {
     pub async fn shutdown(mut self) {
         if let Err(error) = self.server.shutdown_gracefully().await {
             tracing::warn!(%error, "DNS server stopped with an error");
+        }
+    }
+}
+
+/// UDP and TCP on one port. With port 0 the system picks the UDP port, which TCP may
+/// already use elsewhere: then another is tried.
+async fn bind_both(address: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
+    let mut tries = 0;
+    loop {
+        let udp = UdpSocket::bind(address)
+            .await
+            .with_context(|| format!("cannot listen for DNS on udp/{address}"))?;
+        let bound = udp.local_addr()?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(_) if address.port() == 0 && tries < 20 => tries += 1,
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot listen for DNS on tcp/{bound}"));
+            }
         }
     }
 }

@@ -314,10 +314,10 @@ pub async fn set_status_by_operator(
     .bind(next_check_at)
     .execute(&mut *tx)
     .await;
-    if let Err(error) = &updated {
-        if crate::store::is_unique_violation(error) {
-            anyhow::bail!("{name} is already active in another account");
-        }
+    if let Err(error) = &updated
+        && crate::store::is_unique_violation(error)
+    {
+        anyhow::bail!("{name} is already active in another account");
     }
     updated?;
     let reason = match status {

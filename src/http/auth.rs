@@ -32,13 +32,13 @@ impl FromRequestParts<AppState> for Caller {
         let key = api_keys::find_by_secret(&state.db, &secret)
             .await?
             .ok_or_else(invalid_credentials)?;
-        if let Some(named) = header(&parts.headers, "x-key")? {
-            if named != key.id {
-                return Err(ApiError::unauthorized(
-                    "key_mismatch",
-                    "the X-Key header names a different key than the one sent",
-                ));
-            }
+        if let Some(named) = header(&parts.headers, "x-key")?
+            && named != key.id
+        {
+            return Err(ApiError::unauthorized(
+                "key_mismatch",
+                "the X-Key header names a different key than the one sent",
+            ));
         }
         let requested_entity = match header(&parts.headers, "x-entity-id")? {
             None => None,

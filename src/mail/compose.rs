@@ -3,8 +3,7 @@
 
 use lettre::Message;
 use lettre::message::header::ContentType;
-use lettre::message::{Mailbox, MultiPart, SinglePart, dkim};
-use rsa::pkcs1::EncodeRsaPrivateKey;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
 use rsa::pkcs8::DecodePrivateKey;
 
 use crate::store::Db;
@@ -36,7 +35,7 @@ pub async fn compose(
     let from: Mailbox = parts.from.parse()?;
     let to: Mailbox = parts.to.parse()?;
     let date = std::time::UNIX_EPOCH + std::time::Duration::from_millis(parts.date.max(0) as u64);
-    let mut message = Message::builder()
+    let message = Message::builder()
         .from(from.clone())
         .to(to)
         .subject(parts.subject)
@@ -56,51 +55,30 @@ pub async fn compose(
                 ),
         )?;
     let domain = from.email.domain().to_ascii_lowercase();
+    let mut bytes = message.formatted();
     let signed_with = match signing_key(db, master_key, &domain).await? {
-        Some((selector, pem)) => {
-            let key = dkim::DkimSigningKey::new(&pem, dkim::DkimSigningAlgorithm::Rsa)
-                .map_err(|e| anyhow::anyhow!("DKIM key of {domain}: {e:?}"))?;
-            let headers = [
-                "From",
-                "To",
-                "Subject",
-                "Date",
-                "Message-ID",
-                "MIME-Version",
-                "Content-Type",
-            ]
-            .into_iter()
-            .map(lettre::message::header::HeaderName::new_from_ascii_str)
-            .collect();
-            let config = dkim::DkimConfig::new(
-                selector.clone(),
-                domain,
-                key,
-                headers,
-                dkim::DkimCanonicalization {
-                    header: dkim::DkimCanonicalizationType::Relaxed,
-                    body: dkim::DkimCanonicalizationType::Relaxed,
-                },
-            );
-            message.sign(&config);
+        Some((selector, key)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            bytes = super::dkim::sign(&bytes, &domain, &selector, &key, now);
             Some(selector)
         }
         None => None,
     };
     Ok(Composed {
         envelope: message.envelope().clone(),
-        bytes: message.formatted(),
+        bytes,
         signed_with,
     })
 }
 
-/// The current DKIM key of an active managed domain: its selector (token) and the
-/// private key as PKCS#1 PEM.
+/// The current DKIM key of an active managed domain, with its selector (its token).
 async fn signing_key(
     db: &Db,
     master_key: &MasterKey,
     domain: &str,
-) -> anyhow::Result<Option<(String, String)>> {
+) -> anyhow::Result<Option<(String, rsa::RsaPrivateKey)>> {
     let key: Option<(String, String)> = sqlx::query_as(
         "SELECT k.token, k.private_key FROM dkim_keys k JOIN domains d ON d.id = k.domain_id \
          WHERE d.name = $1 AND d.status = 'active' ORDER BY k.position LIMIT 1",
@@ -112,7 +90,5 @@ async fn signing_key(
         return Ok(None);
     };
     let der = crate::domains::dkim::open_private_key(master_key, &token, &sealed)?;
-    let private = rsa::RsaPrivateKey::from_pkcs8_der(&der)?;
-    let pem = private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)?;
-    Ok(Some((token, pem.to_string())))
+    Ok(Some((token, rsa::RsaPrivateKey::from_pkcs8_der(&der)?)))
 }

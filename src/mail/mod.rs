@@ -2,6 +2,7 @@
 
 pub mod address;
 pub mod compose;
+pub mod dkim;
 pub mod outbox;
 pub mod templates;
 pub mod transport;

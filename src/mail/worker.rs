@@ -80,10 +80,10 @@ pub async fn transport_for(
     account_id: Option<&str>,
     from_domain: &str,
 ) -> anyhow::Result<Transport> {
-    if let Some(account_id) = account_id {
-        if let Some(target) = crate::relays::target_for(state, account_id, from_domain).await? {
-            return Ok(Transport::Smtp(target));
-        }
+    if let Some(account_id) = account_id
+        && let Some(target) = crate::relays::target_for(state, account_id, from_domain).await?
+    {
+        return Ok(Transport::Smtp(target));
     }
     system_transport(state)
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::both_engines;
-use crate::helpers::{Engine, ServerProcess, error_code, fresh_database_url, spawn_app};
+use crate::helpers::{Engine, ServerProcess, error_code, fresh_database_url, key_in, spawn_app};
 
 both_engines!(
     the_first_start_prints_a_working_key_once,
@@ -14,13 +14,6 @@ both_engines!(
     sigterm_finishes_requests_in_flight_and_exits_zero,
     the_operator_activates_and_suspends_domains,
 );
-
-fn key_in(output: &str) -> Option<String> {
-    output
-        .split_whitespace()
-        .find(|word| word.starts_with("mrk_") && word.len() == 68)
-        .map(str::to_string)
-}
 
 async fn the_first_start_prints_a_working_key_once(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();

@@ -7,5 +7,6 @@ mod cli;
 mod dkim_dns;
 mod domains;
 mod errors;
+mod mail;
 mod openapi;
 mod tenancy;

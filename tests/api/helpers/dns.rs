@@ -13,9 +13,13 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 
+type Forwarder = hickory_resolver::Resolver<hickory_resolver::net::runtime::TokioRuntimeProvider>;
+
 #[derive(Default)]
 struct Zone {
     records: HashMap<(String, RecordType), Vec<RData>>,
+    /// Zones answered by another server (mailroom's), which CNAMEs are followed into.
+    delegated: Vec<(String, Forwarder)>,
     failing: HashSet<String>,
     asked: HashMap<String, usize>,
 }
@@ -49,6 +53,28 @@ impl TestDns {
     pub fn cname(&self, name: &str, target: &str) {
         let target = Name::from_ascii(format!("{}.", target.trim_end_matches('.'))).unwrap();
         self.set(name, RecordType::CNAME, vec![RData::CNAME(CNAME(target))]);
+    }
+
+    /// Questions about names in `zone` go to `server`, and CNAMEs pointing into `zone` are
+    /// followed there, as a recursive resolver would.
+    pub fn delegate(&self, zone: &str, server: SocketAddr) {
+        let mut connection = hickory_resolver::config::ConnectionConfig::udp();
+        connection.port = server.port();
+        let config = hickory_resolver::config::ResolverConfig::from_name_servers(vec![
+            hickory_resolver::config::NameServerConfig::new(server.ip(), true, vec![connection]),
+        ]);
+        let mut builder = hickory_resolver::Resolver::builder_with_config(
+            config,
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        );
+        builder.options_mut().edns0 = true;
+        builder.options_mut().cache_size = 0;
+        let forwarder = builder.build().unwrap();
+        self.zone
+            .lock()
+            .unwrap()
+            .delegated
+            .push((key(zone), forwarder));
     }
 
     pub fn txt(&self, name: &str, values: &[&str]) {
@@ -109,33 +135,29 @@ impl RequestHandler for Handler {
         let name = key(&query.name().to_string());
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
-        let answers: Vec<Record> = {
-            let mut zone = self.0.lock().unwrap();
-            *zone.asked.entry(name.clone()).or_default() += 1;
-            if zone.failing.contains(&name) {
-                metadata.response_code = ResponseCode::ServFail;
-                vec![]
-            } else {
-                let owner = Name::from_ascii(format!("{name}.")).unwrap();
-                let exists = zone.records.keys().any(|(n, _)| *n == name);
-                if !exists {
-                    metadata.response_code = ResponseCode::NXDomain;
+        let (mut answers, follow) = self.local(&name, query.query_type(), &mut metadata);
+        if let Some((forwarder, target)) = follow {
+            match forwarder
+                .lookup(format!("{target}.").as_str(), query.query_type())
+                .await
+            {
+                Ok(lookup) => {
+                    metadata.response_code = ResponseCode::NoError;
+                    answers.extend(lookup.answers().iter().cloned());
                 }
-                zone.records
-                    .get(&(name.clone(), query.query_type()))
-                    .into_iter()
-                    .flatten()
-                    .map(|data| Record::from_rdata(owner.clone(), 60, data.clone()))
-                    .collect()
+                Err(error) if error.is_nx_domain() => {
+                    metadata.response_code = ResponseCode::NXDomain
+                }
+                Err(_) => metadata.response_code = ResponseCode::ServFail,
             }
-        };
-        let message = MessageResponseBuilder::from_message_request(request).build(
-            metadata,
-            answers.iter(),
-            [],
-            [],
-            [],
-        );
+        }
+        let mut edns = hickory_server::proto::op::Edns::new();
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(asked) = &request.edns {
+            edns.set_max_payload(asked.max_payload().max(512));
+            builder.edns(&edns);
+        }
+        let message = builder.build(metadata, answers.iter(), [], [], []);
         response_handle
             .send_response(message)
             .await
@@ -145,5 +167,51 @@ impl RequestHandler for Handler {
                     counts: HeaderCounts::default(),
                 })
             })
+    }
+}
+
+impl Handler {
+    /// The answers held here, and where to follow the question when another server holds
+    /// (the rest of) the answer.
+    fn local(
+        &self,
+        name: &str,
+        record_type: RecordType,
+        metadata: &mut Metadata,
+    ) -> (Vec<Record>, Option<(Forwarder, String)>) {
+        let mut zone = self.0.lock().unwrap();
+        *zone.asked.entry(name.to_string()).or_default() += 1;
+        let delegated_to = |target: &str, zone: &Zone| {
+            zone.delegated
+                .iter()
+                .find(|(suffix, _)| target == suffix || target.ends_with(&format!(".{suffix}")))
+                .map(|(_, forwarder)| forwarder.clone())
+        };
+        if let Some(forwarder) = delegated_to(name, &zone) {
+            return (vec![], Some((forwarder, name.to_string())));
+        }
+        if zone.failing.contains(name) {
+            metadata.response_code = ResponseCode::ServFail;
+            return (vec![], None);
+        }
+        let owner = Name::from_ascii(format!("{name}.")).unwrap();
+        if !zone.records.keys().any(|(n, _)| n == name) {
+            metadata.response_code = ResponseCode::NXDomain;
+            return (vec![], None);
+        }
+        let record = |data: &RData| Record::from_rdata(owner.clone(), 60, data.clone());
+        if let Some(data) = zone.records.get(&(name.to_string(), record_type)) {
+            return (data.iter().map(record).collect(), None);
+        }
+        if let Some(cname) = zone.records.get(&(name.to_string(), RecordType::CNAME)) {
+            let answers: Vec<Record> = cname.iter().map(record).collect();
+            let target = match &cname[0] {
+                RData::CNAME(target) => key(&target.0.to_ascii()),
+                _ => unreachable!("only CNAME data is stored as CNAME"),
+            };
+            let follow = delegated_to(&target, &zone).map(|forwarder| (forwarder, target));
+            return (answers, follow);
+        }
+        (vec![], None)
     }
 }

@@ -2,6 +2,7 @@
 //! chosen engine; `ServerProcess` runs the built binary for what only a process can show.
 
 pub mod dns;
+pub mod smtp;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -184,14 +185,26 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn serve(dir: &TempDir, database_url: &str) -> ServerProcess {
+        Self::serve_with(dir, database_url, &[])
+    }
+
+    /// `mailroom serve` with more settings in its environment; its log is appended to
+    /// `serve.log` in `dir`.
+    pub fn serve_with(dir: &TempDir, database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
         let port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("serve.log"))
+            .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
             .arg("serve")
             .current_dir(dir.path())
             .env("MAILROOM_LISTEN", format!("127.0.0.1:{port}"))
             .env("MAILROOM_DATABASE_URL", database_url)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start mailroom serve");
         let stdout = Arc::new(Mutex::new(Vec::new()));
@@ -228,6 +241,12 @@ impl ServerProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGKILL: the process dies wherever it is.
+    pub fn kill_hard(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM, the signal a service manager stops a service with.
@@ -273,6 +292,14 @@ fn answers_ready(address: &str) -> bool {
     stream.write_all(request.as_bytes()).is_ok()
         && stream.read_to_string(&mut answer).is_ok()
         && answer.starts_with("HTTP/1.1 200")
+}
+
+/// The API key printed on a first start.
+pub fn key_in(output: &str) -> Option<String> {
+    output
+        .split_whitespace()
+        .find(|word| word.starts_with("mrk_") && word.len() == 68)
+        .map(str::to_string)
 }
 
 pub fn free_port() -> u16 {

@@ -1,0 +1,357 @@
+//! An SMTP server on loopback that a test controls: plain, STARTTLS or TLS from the first
+//! byte (with a freshly generated certificate), with or without AUTH, and with scripted
+//! replies, a stall at DATA, and a record of what it received.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encryption {
+    Plain,
+    StartTls,
+    /// TLS from the first byte.
+    Implicit,
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+    /// The user that authenticated, if any.
+    pub user: Option<String>,
+    /// Whether the message came over TLS.
+    pub tls: bool,
+}
+
+impl Received {
+    /// A header's value, unfolded.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        let mut lines = self.data.lines().take_while(|l| !l.trim_end().is_empty());
+        let first = lines.find(|l| l.to_ascii_lowercase().starts_with(&prefix))?;
+        let mut value = first[prefix.len()..].trim().to_string();
+        for continuation in lines.take_while(|l| l.starts_with([' ', '\t'])) {
+            value.push(' ');
+            value.push_str(continuation.trim());
+        }
+        Some(value)
+    }
+}
+
+#[derive(Default)]
+struct Script {
+    received: Vec<Received>,
+    /// Replies to the next DATA, in order; then `250`.
+    replies: VecDeque<String>,
+    stall: bool,
+    data_started: usize,
+}
+
+#[derive(Clone)]
+pub struct TestSmtp {
+    pub port: u16,
+    script: Arc<Mutex<Script>>,
+}
+
+struct Config {
+    tls: Encryption,
+    auth: Option<(String, String)>,
+    acceptor: TlsAcceptor,
+    script: Arc<Mutex<Script>>,
+}
+
+fn acceptor() -> TlsAcceptor {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    TlsAcceptor::from(Arc::new(config))
+}
+
+impl TestSmtp {
+    pub async fn start(tls: Encryption, auth: Option<(&str, &str)>) -> TestSmtp {
+        Self::start_on(0, tls, auth).await
+    }
+
+    pub async fn start_on(port: u16, tls: Encryption, auth: Option<(&str, &str)>) -> TestSmtp {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let script = Arc::new(Mutex::new(Script::default()));
+        let config = Arc::new(Config {
+            tls,
+            auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+            acceptor: acceptor(),
+            script: script.clone(),
+        });
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let config = config.clone();
+                tokio::spawn(async move {
+                    let _ = serve(stream, &config).await;
+                });
+            }
+        });
+        TestSmtp { port, script }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.script.lock().unwrap().received.clone()
+    }
+
+    /// The next DATA is answered with `reply` (such as `451 4.3.0 try later`).
+    pub fn reply_next(&self, reply: &str) {
+        self.script
+            .lock()
+            .unwrap()
+            .replies
+            .push_back(reply.to_string());
+    }
+
+    /// While on, DATA is read but never answered.
+    pub fn stall(&self, on: bool) {
+        self.script.lock().unwrap().stall = on;
+    }
+
+    /// How many messages have started (reached DATA), answered or not.
+    pub fn data_started(&self) -> usize {
+        self.script.lock().unwrap().data_started
+    }
+
+    pub async fn wait_for(&self, count: usize, limit: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let received = self.received();
+            if received.len() >= count {
+                return received;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} messages arrived",
+                received.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn serve(stream: TcpStream, config: &Config) -> std::io::Result<()> {
+    match config.tls {
+        Encryption::Implicit => {
+            let tls = config.acceptor.accept(stream).await?;
+            session(Box::new(tls), config, true, true).await
+        }
+        Encryption::Plain | Encryption::StartTls => {
+            session(Box::new(stream), config, false, true).await
+        }
+    }
+}
+
+/// One SMTP session; after STARTTLS it goes on over TLS.
+fn session<'a>(
+    stream: Box<dyn Io + 'a>,
+    config: &'a Config,
+    tls: bool,
+    greet: bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>> {
+    Box::pin(async move {
+        let mut reader = BufReader::new(stream);
+        if greet {
+            reader
+                .get_mut()
+                .write_all(b"220 test.local ESMTP\r\n")
+                .await?;
+        }
+        let (mut from, mut to, mut user) = (String::new(), Vec::new(), None::<String>);
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let command = line.trim_end().to_string();
+            let upper = command.to_ascii_uppercase();
+            let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                let mut lines = vec!["250-test.local".to_string()];
+                if config.tls == Encryption::StartTls && !tls {
+                    lines.push("250-STARTTLS".into());
+                }
+                if config.auth.is_some() {
+                    lines.push("250-AUTH PLAIN LOGIN".into());
+                }
+                lines.push("250 8BITMIME".into());
+                lines.join("\r\n")
+            } else if upper == "STARTTLS" && config.tls == Encryption::StartTls && !tls {
+                reader
+                    .get_mut()
+                    .write_all(b"220 2.0.0 go ahead\r\n")
+                    .await?;
+                let plain = reader.into_inner();
+                let tls_stream = config.acceptor.accept(Unboxed(plain)).await?;
+                return session(Box::new(tls_stream), config, true, false).await;
+            } else if upper.starts_with("AUTH PLAIN") {
+                let initial = command.split_whitespace().nth(2).map(str::to_string);
+                let encoded = match initial {
+                    Some(value) => value,
+                    None => {
+                        reader.get_mut().write_all(b"334 \r\n").await?;
+                        let mut next = String::new();
+                        reader.read_line(&mut next).await?;
+                        next.trim().to_string()
+                    }
+                };
+                let decoded = String::from_utf8(STANDARD.decode(encoded).unwrap_or_default())
+                    .unwrap_or_default();
+                let mut parts = decoded.split('\0').skip(1);
+                let (u, p) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                check_auth(config, u, p, &mut user)
+            } else if upper.starts_with("AUTH LOGIN") {
+                reader.get_mut().write_all(b"334 VXNlcm5hbWU6\r\n").await?;
+                let mut u = String::new();
+                reader.read_line(&mut u).await?;
+                reader.get_mut().write_all(b"334 UGFzc3dvcmQ6\r\n").await?;
+                let mut p = String::new();
+                reader.read_line(&mut p).await?;
+                let decode = |s: &str| {
+                    String::from_utf8(STANDARD.decode(s.trim()).unwrap_or_default())
+                        .unwrap_or_default()
+                };
+                check_auth(config, &decode(&u), &decode(&p), &mut user)
+            } else if upper.starts_with("MAIL FROM:") {
+                if config.auth.is_some() && user.is_none() {
+                    "530 5.7.0 Authentication required".into()
+                } else {
+                    from = command[10..]
+                        .trim()
+                        .trim_matches(['<', '>'])
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    to.clear();
+                    "250 2.1.0 ok".into()
+                }
+            } else if upper.starts_with("RCPT TO:") {
+                to.push(command[8..].trim().trim_matches(['<', '>']).to_string());
+                "250 2.1.5 ok".into()
+            } else if upper == "DATA" {
+                reader.get_mut().write_all(b"354 go ahead\r\n").await?;
+                let mut data = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                    data.push_str(
+                        line.strip_prefix('.')
+                            .filter(|_| line.starts_with(".."))
+                            .unwrap_or(&line),
+                    );
+                }
+                let (stall, scripted) = {
+                    let mut script = config.script.lock().unwrap();
+                    script.data_started += 1;
+                    (
+                        script.stall,
+                        if script.stall {
+                            None
+                        } else {
+                            script.replies.pop_front()
+                        },
+                    )
+                };
+                if stall {
+                    std::future::pending::<()>().await;
+                }
+                let reply = scripted.unwrap_or_else(|| "250 2.0.0 queued".to_string());
+                if reply.starts_with('2') {
+                    config.script.lock().unwrap().received.push(Received {
+                        from: from.clone(),
+                        to: to.clone(),
+                        data,
+                        user: user.clone(),
+                        tls,
+                    });
+                }
+                reply
+            } else if upper == "RSET" || upper == "NOOP" {
+                "250 2.0.0 ok".into()
+            } else if upper == "QUIT" {
+                reader.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
+                return Ok(());
+            } else {
+                "502 5.5.2 command not recognised".into()
+            };
+            reader
+                .get_mut()
+                .write_all(format!("{reply}\r\n").as_bytes())
+                .await?;
+        }
+    })
+}
+
+fn check_auth(config: &Config, user: &str, pass: &str, authed: &mut Option<String>) -> String {
+    match &config.auth {
+        Some((u, p)) if u == user && p == pass => {
+            *authed = Some(user.to_string());
+            "235 2.7.0 Authentication successful".into()
+        }
+        _ => "535 5.7.8 Authentication credentials invalid".into(),
+    }
+}
+
+/// A boxed stream handed to the TLS acceptor.
+struct Unboxed<'a>(Box<dyn Io + 'a>);
+
+impl AsyncRead for Unboxed<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Unboxed<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
