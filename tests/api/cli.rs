@@ -13,6 +13,7 @@ both_engines!(
     create_account_prints_json_beside_a_running_server,
     sigterm_finishes_requests_in_flight_and_exits_zero,
     the_operator_activates_and_suspends_domains,
+    send_test_email_reports_what_the_relay_said,
 );
 
 async fn the_first_start_prints_a_working_key_once(engine: Engine) {
@@ -194,4 +195,45 @@ async fn the_operator_activates_and_suspends_domains(engine: Engine) {
     let unknown = admin(&["activate-domain", "nobody.example"]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no account has added"));
+}
+
+async fn send_test_email_reports_what_the_relay_said(engine: Engine) {
+    use crate::helpers::smtp::{Encryption, TestSmtp};
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database_url(engine, &dir).await;
+    let relay = TestSmtp::start(Encryption::Plain, None).await;
+    let send = |to: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mailroom"))
+            .args(["send-test-email", "--to", to])
+            .current_dir(dir.path())
+            .env("MAILROOM_DATABASE_URL", &database)
+            .env(
+                "MAILROOM_SMTP_URL",
+                format!("smtp://127.0.0.1:{}?tls=none", relay.port),
+            )
+            .env("MAILROOM_MAIL_FROM", "ops@mailroom.example")
+            .output()
+            .unwrap()
+    };
+    let sent = send("someone@example.org");
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&sent.stdout).contains("250"),
+        "the relay's reply is shown"
+    );
+    let received = relay.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].from, "ops@mailroom.example");
+    assert_eq!(received[0].to, vec!["someone@example.org"]);
+
+    relay.reply_next("550 5.1.1 no such user");
+    let refused = send("nobody@example.org");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no such user"));
+    let invalid = send("not-an-address");
+    assert!(!invalid.status.success());
 }
