@@ -48,6 +48,13 @@ pub struct Settings {
     /// Seconds before the first retry of a temporary failure (doubling after, with jitter).
     #[serde(deserialize_with = "number")]
     pub mail_retry_seconds: u64,
+    /// Where the mail servers keep mailboxes (`home` in `dovecot_users`).
+    pub vmail_root: String,
+    /// The system user and group the mail servers store mail as.
+    #[serde(deserialize_with = "number")]
+    pub vmail_uid: u64,
+    #[serde(deserialize_with = "number")]
+    pub vmail_gid: u64,
 }
 
 impl Default for Settings {
@@ -69,6 +76,9 @@ impl Default for Settings {
             mail_from: "noreply@mailroom.test".to_string(),
             smtp_timeout: 60,
             mail_retry_seconds: 30,
+            vmail_root: "/var/vmail".to_string(),
+            vmail_uid: 5000,
+            vmail_gid: 5000,
         }
     }
 }

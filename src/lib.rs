@@ -6,6 +6,7 @@ pub mod dns;
 pub mod domains;
 pub mod http;
 pub mod mail;
+pub mod mailboxes;
 pub mod relays;
 pub mod store;
 pub mod tenancy;
@@ -39,6 +40,7 @@ impl Application {
     }
 
     pub async fn with_db(settings: &Settings, db: Db) -> anyhow::Result<Application> {
+        mailboxes::write_directory_settings(&db, settings).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -179,6 +179,19 @@ pub async fn delete_domain(
             ),
         ));
     }
+    let mailboxes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailboxes WHERE domain_id = $1")
+        .bind(&row.id)
+        .fetch_one(&state.db.pool)
+        .await?;
+    if mailboxes > 0 {
+        return Err(ApiError::conflict(
+            "domain_in_use",
+            format!(
+                "{} still has {mailboxes} mailbox(es); delete them first",
+                row.name
+            ),
+        ));
+    }
     let deleted = sqlx::query("DELETE FROM domains WHERE id = $1 AND account_id = $2")
         .bind(&row.id)
         .bind(&caller.account_id)

@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(crate::tenancy::router())
         .merge(crate::domains::router())
         .merge(crate::mail::router())
+        .merge(crate::mailboxes::router())
         .merge(crate::relays::router())
         .split_for_parts();
     let document = openapi::complete(document);

@@ -20,6 +20,31 @@ fn is_atext(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
 }
 
+/// The part before the @: a dot-atom (RFC 5322) of 1 to 64 octets (RFC 5321).
+pub fn check_local_part(local: &str) -> Result<(), String> {
+    if local.is_empty() {
+        return Err("the part before the @ is empty".to_string());
+    }
+    if local.len() > MAX_LOCAL {
+        return Err(format!(
+            "the part before the @ is longer than {MAX_LOCAL} characters"
+        ));
+    }
+    if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+        return Err(
+            "the part before the @ cannot start or end with a dot, or hold two in a row"
+                .to_string(),
+        );
+    }
+    if let Some(bad) = local.chars().find(|c| !is_atext(*c) && *c != '.') {
+        return Err(format!(
+            "the part before the @ cannot contain `{}`",
+            bad.escape_default()
+        ));
+    }
+    Ok(())
+}
+
 impl EmailAddress {
     pub fn parse(input: &str) -> Result<EmailAddress, String> {
         let input = input.trim();
@@ -34,26 +59,7 @@ impl EmailAddress {
                 "`{input}` has no @; give an address such as name@example.com"
             ));
         };
-        if local.is_empty() {
-            return Err("the part before the @ is empty".to_string());
-        }
-        if local.len() > MAX_LOCAL {
-            return Err(format!(
-                "the part before the @ is longer than {MAX_LOCAL} characters"
-            ));
-        }
-        if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
-            return Err(
-                "the part before the @ cannot start or end with a dot, or hold two in a row"
-                    .to_string(),
-            );
-        }
-        if let Some(bad) = local.chars().find(|c| !is_atext(*c) && *c != '.') {
-            return Err(format!(
-                "the part before the @ cannot contain `{}`",
-                bad.escape_default()
-            ));
-        }
+        check_local_part(local)?;
         let domain = DomainName::parse(domain).map_err(|e| format!("after the @: {e}"))?;
         let address = EmailAddress {
             local: local.to_string(),

@@ -19,8 +19,10 @@ macro_rules! embedded {
 
 type Embedded = &'static [(&'static str, &'static str, &'static str)];
 
-const SQLITE: Embedded = embedded!("sqlite": "0001" "tenancy", "0002" "domains", "0003" "mail");
-const POSTGRES: Embedded = embedded!("postgres": "0001" "tenancy", "0002" "domains", "0003" "mail");
+const SQLITE: Embedded =
+    embedded!("sqlite": "0001" "tenancy", "0002" "domains", "0003" "mail", "0004" "mailboxes");
+const POSTGRES: Embedded =
+    embedded!("postgres": "0001" "tenancy", "0002" "domains", "0003" "mail", "0004" "mailboxes");
 
 #[derive(Debug)]
 struct Source(Embedded);

@@ -2,6 +2,7 @@
 
 pub mod crypto;
 mod migrations;
+pub mod passwords;
 pub mod secrets;
 
 use std::path::Path;
