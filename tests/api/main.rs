@@ -8,5 +8,7 @@ mod dkim_dns;
 mod domains;
 mod errors;
 mod mail;
+mod mail_servers;
+mod mailboxes;
 mod openapi;
 mod tenancy;
