@@ -8,6 +8,7 @@ pub mod http;
 pub mod mail;
 pub mod mailboxes;
 pub mod relays;
+pub mod senders;
 pub mod store;
 pub mod tenancy;
 pub mod text;

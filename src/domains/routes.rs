@@ -179,6 +179,20 @@ pub async fn delete_domain(
             ),
         ));
     }
+    let senders: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sender_addresses WHERE domain_id = $1")
+            .bind(&row.id)
+            .fetch_one(&state.db.pool)
+            .await?;
+    if senders > 0 {
+        return Err(ApiError::conflict(
+            "domain_in_use",
+            format!(
+                "{} is the domain of a sender address; delete that first (DELETE /v1/email-address)",
+                row.name
+            ),
+        ));
+    }
     let mailboxes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailboxes WHERE domain_id = $1")
         .bind(&row.id)
         .fetch_one(&state.db.pool)

@@ -88,6 +88,20 @@ impl Caller {
         Ok(())
     }
 
+    /// Checks that the caller may act in entity `id` (an organization of the sender API):
+    /// 404 when it is another account's, or outside a limited credential's entity.
+    pub async fn check_entity(&self, state: &AppState, id: &str) -> Result<(), ApiError> {
+        let visible = match &self.scoped_entity {
+            Some(scoped) => scoped == id,
+            None => entity_in_account(state, id, &self.account_id).await?,
+        };
+        if visible {
+            Ok(())
+        } else {
+            Err(ApiError::not_found("organization"))
+        }
+    }
+
     /// The entity a limited credential is confined to.
     pub fn scoped_entity(&self) -> Option<&str> {
         self.scoped_entity.as_deref()

@@ -4,6 +4,7 @@ mod auth;
 mod error;
 mod extract;
 mod openapi;
+pub mod pages;
 
 use std::sync::Arc;
 
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(crate::domains::router())
         .merge(crate::mail::router())
         .merge(crate::mailboxes::router())
+        .merge(crate::senders::router())
         .merge(crate::relays::router())
         .split_for_parts();
     let document = openapi::complete(document);
@@ -184,11 +186,13 @@ async fn method_not_allowed() -> ApiError {
 /// API's error shape, so that a client never has to parse two kinds of error.
 async fn errors_as_json(response: Response) -> Response {
     let status = response.status();
-    let is_json = response
+    let already_shaped = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+        });
+    if !(status.is_client_error() || status.is_server_error()) || already_shaped {
         return response;
     }
     let (parts, body) = response.into_parts();

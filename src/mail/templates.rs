@@ -6,12 +6,14 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Test,
+    SenderVerification,
 }
 
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Test => "test",
+            Kind::SenderVerification => "sender_verification",
         }
     }
 
@@ -27,6 +29,7 @@ impl Kind {
         }
         match self {
             Kind::Test => folder!("test"),
+            Kind::SenderVerification => folder!("sender_verification"),
         }
     }
 }
