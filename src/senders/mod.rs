@@ -475,7 +475,7 @@ async fn resend(
         ));
     }
     check_send_limits(&state.db, &stored.email, true).await?;
-    let email = EmailAddress::parse(&stored.email).map_err(|e| ApiError::internal(e))?;
+    let email = EmailAddress::parse(&stored.email).map_err(ApiError::internal)?;
     let mut tx = state.db.pool.begin().await?;
     send_verification(
         state,

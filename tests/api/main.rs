@@ -11,4 +11,5 @@ mod mail;
 mod mail_servers;
 mod mailboxes;
 mod openapi;
+mod senders;
 mod tenancy;

@@ -1,6 +1,7 @@
 //! The harness: `spawn_app` runs the real server on port 0 with a fresh database of the
 //! chosen engine; `ServerProcess` runs the built binary for what only a process can show.
 
+pub mod browser;
 pub mod dns;
 pub mod smtp;
 

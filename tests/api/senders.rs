@@ -1,0 +1,503 @@
+//! Sender addresses (spec 000): verification by link (in a real browser) and by code,
+//! limits, domains, scopes and the fallback order.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::both_engines;
+use crate::helpers::browser::Browser;
+use crate::helpers::dns::TestDns;
+use crate::helpers::smtp::{Encryption, Received, TestSmtp};
+use crate::helpers::{Engine, TestApp, error_code, spawn_app_with};
+
+both_engines!(
+    a_link_verifies_only_when_its_page_is_confirmed,
+    a_code_verifies_and_wrong_codes_run_out,
+    expired_and_reused_secrets_fail_clearly,
+    resending_is_limited,
+    the_domain_status_follows_dns,
+    organizations_fall_back_to_their_account_then_the_system,
+);
+
+async fn app(engine: Engine) -> (TestApp, TestSmtp, TestDns) {
+    let relay = TestSmtp::start(Encryption::Plain, None).await;
+    let dns = TestDns::start().await;
+    let app = spawn_app_with(engine, |s| {
+        s.smtp_url = Some(mailroom::config::Secret::new(format!(
+            "smtp://127.0.0.1:{}?tls=none",
+            relay.port
+        )));
+        s.dns_nameservers = vec![dns.address];
+        s.mail_from = "noreply@mailroom.example".into();
+    })
+    .await;
+    (app, relay, dns)
+}
+
+/// The text part of a received email, quoted-printable decoded.
+fn text_of(received: &Received) -> String {
+    let unfolded = received.data.replace("=\r\n", "");
+    let mut out = Vec::new();
+    let bytes = unfolded.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'='
+            && i + 2 < bytes.len()
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit()
+        {
+            out.push(u8::from_str_radix(&unfolded[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The link and the code of the newest verification email to `to`.
+async fn link_and_code(relay: &TestSmtp, to: &str, count: usize) -> (String, String) {
+    let received = relay.wait_for(count, Duration::from_secs(20)).await;
+    let email = received
+        .iter()
+        .rev()
+        .find(|r| r.to == vec![to.to_string()])
+        .expect("a verification email");
+    let text = text_of(email);
+    let link = text
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") && w.contains("/v1/email-address/verify?token="))
+        .unwrap()
+        .to_string();
+    let code = text.split("enter this code: ").nth(1).unwrap()[..6].to_string();
+    (link, code)
+}
+
+async fn add(app: &TestApp, path: &str, email: &str) -> Value {
+    let response = app
+        .api(Method::POST, path)
+        .json(&json!({"email": email}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    app.api(Method::GET, path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn a_link_verifies_only_when_its_page_is_confirmed(engine: Engine) {
+    let (app, relay, _dns) = app(engine).await;
+    let created = add(&app, "/v1/email-address", "Billing@Customer.com").await;
+    for field in [
+        "createdAt",
+        "updatedAt",
+        "id",
+        "email",
+        "emailVerificationStatus",
+        "domainVerificationStatus",
+        "tokens",
+        "accountId",
+        "organizationId",
+        "dnsRecords",
+    ] {
+        assert!(created.get(field).is_some(), "{field}: {created}");
+    }
+    assert_eq!(created["email"], "Billing@customer.com");
+    assert_eq!(created["emailVerificationStatus"], "pending");
+    assert_eq!(created["domainVerificationStatus"], "pending");
+    assert_eq!(created["organizationId"], Value::Null);
+    assert_eq!(created["accountId"], app.admin.account_id.as_str());
+    assert_eq!(created["tokens"].as_array().unwrap().len(), 3);
+    let token = created["tokens"][0].as_str().unwrap();
+    assert_eq!(
+        created["dnsRecords"][0],
+        json!({"type": "CNAME", "name": format!("{token}._domainkey.customer.com"), "value": format!("{token}.dkim.mailroom.test")})
+    );
+
+    let (link, _code) = link_and_code(&relay, "Billing@customer.com", 1).await;
+    assert!(link.starts_with(&app.address), "{link}");
+    let email = &relay.received()[0];
+    assert_eq!(
+        email.from, "noreply@mailroom.example",
+        "sent from the system sender"
+    );
+
+    // A scanner that follows the link verifies nothing.
+    let scanned = reqwest::get(&link).await.unwrap();
+    assert_eq!(scanned.status(), 200);
+    assert_eq!(scanned.headers()["referrer-policy"], "no-referrer");
+    assert!(scanned.text().await.unwrap().contains("<button"));
+    assert_eq!(
+        get(&app, "/v1/email-address/status").await["emailVerificationStatus"],
+        "pending"
+    );
+
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    browser.open(&link).await;
+    assert_eq!(browser.text("#email").await, "Billing@customer.com");
+    browser.click("#confirm").await;
+    let result = browser.wait_for("#result").await;
+    assert!(result.contains("confirmed"), "{result}");
+    let status = get(&app, "/v1/email-address/status").await;
+    assert_eq!(
+        status,
+        json!({"emailVerificationStatus": "verified", "domainVerificationStatus": "pending"})
+    );
+
+    // The link works once.
+    browser.open(&link).await;
+    assert!(browser.wait_for("h1").await.contains("not valid"));
+}
+
+async fn a_code_verifies_and_wrong_codes_run_out(engine: Engine) {
+    let (app, relay, _dns) = app(engine).await;
+    add(&app, "/v1/email-address", "billing@customer.com").await;
+    let (_link, code) = link_and_code(&relay, "billing@customer.com", 1).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let attempt = |code: &str| {
+        app.api(Method::POST, "/v1/email-address/verify")
+            .json(&json!({"code": code}))
+    };
+
+    let first = error_code(attempt(wrong).send().await.unwrap(), 422).await;
+    assert_eq!(first["param"], "code");
+    assert!(
+        first["message"].as_str().unwrap().contains("4 tries left"),
+        "{first}"
+    );
+    let verified = attempt(&code).send().await.unwrap();
+    assert_eq!(verified.status(), 200);
+    assert_eq!(
+        verified.json::<Value>().await.unwrap()["emailVerificationStatus"],
+        "verified"
+    );
+    error_code(attempt(&code).send().await.unwrap(), 409).await;
+
+    // Five wrong codes void the code: even the right one fails after.
+    add(&app, "/v1/email-address", "sales@customer.com").await;
+    let (_link, code) = link_and_code(&relay, "sales@customer.com", 2).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..4 {
+        error_code(attempt(wrong).send().await.unwrap(), 422).await;
+    }
+    let last = error_code(attempt(wrong).send().await.unwrap(), 422).await;
+    assert!(
+        last["message"].as_str().unwrap().contains("last try"),
+        "{last}"
+    );
+    assert_eq!(
+        error_code(attempt(&code).send().await.unwrap(), 410).await["code"],
+        "code_void"
+    );
+}
+
+async fn expired_and_reused_secrets_fail_clearly(engine: Engine) {
+    let (app, relay, _dns) = app(engine).await;
+    add(&app, "/v1/email-address", "billing@customer.com").await;
+    let (link, code) = link_and_code(&relay, "billing@customer.com", 1).await;
+    sqlx::query("UPDATE sender_addresses SET expires_at = $1")
+        .bind(mailroom::store::Timestamp::now().0 - 1000)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&app, "/v1/email-address").await["emailVerificationStatus"],
+        "expired"
+    );
+    let page = reqwest::get(&link).await.unwrap();
+    assert_eq!(page.status(), 410);
+    assert!(page.text().await.unwrap().contains("expired"));
+    let by_code = app
+        .api(Method::POST, "/v1/email-address/verify")
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(by_code, 410).await["code"], "code_expired");
+
+    let token = link.split("token=").nth(1).unwrap();
+    let confirm = |token: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/email-address/verify/confirm", app.address))
+            .form(&[("token", token)])
+    };
+    assert_eq!(confirm(token).send().await.unwrap().status(), 410);
+    let unknown = confirm("ev_0000").send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert!(
+        unknown.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+
+    // A fresh link works once; the second use is refused.
+    sqlx::query("DELETE FROM verification_sends")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    app.api(Method::POST, "/v1/email-address/resend-verification")
+        .send()
+        .await
+        .unwrap();
+    let (link, _) = link_and_code(&relay, "billing@customer.com", 2).await;
+    let token = link.split("token=").nth(1).unwrap();
+    assert_eq!(confirm(token).send().await.unwrap().status(), 200);
+    assert_eq!(confirm(token).send().await.unwrap().status(), 404);
+    let stored: Vec<Option<String>> = sqlx::query_scalar("SELECT token_hash FROM sender_addresses")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![None], "spent secrets are gone");
+}
+
+async fn resending_is_limited(engine: Engine) {
+    let (app, relay, _dns) = app(engine).await;
+    add(&app, "/v1/email-address", "billing@customer.com").await;
+    let (first_link, _) = link_and_code(&relay, "billing@customer.com", 1).await;
+    let resend = || app.api(Method::POST, "/v1/email-address/resend-verification");
+
+    let too_soon = resend().send().await.unwrap();
+    assert!(
+        too_soon.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            <= 60
+    );
+    error_code(too_soon, 429).await;
+
+    let minute_ago = mailroom::store::Timestamp::now().0 - 61_000;
+    sqlx::query("UPDATE verification_sends SET at = $1")
+        .bind(minute_ago)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let resent = resend().send().await.unwrap();
+    assert_eq!(resent.status(), 200);
+    assert_eq!(
+        resent.json::<Value>().await.unwrap(),
+        json!({"success": true})
+    );
+    let (second_link, _) = link_and_code(&relay, "billing@customer.com", 2).await;
+    assert_ne!(first_link, second_link);
+    assert_eq!(
+        reqwest::get(&first_link).await.unwrap().status(),
+        404,
+        "the old link stops working"
+    );
+    assert_eq!(reqwest::get(&second_link).await.unwrap().status(), 200);
+
+    // Ten a day.
+    for _ in 0..8 {
+        sqlx::query(
+            "INSERT INTO verification_sends (email, at) VALUES ('billing@customer.com', $1)",
+        )
+        .bind(minute_ago)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("UPDATE verification_sends SET at = $1")
+        .bind(minute_ago)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let capped = resend().send().await.unwrap();
+    assert!(
+        error_code(capped, 429).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("ten")
+    );
+
+    sqlx::query("UPDATE sender_addresses SET verified_at = 1")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    error_code(resend().send().await.unwrap(), 409).await;
+}
+
+async fn the_domain_status_follows_dns(engine: Engine) {
+    let (app, _relay, dns) = app(engine).await;
+    let created = add(&app, "/v1/email-address", "billing@customer.com").await;
+    for record in created["dnsRecords"].as_array().unwrap() {
+        dns.cname(
+            record["name"].as_str().unwrap(),
+            record["value"].as_str().unwrap(),
+        );
+    }
+    let domain: Value = app
+        .api(Method::POST, "/v2/domains/customer.com/verify")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(domain["domain"]["status"], "active");
+    assert_eq!(
+        get(&app, "/v1/email-address/status").await["domainVerificationStatus"],
+        "verified"
+    );
+    let in_use = app
+        .api(Method::DELETE, "/v2/domains/customer.com")
+        .send()
+        .await
+        .unwrap();
+    error_code(in_use, 409).await;
+}
+
+async fn organizations_fall_back_to_their_account_then_the_system(engine: Engine) {
+    let (app, relay, dns) = app(engine).await;
+    let org = app.admin.entity_id.clone();
+    let org_path = format!("/v1/organizations/{org}/email-address");
+    let created = add(&app, &org_path, "team@customer.com").await;
+    assert_eq!(created["organizationId"], org.as_str());
+    assert_eq!(created["effective"], false);
+    assert_eq!(created["effectiveSender"], "noreply@mailroom.example");
+
+    add(&app, "/v1/email-address", "office@customer.com").await;
+    for record in created["dnsRecords"].as_array().unwrap() {
+        dns.cname(
+            record["name"].as_str().unwrap(),
+            record["value"].as_str().unwrap(),
+        );
+    }
+    app.api(Method::POST, "/v2/domains/customer.com/verify")
+        .send()
+        .await
+        .unwrap();
+    let (_, account_code) = link_and_code(&relay, "office@customer.com", 2).await;
+    app.api(Method::POST, "/v1/email-address/verify")
+        .json(&json!({"code": account_code}))
+        .send()
+        .await
+        .unwrap();
+    let org_sender = get(&app, &org_path).await;
+    assert_eq!(org_sender["effective"], false);
+    assert_eq!(
+        org_sender["effectiveSender"], "office@customer.com",
+        "the account's verified address"
+    );
+
+    let (_, org_code) = link_and_code(&relay, "team@customer.com", 2).await;
+    let verified = app
+        .api(Method::POST, &format!("{org_path}/verify"))
+        .json(&json!({"code": org_code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verified.status(), 200);
+    let org_sender = get(&app, &org_path).await;
+    assert_eq!(org_sender["effective"], true);
+    assert_eq!(org_sender["effectiveSender"], "team@customer.com");
+    assert_eq!(
+        get(&app, &format!("{org_path}/status")).await,
+        json!({"emailVerificationStatus": "verified", "domainVerificationStatus": "verified"})
+    );
+
+    // Replacing keeps one per scope; deleting answers the count.
+    let replaced = add(&app, &org_path, "crew@customer.com").await;
+    assert_eq!(replaced["email"], "crew@customer.com");
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sender_addresses")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+    let deleted: Value = app
+        .api(Method::DELETE, &org_path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(deleted, json!({"count": 1}));
+    let again: Value = app
+        .api(Method::DELETE, &org_path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, json!({"count": 0}));
+    error_code(app.api(Method::GET, &org_path).send().await.unwrap(), 404).await;
+
+    // Walls: another account's key, and a key limited to another entity.
+    let other = app.other_account().await;
+    for (method, path) in [
+        (Method::GET, org_path.clone()),
+        (Method::POST, org_path.clone()),
+        (Method::DELETE, org_path.clone()),
+        (Method::GET, format!("{org_path}/status")),
+    ] {
+        let response = app
+            .with_key(&other.api_key, method, &path)
+            .json(&json!({"email": "x@customer.com"}))
+            .send()
+            .await
+            .unwrap();
+        error_code(response, 404).await;
+    }
+    let second: Value = app
+        .api(Method::POST, "/entities")
+        .json(&json!({"name": "Second"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let limited = app
+        .create_key(json!({"name": "l", "role": "admin", "entity_id": second["id"]}))
+        .await;
+    error_code(
+        app.with_key(&limited, Method::GET, &format!("{org_path}/status"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    let other_own = app
+        .with_key(&other.api_key, Method::GET, "/v1/email-address")
+        .send()
+        .await
+        .unwrap();
+    error_code(other_own, 404).await;
+
+    let bad = app
+        .api(Method::POST, "/v1/email-address")
+        .json(&json!({"email": "not an address"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(bad, 422).await["param"], "email");
+    let viewer = app.create_key(json!({"name": "v", "role": "viewer"})).await;
+    error_code(
+        app.with_key(&viewer, Method::POST, "/v1/email-address")
+            .json(&json!({"email": "a@customer.com"}))
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+}
