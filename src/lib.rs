@@ -5,6 +5,7 @@ pub mod config;
 pub mod dns;
 pub mod domains;
 pub mod http;
+pub mod invitations;
 pub mod mail;
 pub mod mailboxes;
 pub mod relays;
@@ -88,9 +89,13 @@ impl Application {
         let delivery = tokio::spawn(mail::worker::run(self.state.clone(), stopped));
 
         tracing::info!(address = %self.address, "listening");
-        let served = axum::serve(self.listener, http::router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let router = http::router(self.state);
+        let served = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         let _ = stop.send(true);
         let _ = verifier.await;
         let _ = delivery.await;

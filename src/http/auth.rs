@@ -5,6 +5,7 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
 use super::{ApiError, AppState};
+use crate::invitations::users::TOKEN_PREFIX;
 use crate::tenancy::Role;
 use crate::tenancy::api_keys::{self, KEY_PREFIX};
 
@@ -14,7 +15,10 @@ use crate::tenancy::api_keys::{self, KEY_PREFIX};
 pub struct Caller {
     pub account_id: String,
     pub role: Role,
-    pub key_id: String,
+    /// Who is calling: an API key's id, or a user's id.
+    pub principal: String,
+    /// Set when a user (an access token) is calling.
+    pub user_id: Option<String>,
     /// Set when the credential is limited to one entity.
     scoped_entity: Option<String>,
     /// The entity named by `x-entity-id`, already checked to be the caller's.
@@ -26,6 +30,9 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
         let secret = credential(&parts.headers)?;
+        if secret.starts_with(&format!("{TOKEN_PREFIX}_")) {
+            return user_caller(parts, state, &secret).await;
+        }
         if !secret.starts_with(&format!("{KEY_PREFIX}_")) {
             return Err(invalid_credentials());
         }
@@ -56,11 +63,54 @@ impl FromRequestParts<AppState> for Caller {
         Ok(Caller {
             account_id: key.account_id,
             role: key.role,
-            key_id: key.id,
+            principal: key.id,
+            user_id: None,
             scoped_entity: key.entity_id,
             requested_entity,
         })
     }
+}
+
+/// A user with an access token acts in one entity at a time (`x-entity-id`, else the
+/// first they joined), with their role there.
+async fn user_caller(parts: &Parts, state: &AppState, secret: &str) -> Result<Caller, ApiError> {
+    let user_id = crate::invitations::users::user_of_token(&state.db, secret)
+        .await?
+        .ok_or_else(invalid_credentials)?;
+    if let Some(named) = header(&parts.headers, "x-key")?
+        && named != user_id
+    {
+        return Err(ApiError::unauthorized(
+            "key_mismatch",
+            "the X-Key header names another user than the token's",
+        ));
+    }
+    let requested = header(&parts.headers, "x-entity-id")?;
+    let membership = sqlx::query(
+        "SELECT m.entity_id, m.role, e.account_id FROM memberships m JOIN entities e ON e.id = m.entity_id \
+         WHERE m.user_id = $1 AND ($2 IS NULL OR m.entity_id = $2) ORDER BY m.created_at, m.entity_id LIMIT 1",
+    )
+    .bind(&user_id)
+    .bind(&requested)
+    .fetch_optional(&state.db.pool)
+    .await?;
+    let Some(membership) = membership else {
+        return Err(match requested {
+            Some(_) => ApiError::not_found("entity").with_param("x-entity-id"),
+            None => ApiError::forbidden("this user is not a member of any entity"),
+        });
+    };
+    use sqlx::Row;
+    let role: String = membership.try_get("role")?;
+    let entity_id: String = membership.try_get("entity_id")?;
+    Ok(Caller {
+        account_id: membership.try_get("account_id")?,
+        role: Role::parse(&role).ok_or_else(|| ApiError::internal("unknown role"))?,
+        principal: user_id.clone(),
+        user_id: Some(user_id),
+        scoped_entity: Some(entity_id.clone()),
+        requested_entity: Some(entity_id),
+    })
 }
 
 impl Caller {

@@ -25,7 +25,7 @@ use utoipa_axum::routes;
 
 pub use auth::Caller;
 pub use error::{ApiError, ErrorBody};
-pub use extract::{Json, Page, Query};
+pub use extract::{Json, Page, Query, parse_json_body};
 
 use crate::config::Settings;
 use crate::dns::DnsResolver;
@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(crate::mail::router())
         .merge(crate::mailboxes::router())
         .merge(crate::senders::router())
+        .merge(crate::invitations::router())
         .merge(crate::relays::router())
         .split_for_parts();
     let document = openapi::complete(document);

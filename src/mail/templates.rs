@@ -7,6 +7,7 @@
 pub enum Kind {
     Test,
     SenderVerification,
+    Invitation,
 }
 
 impl Kind {
@@ -14,6 +15,7 @@ impl Kind {
         match self {
             Kind::Test => "test",
             Kind::SenderVerification => "sender_verification",
+            Kind::Invitation => "invitation",
         }
     }
 
@@ -30,6 +32,7 @@ impl Kind {
         match self {
             Kind::Test => folder!("test"),
             Kind::SenderVerification => folder!("sender_verification"),
+            Kind::Invitation => folder!("invitation"),
         }
     }
 }
