@@ -7,6 +7,7 @@ mod cli;
 mod dkim_dns;
 mod domains;
 mod errors;
+mod invitations;
 mod mail;
 mod mail_servers;
 mod mailboxes;
