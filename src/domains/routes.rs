@@ -29,6 +29,7 @@ pub struct DomainList {
 #[into_params(parameter_in = Query)]
 pub struct DomainFilter {
     /// Only domains with this status.
+    #[param(inline)]
     pub status: Option<DomainStatus>,
 }
 

@@ -166,8 +166,10 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
 #[into_params(parameter_in = Query)]
 pub struct Page {
     /// How many items, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// How many items to skip (default 0).
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 

@@ -116,6 +116,7 @@ pub struct CreateInvitation {
 #[into_params(parameter_in = Query)]
 pub struct StatusFilter {
     /// `pending`, `accepted`, `cancelled` or `expired`.
+    #[param(inline)]
     pub status: Option<InvitationStatus>,
 }
 

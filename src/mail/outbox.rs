@@ -151,6 +151,7 @@ pub struct MessageList {
 #[into_params(parameter_in = Query)]
 pub struct MessageFilter {
     /// Only messages with this status.
+    #[param(inline)]
     pub status: Option<MessageStatus>,
 }
 

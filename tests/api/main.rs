@@ -12,5 +12,6 @@ mod mail;
 mod mail_servers;
 mod mailboxes;
 mod openapi;
+mod properties;
 mod senders;
 mod tenancy;
