@@ -15,3 +15,4 @@ mod openapi;
 mod properties;
 mod senders;
 mod tenancy;
+mod walls;

@@ -1,0 +1,261 @@
+//! Tenant walls, proven over the router's own route table (the OpenAPI document, which
+//! every route is registered through): a route added later cannot be forgotten here.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::both_engines;
+use crate::helpers::{Engine, TestApp, spawn_app};
+use crate::mailboxes::{active_domain, create};
+
+both_engines!(no_route_reaches_another_tenants_objects);
+
+/// The owner's objects, one of each kind a route can name.
+struct Owned {
+    first_entity: String,
+    key: String,
+    mailbox: i64,
+    message: String,
+    invitation: String,
+    member: String,
+}
+
+async fn set_up(app: &TestApp) -> Owned {
+    let first_entity = app.admin.entity_id.clone();
+    let key: Value = app
+        .api(Method::POST, "/api-keys")
+        .json(&json!({"name": "k", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    active_domain(app, "walls.example").await;
+    let mailbox = create(
+        app,
+        json!({"domain": "walls.example", "local_part": "owner", "user_id": "u1"}),
+    )
+    .await;
+    let settings = json!({"provider": "smtp", "options": {"host": "smtp.walls.example", "port": 587, "auth": {"user": "u", "pass": "owner-relay-pass"}}});
+    assert_eq!(
+        app.api(Method::POST, "/api/v2/email/settings?domain=walls.example")
+            .json(&settings)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for path in [
+        "/v1/email-address".to_string(),
+        format!("/v1/organizations/{first_entity}/email-address"),
+    ] {
+        let email = if path.contains("organizations") {
+            "team@walls.example"
+        } else {
+            "office@walls.example"
+        };
+        assert_eq!(
+            app.api(Method::POST, &path)
+                .json(&json!({"email": email}))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
+    }
+    let invitation: Value = app
+        .api(Method::POST, "/entities/invitations")
+        .json(&json!({"email": "invitee@walls.example", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let member = "user_0123456789abcdef01234567".to_string();
+    sqlx::query("INSERT INTO users (id, email, name, password_hash, created_at, updated_at) VALUES ($1, 'member@walls.example', 'Member', 'x', 0, 0)")
+        .bind(&member)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO memberships (entity_id, user_id, role, created_at) VALUES ($1, $2, 'admin', 0)")
+        .bind(&first_entity)
+        .bind(&member)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let messages: Value = app
+        .api(Method::GET, "/v2/messages")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    Owned {
+        first_entity,
+        key: key["id"].as_str().unwrap().to_string(),
+        mailbox: mailbox["account"]["id"].as_i64().unwrap(),
+        message: messages["items"][0]["id"].as_str().unwrap().to_string(),
+        invitation: invitation["id"].as_str().unwrap().to_string(),
+        member,
+    }
+}
+
+/// Everything the owner can read, to show that no refused request changed anything.
+async fn snapshot(app: &TestApp, owned: &Owned) -> Vec<Value> {
+    let mut seen = Vec::new();
+    for path in [
+        format!("/entities/{}", owned.first_entity),
+        "/api-keys".to_string(),
+        "/v2/domains/walls.example".to_string(),
+        format!("/v2/email-accounts/{}", owned.mailbox),
+        "/api/v2/email/settings?domain=walls.example".to_string(),
+        "/v1/email-address".to_string(),
+        format!("/v1/organizations/{}/email-address", owned.first_entity),
+        format!("/entities/invitations/{}", owned.invitation),
+        "/entities/users".to_string(),
+        format!("/v2/messages/{}", owned.message),
+    ] {
+        let mut value: Value = app
+            .api(Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // Only the owner's own reads may move this.
+        if let Some(domain) = value.get_mut("domain").and_then(|d| d.as_object_mut()) {
+            domain.remove("last_checked_at");
+        }
+        seen.push(value);
+    }
+    seen
+}
+
+/// The owner's object a route template names, and a body a tenant could send to it.
+fn concrete(path: &str, owned: &Owned) -> Option<(String, Value)> {
+    let entity = &owned.first_entity;
+    Some(match path {
+        "/entities/{id}" => (format!("/entities/{entity}"), json!({})),
+        "/api-keys/{id}" => (format!("/api-keys/{}", owned.key), json!({})),
+        "/v2/domains/{domain}"
+        | "/v2/domains/{domain}/verify"
+        | "/v2/domains/{domain}/email-accounts" => {
+            (path.replace("{domain}", "walls.example"), json!({}))
+        }
+        "/v2/email-accounts/{id}" | "/v2/email-accounts/{id}/password/reset" => (
+            path.replace("{id}", &owned.mailbox.to_string()),
+            json!({"status": "disabled", "display_name": "taken over"}),
+        ),
+        "/v2/email-accounts/delete" => (path.to_string(), json!({"id": owned.mailbox})),
+        "/v2/messages/{id}" => (format!("/v2/messages/{}", owned.message), json!({})),
+        "/entities/invitations/{id}" | "/entities/invitations/{id}/resend" => {
+            (path.replace("{id}", &owned.invitation), json!({}))
+        }
+        "/entities/users/{id}" => (
+            format!("/entities/users/{}", owned.member),
+            json!({"role": "viewer"}),
+        ),
+        "/api/v2/email/settings" | "/api/v2/email/settings/test" => (
+            format!("{path}?domain=walls.example"),
+            json!({"provider": "smtp", "options": {"host": "evil.example", "port": 25}}),
+        ),
+        p if p.starts_with("/v1/organizations/{id}/email-address") => (
+            path.replace("{id}", entity),
+            json!({"email": "intruder@walls.example", "code": "000000"}),
+        ),
+        _ => return None,
+    })
+}
+
+/// Whether a route names an object: by a path parameter, by the `?domain=` of the SMTP
+/// settings, or by an id in the body. (Lists only filter what the caller owns.)
+fn names_an_object(path: &str) -> bool {
+    path.contains('{')
+        || path.starts_with("/api/v2/email/settings")
+        || path == "/v2/email-accounts/delete"
+}
+
+async fn no_route_reaches_another_tenants_objects(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let owned = set_up(&app).await;
+    let other_account = app.other_account().await.api_key;
+    let second: Value = app
+        .api(Method::POST, "/entities")
+        .json(&json!({"name": "Second"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other_entity = app
+        .create_key(json!({"name": "second admin", "role": "admin", "entity_id": second["id"]}))
+        .await;
+    let before = snapshot(&app, &owned).await;
+
+    let document: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut checked = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let Ok(method) = method.to_uppercase().parse::<Method>() else {
+                continue;
+            };
+            let public = operation["security"].as_array().is_some_and(|s| {
+                s.iter()
+                    .all(|r| r.as_object().is_some_and(|o| o.is_empty()))
+            });
+            if public || !names_an_object(path) {
+                continue;
+            }
+            // Creating settings for a name claims it for the caller's own account.
+            if method == Method::POST && path == "/api/v2/email/settings" {
+                continue;
+            }
+            let (url, body) = concrete(path, &owned)
+                .unwrap_or_else(|| panic!("{method} {path}: add it to the walls test"));
+            // An entity-scoped key of another entity is walled off the entity's own objects.
+            let entity_owned = path.starts_with("/entities")
+                || path.starts_with("/v1/organizations")
+                || path.starts_with("/api-keys");
+            let intruders: Vec<&str> = if entity_owned {
+                vec![&other_account, &other_entity]
+            } else {
+                vec![&other_account]
+            };
+            for key in intruders {
+                let mut request = app.with_key(key, method.clone(), &url);
+                if operation.get("requestBody").is_some() {
+                    request = request.json(&body);
+                }
+                let response = request.send().await.unwrap();
+                let status = response.status();
+                let text = response.text().await.unwrap();
+                assert_eq!(
+                    status, 404,
+                    "{method} {url} answered another tenant: {text}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 30, "only {checked} requests were checked");
+    assert_eq!(
+        snapshot(&app, &owned).await,
+        before,
+        "a refused request changed the owner's data"
+    );
+}
