@@ -167,7 +167,7 @@ pub async fn check_domain(state: &AppState, domain_id: &str) -> anyhow::Result<(
         }
     }
 
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     sqlx::query("DELETE FROM domain_lookups WHERE domain_id = $1")
         .bind(domain_id)
         .execute(&mut *tx)

@@ -135,7 +135,7 @@ pub async fn add_domain(
     let now = Timestamp::now().0;
     let interval_ms = (state.settings.dns_check_interval.max(1) as i64).saturating_mul(1000);
     let id = crate::store::new_id("dom");
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     sqlx::query(
         "INSERT INTO domains (id, account_id, name, status, created_at, status_changed_at, next_check_at) \
          VALUES ($1, $2, $3, 'pending', $4, $4, $5)",
@@ -159,6 +159,24 @@ pub async fn add_domain(
     find(&state.db, account_id, name)
         .await?
         .ok_or_else(|| ApiError::not_found("domain"))
+}
+
+/// The account's domain `name`, added as `pending` when new; safe when several requests
+/// add the same name at once.
+pub async fn find_or_add(
+    state: &AppState,
+    account_id: &str,
+    name: &DomainName,
+) -> Result<DomainRow, ApiError> {
+    if let Some(row) = find(&state.db, account_id, name).await? {
+        return Ok(row);
+    }
+    match add_domain(state, account_id, name).await {
+        Err(error) if error.code == "domain_exists" => find(&state.db, account_id, name)
+            .await?
+            .ok_or_else(|| ApiError::not_found("domain")),
+        result => result,
+    }
 }
 
 /// A domain's DKIM tokens, in order.
@@ -297,7 +315,7 @@ pub async fn set_status_by_operator(
         .fetch_one(&db.pool)
         .await?;
     let now = Timestamp::now().0;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let (verified_by, next_check_at) = match status {
         DomainStatus::Active => (Some("operator"), Some(now + check::PROOF_GRACE)),
         _ => (None, None),

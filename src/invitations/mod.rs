@@ -152,10 +152,13 @@ async fn find(state: &AppState, entity_id: &str, id: &str) -> Result<Stored, Api
 }
 
 /// Queues the invitation email with a link holding `token`, inside `conn`'s transaction.
+/// The caller looks up `from` before the transaction: inside it, waiting for another
+/// pooled connection while SQLite's write lock is held could starve the pool.
 async fn send_email(
     state: &AppState,
     conn: &mut sqlx::AnyConnection,
     account_id: &str,
+    from: &EmailAddress,
     invitation: &Invitation,
     token: &str,
 ) -> Result<(), ApiError> {
@@ -164,8 +167,6 @@ async fn send_email(
         .fetch_one(&mut *conn)
         .await?;
     let to = EmailAddress::parse(&invitation.email).map_err(ApiError::internal)?;
-    let from =
-        crate::senders::effective_from(state, account_id, Some(&invitation.entity_id)).await?;
     let link = format!("{}/invitations/accept?token={token}", state.public_url);
     let greeting = invitation
         .name
@@ -188,7 +189,7 @@ async fn send_email(
         &state.master_key,
         Outgoing {
             account_id: Some(account_id),
-            from: &from,
+            from,
             to: &to,
             email,
         },
@@ -228,7 +229,8 @@ pub async fn create_invitation(
     let now = Timestamp::now().0;
     let token = new_secret("inv");
     let id = new_id("einv");
-    let mut tx = state.db.pool.begin().await?;
+    let from = crate::senders::effective_from(&state, &caller.account_id, Some(&entity_id)).await?;
+    let mut tx = state.db.begin().await?;
     // An expired invitation no longer holds the place of the one pending invitation.
     sqlx::query("UPDATE invitations SET status = 'cancelled', updated_at = $3 WHERE entity_id = $1 AND email = $2 AND status = 'pending' AND expires_at <= $3")
         .bind(&entity_id)
@@ -267,6 +269,7 @@ pub async fn create_invitation(
         &state,
         &mut tx,
         &caller.account_id,
+        &from,
         &stored.invitation,
         &token,
     )
@@ -391,7 +394,8 @@ pub async fn resend_invitation(
     }
     let token = new_secret("inv");
     let expires_at = now + stored.valid_days * DAY;
-    let mut tx = state.db.pool.begin().await?;
+    let from = crate::senders::effective_from(&state, &caller.account_id, Some(&entity_id)).await?;
+    let mut tx = state.db.begin().await?;
     sqlx::query("UPDATE invitations SET token_hash = $2, expires_at = $3, last_sent_at = $4, updated_at = $4 WHERE id = $1")
         .bind(&id)
         .bind(digest(&token))
@@ -401,7 +405,15 @@ pub async fn resend_invitation(
         .await?;
     let mut invitation = stored.invitation;
     invitation.expires_at = Timestamp(expires_at);
-    send_email(&state, &mut tx, &caller.account_id, &invitation, &token).await?;
+    send_email(
+        &state,
+        &mut tx,
+        &caller.account_id,
+        &from,
+        &invitation,
+        &token,
+    )
+    .await?;
     tx.commit().await?;
     state.wake_outbox();
     Ok(Json(Resent {
@@ -489,7 +501,7 @@ pub async fn accept(state: &AppState, token: &str, body: Acceptance) -> Result<A
         }
     };
 
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let claimed = sqlx::query(
         "UPDATE invitations SET status = 'accepted', accepted_at = $2, accepted_by = $3, updated_at = $2 \
          WHERE id = $1 AND status = 'pending' AND expires_at > $2",

@@ -194,7 +194,7 @@ async fn record(
             ("failed", None, None, Some(error.clone()))
         }
     };
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     // Only while the lease is still ours: past it, another instance owns the message.
     let updated = sqlx::query(
         "UPDATE outbox SET status = $2, next_attempt_at = $3, sent_at = $4, last_error = $5, \

@@ -419,7 +419,7 @@ pub async fn create_mailbox(
     let password_hash = passwords::hash(&password).await?;
 
     let now = Timestamp::now().0;
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let is_default = match &user_id {
         Some(user) => {
             let existing: Option<i64> = sqlx::query_scalar(
@@ -586,7 +586,7 @@ pub async fn delete_mailbox(
         body.user_id.as_deref(),
     )
     .await?;
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let deleted = sqlx::query("DELETE FROM mailboxes WHERE id = $1 AND account_id = $2")
         .bind(mailbox.id)
         .bind(&caller.account_id)

@@ -408,10 +408,7 @@ pub async fn create_settings(
             format!("{domain} has SMTP settings already; change them with PUT"),
         ));
     }
-    let domain_row = match crate::domains::find(&state.db, &caller.account_id, &domain).await? {
-        Some(row) => row,
-        None => crate::domains::add_domain(&state, &caller.account_id, &domain).await?,
-    };
+    let domain_row = crate::domains::find_or_add(&state, &caller.account_id, &domain).await?;
     let mut bytes = [0u8; 12];
     rand::rng().fill_bytes(&mut bytes);
     let id = hex::encode(bytes);

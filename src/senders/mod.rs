@@ -322,14 +322,16 @@ async fn check_send_limits(db: &Db, email: &str, gap: bool) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Issues a new link and code for `stored` and queues the email, inside `tx`.
+/// Issues a new link and code and queues the email from `from`, inside `tx` (which must
+/// not wait for another pooled connection: SQLite writers hold the lock meanwhile).
 async fn send_verification(
     state: &AppState,
     tx: &mut sqlx::AnyConnection,
     sender_id: &str,
     email: &EmailAddress,
-    account_id: &str,
+    from: &EmailAddress,
     scope: &Scope,
+    account_id: &str,
 ) -> Result<(), ApiError> {
     let token = new_secret("ev");
     let code = format!("{:06}", rand::rng().random_range(0..1_000_000));
@@ -350,7 +352,6 @@ async fn send_verification(
         Scope::Account => "your account".to_string(),
         Scope::Organization(id) => format!("the organization {id}"),
     };
-    let from = effective_from(state, account_id, scope.entity_id()).await?;
     let email_text = render(
         Kind::SenderVerification,
         &[
@@ -365,7 +366,7 @@ async fn send_verification(
         &state.master_key,
         Outgoing {
             account_id: Some(account_id),
-            from: &from,
+            from,
             to: email,
             email: email_text,
         },
@@ -388,13 +389,11 @@ async fn create(
     caller.require(Role::Editor)?;
     let email = EmailAddress::parse(&body.email).map_err(|e| ApiError::invalid("email", e))?;
     check_send_limits(&state.db, &email.to_string(), false).await?;
-    let domain = match crate::domains::find(&state.db, &caller.account_id, email.domain()).await? {
-        Some(domain) => domain,
-        None => crate::domains::add_domain(state, &caller.account_id, email.domain()).await?,
-    };
+    let domain = crate::domains::find_or_add(state, &caller.account_id, email.domain()).await?;
     let id = new_id("snd");
     let now = Timestamp::now().0;
-    let mut tx = state.db.pool.begin().await?;
+    let from = effective_from(state, &caller.account_id, scope.entity_id()).await?;
+    let mut tx = state.db.begin().await?;
     sqlx::query(
         "DELETE FROM sender_addresses WHERE account_id = $1 AND COALESCE(entity_id, '') = $2",
     )
@@ -414,7 +413,16 @@ async fn create(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    send_verification(state, &mut tx, &id, &email, &caller.account_id, &scope).await?;
+    send_verification(
+        state,
+        &mut tx,
+        &id,
+        &email,
+        &from,
+        &scope,
+        &caller.account_id,
+    )
+    .await?;
     tx.commit().await?;
     state.wake_outbox();
     let stored = load_or_404(&state.db, &caller.account_id, &scope).await?;
@@ -476,14 +484,16 @@ async fn resend(
     }
     check_send_limits(&state.db, &stored.email, true).await?;
     let email = EmailAddress::parse(&stored.email).map_err(ApiError::internal)?;
-    let mut tx = state.db.pool.begin().await?;
+    let from = effective_from(state, &caller.account_id, scope.entity_id()).await?;
+    let mut tx = state.db.begin().await?;
     send_verification(
         state,
         &mut tx,
         &stored.id,
         &email,
-        &caller.account_id,
+        &from,
         &scope,
+        &caller.account_id,
     )
     .await?;
     tx.commit().await?;

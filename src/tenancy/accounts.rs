@@ -12,7 +12,7 @@ pub struct NewAccount {
 }
 
 pub async fn create_account(db: &Db, name: &str) -> anyhow::Result<NewAccount> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let account = insert_account(&mut tx, name).await?;
     tx.commit().await?;
     Ok(account)
@@ -21,7 +21,7 @@ pub async fn create_account(db: &Db, name: &str) -> anyhow::Result<NewAccount> {
 /// Creates the first account when the database has none and no start has done so
 /// before; of several instances starting at once, exactly one creates it.
 pub async fn bootstrap(db: &Db) -> anyhow::Result<Option<NewAccount>> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let accounts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
         .fetch_one(&mut *tx)
         .await?;

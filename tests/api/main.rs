@@ -12,6 +12,7 @@ mod mail;
 mod mail_servers;
 mod mailboxes;
 mod openapi;
+mod processes;
 mod properties;
 mod senders;
 mod tenancy;
