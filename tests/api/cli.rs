@@ -17,7 +17,7 @@ both_engines!(
 );
 
 async fn the_first_start_prints_a_working_key_once(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let database = fresh_database_url(engine, &dir).await;
     let mut first = ServerProcess::serve(&dir, &database);
     let printed = first.stdout();
@@ -53,7 +53,7 @@ async fn the_first_start_prints_a_working_key_once(engine: Engine) {
 }
 
 async fn create_account_prints_json_beside_a_running_server(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let database = fresh_database_url(engine, &dir).await;
     let server = ServerProcess::serve(&dir, &database);
 
@@ -105,7 +105,7 @@ async fn create_account_prints_json_beside_a_running_server(engine: Engine) {
 }
 
 async fn sigterm_finishes_requests_in_flight_and_exits_zero(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let database = fresh_database_url(engine, &dir).await;
     let mut server = ServerProcess::serve(&dir, &database);
     let key = key_in(&server.stdout()).unwrap();
@@ -199,7 +199,7 @@ async fn the_operator_activates_and_suspends_domains(engine: Engine) {
 
 async fn send_test_email_reports_what_the_relay_said(engine: Engine) {
     use crate::helpers::smtp::{Encryption, TestSmtp};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let database = fresh_database_url(engine, &dir).await;
     let relay = TestSmtp::start(Encryption::Plain, None).await;
     let send = |to: &str| {

@@ -72,6 +72,7 @@ fn token_of(link: &str) -> String {
 }
 
 async fn accept(app: &TestApp, token: &str, name: &str, password: &str) -> reqwest::Response {
+    crate::helpers::record_secret(password);
     app.client
         .post(format!("{}/invitations/accept?token={token}", app.address))
         .json(&json!({"name": name, "password": password}))

@@ -29,9 +29,10 @@ both_engines!(
 both_engines!(a_killed_worker_loses_nothing_and_no_password_leaks);
 
 async fn a_killed_worker_loses_nothing_and_no_password_leaks(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let database = crate::helpers::fresh_database_url(engine, &dir).await;
     let password = "hunter2-relay-secret";
+    crate::helpers::record_secret(password);
     let relay = TestSmtp::start(Encryption::StartTls, Some(("relay-user", password))).await;
     relay.stall(true);
     let secret_key = "ab".repeat(32);

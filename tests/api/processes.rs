@@ -140,7 +140,7 @@ fn received_ids(relay: &TestSmtp) -> Vec<String> {
 }
 
 async fn a_crash_loses_no_committed_change_and_no_email(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let database = fresh_database_url(engine, &dir).await;
     let relay = TestSmtp::start(Encryption::Plain, None).await;
     let mut first = start(&dir, &database, &relay);
@@ -223,7 +223,7 @@ async fn a_crash_loses_no_committed_change_and_no_email(engine: Engine) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_work_and_the_limits() {
     let Some(_) = postgres_url() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let database = fresh_database_url(Engine::Postgres, &dir).await;
     let relay = TestSmtp::start(Encryption::Plain, None).await;
     let first = start(&dir, &database, &relay);

@@ -44,6 +44,64 @@ macro_rules! both_engines {
     )*};
 }
 
+/// Where the tests leave their databases, server logs and the secrets they used, for the
+/// scan that follows the suite in CI (`MAILROOM_TEST_ARTIFACTS`); nowhere when unset.
+pub fn artifacts() -> Option<std::path::PathBuf> {
+    std::env::var_os("MAILROOM_TEST_ARTIFACTS").map(std::path::PathBuf::from)
+}
+
+/// A folder for one test's data: kept among the artifacts when they are collected.
+pub fn test_dir() -> TempDir {
+    match artifacts() {
+        Some(root) => {
+            std::fs::create_dir_all(&root).unwrap();
+            let mut dir = tempfile::Builder::new()
+                .prefix("test-")
+                .tempdir_in(root)
+                .unwrap();
+            dir.disable_cleanup(true);
+            dir
+        }
+        None => tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Notes a secret a test used (a password), which must appear in no artifact. (Short
+/// ones are refused before they are used, and would match by chance.)
+pub fn record_secret(secret: &str) {
+    use std::io::Write;
+    if secret.len() < 12 {
+        return;
+    }
+    if let Some(root) = artifacts() {
+        std::fs::create_dir_all(&root).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("secrets.txt"))
+            .unwrap();
+        writeln!(file, "{secret}").unwrap();
+    }
+}
+
+/// With artifacts collected, the in-process servers log into them too.
+fn log_into_artifacts() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Some(root) = artifacts() {
+            std::fs::create_dir_all(&root).unwrap();
+            let file = std::fs::File::create(root.join("in-process.log")).unwrap();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(
+                    "mailroom=debug,sqlx=debug,info",
+                ))
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .try_init();
+        }
+    });
+}
+
 /// The PostgreSQL server to test against; `None` means skip.
 pub fn postgres_url() -> Option<String> {
     match std::env::var("MAILROOM_TEST_POSTGRES_URL") {
@@ -96,7 +154,8 @@ pub async fn spawn_app(engine: Engine) -> TestApp {
 
 /// `spawn_app` with settings of the test's own on top of the defaults.
 pub async fn spawn_app_with(engine: Engine, configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
+    log_into_artifacts();
+    let dir = test_dir();
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
