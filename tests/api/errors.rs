@@ -95,6 +95,21 @@ async fn bad_requests_get_clear_json_errors(engine: Engine) {
         "method_not_allowed"
     );
 
+    let deep = format!("{{\"name\": {}{}}}", "[".repeat(20_000), "]".repeat(20_000));
+    let nested = app
+        .api(Method::POST, "/entities")
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    let status = nested.status().as_u16();
+    assert!(
+        status == 400 || status == 422,
+        "deeply nested JSON: {status}"
+    );
+    error_code(nested, status).await;
+
     let not_utf8 = app
         .api(Method::POST, "/entities")
         .header("content-type", "application/json")
