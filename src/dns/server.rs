@@ -51,7 +51,7 @@ impl DnsServer {
 
 /// UDP and TCP on one port. With port 0 the system picks the UDP port, which TCP may
 /// already use elsewhere: then another is tried.
-async fn bind_both(address: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
+pub async fn bind_both(address: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
     let mut tries = 0;
     loop {
         let udp = UdpSocket::bind(address)

@@ -36,9 +36,10 @@ fn key(name: &str) -> String {
 
 impl TestDns {
     pub async fn start() -> TestDns {
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (udp, tcp) = mailroom::dns::server::bind_both("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let address = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(address).await.unwrap();
         let zone = Arc::new(Mutex::new(Zone::default()));
         let mut server = hickory_server::Server::new(Handler(zone.clone()));
         server.register_socket(udp);
