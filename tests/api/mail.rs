@@ -177,6 +177,7 @@ fn settings_body(
     auth: Option<(&str, &str)>,
 ) -> Value {
     let (user, pass) = auth.unwrap_or(("", ""));
+    crate::helpers::record_secret(pass);
     json!({
         "provider": "smtp",
         "description": "Customer relay",

@@ -45,7 +45,9 @@ pub async fn create(app: &TestApp, body: Value) -> Value {
         .await
         .unwrap();
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    response.json().await.unwrap()
+    let created: Value = response.json().await.unwrap();
+    crate::helpers::record_secret(created["password"].as_str().unwrap());
+    created
 }
 
 async fn get(app: &TestApp, path: &str) -> Value {
