@@ -53,21 +53,34 @@ pub async fn create_entity(
     Ok((StatusCode::CREATED, Json(entity)))
 }
 
-/// List the entities the caller may act in.
+/// List the entities the caller may act in: a user's are those they are a member of.
 #[utoipa::path(get, path = "/entities", tag = "entities",
     responses((status = 200, description = "The entities", body = List<Entity>)))]
 pub async fn list_entities(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<List<Entity>>, ApiError> {
-    let entities = sqlx::query_as(
-        "SELECT id, account_id, name, created_at FROM entities \
-         WHERE account_id = $1 AND ($2 IS NULL OR id = $2) ORDER BY created_at, id",
-    )
-    .bind(&caller.account_id)
-    .bind(caller.scoped_entity())
-    .fetch_all(&state.db.pool)
-    .await?;
+    let entities = match &caller.user_id {
+        Some(user_id) => {
+            sqlx::query_as(
+                "SELECT e.id, e.account_id, e.name, e.created_at FROM entities e \
+                 JOIN memberships m ON m.entity_id = e.id WHERE m.user_id = $1 ORDER BY e.created_at, e.id",
+            )
+            .bind(user_id)
+            .fetch_all(&state.db.pool)
+            .await?
+        }
+        None => {
+            sqlx::query_as(
+                "SELECT id, account_id, name, created_at FROM entities \
+                 WHERE account_id = $1 AND ($2 IS NULL OR id = $2) ORDER BY created_at, id",
+            )
+            .bind(&caller.account_id)
+            .bind(caller.scoped_entity())
+            .fetch_all(&state.db.pool)
+            .await?
+        }
+    };
     Ok(Json(List { data: entities }))
 }
 
@@ -80,6 +93,18 @@ pub async fn get_entity(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Entity>, ApiError> {
+    if let Some(user_id) = &caller.user_id {
+        return sqlx::query_as(
+            "SELECT e.id, e.account_id, e.name, e.created_at FROM entities e \
+             JOIN memberships m ON m.entity_id = e.id WHERE e.id = $1 AND m.user_id = $2",
+        )
+        .bind(&id)
+        .bind(user_id)
+        .fetch_optional(&state.db.pool)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("entity"));
+    }
     if caller.scoped_entity().is_some_and(|scoped| scoped != id) {
         return Err(ApiError::not_found("entity"));
     }

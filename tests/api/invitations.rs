@@ -459,6 +459,27 @@ async fn an_existing_user_joins_with_their_password(engine: Engine) {
         .unwrap();
     assert_eq!(name, "Sam", "the user is never overwritten");
     let token = joined["access_token"].as_str().unwrap();
+    let mine: Value = app
+        .with_key(token, Method::GET, "/entities")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut entities: Vec<&str> = mine["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    entities.sort();
+    let mut expected = vec![app.admin.entity_id.as_str(), second_id];
+    expected.sort();
+    assert_eq!(
+        entities, expected,
+        "a user lists the entities they belong to"
+    );
     let in_second = app
         .with_key(token, Method::GET, "/entities/users")
         .header("x-entity-id", second_id)
