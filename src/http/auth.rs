@@ -101,11 +101,10 @@ async fn user_caller(parts: &Parts, state: &AppState, secret: &str) -> Result<Ca
         });
     };
     use sqlx::Row;
-    let role: String = membership.try_get("role")?;
     let entity_id: String = membership.try_get("entity_id")?;
     Ok(Caller {
         account_id: membership.try_get("account_id")?,
-        role: Role::parse(&role).ok_or_else(|| ApiError::internal("unknown role"))?,
+        role: Role::from_row(&membership)?,
         principal: user_id.clone(),
         user_id: Some(user_id),
         scoped_entity: Some(entity_id.clone()),

@@ -70,7 +70,6 @@ struct Stored {
 
 impl sqlx::FromRow<'_, AnyRow> for Stored {
     fn from_row(row: &AnyRow) -> sqlx::Result<Stored> {
-        let role: String = row.try_get("role")?;
         let status: String = row.try_get("status")?;
         let expires_at: i64 = row.try_get("expires_at")?;
         let status = match status.as_str() {
@@ -85,7 +84,7 @@ impl sqlx::FromRow<'_, AnyRow> for Stored {
                 entity_id: row.try_get("entity_id")?,
                 email: row.try_get("email")?,
                 name: row.try_get("name")?,
-                role: Role::parse(&role).ok_or_else(|| sqlx::Error::Decode(role.into()))?,
+                role: Role::from_row(row)?,
                 status,
                 invited_by: row.try_get("invited_by")?,
                 invited_by_user_id: row.try_get("invited_by_user_id")?,

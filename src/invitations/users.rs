@@ -173,12 +173,11 @@ pub struct Member {
 
 impl sqlx::FromRow<'_, AnyRow> for Member {
     fn from_row(row: &AnyRow) -> sqlx::Result<Member> {
-        let role: String = row.try_get("role")?;
         Ok(Member {
             user_id: row.try_get("user_id")?,
             email: row.try_get("email")?,
             name: row.try_get("name")?,
-            role: Role::parse(&role).ok_or_else(|| sqlx::Error::Decode(role.into()))?,
+            role: Role::from_row(row)?,
             created_at: Timestamp(row.try_get("created_at")?),
         })
     }

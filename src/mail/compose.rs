@@ -12,8 +12,6 @@ use crate::store::crypto::MasterKey;
 pub struct Composed {
     pub envelope: lettre::address::Envelope,
     pub bytes: Vec<u8>,
-    /// The DKIM selector used, when signed.
-    pub signed_with: Option<String>,
 }
 
 pub struct Parts<'a> {
@@ -56,20 +54,15 @@ pub async fn compose(
         )?;
     let domain = from.email.domain().to_ascii_lowercase();
     let mut bytes = message.formatted();
-    let signed_with = match signing_key(db, master_key, &domain).await? {
-        Some((selector, key)) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs();
-            bytes = super::dkim::sign(&bytes, &domain, &selector, &key, now);
-            Some(selector)
-        }
-        None => None,
-    };
+    if let Some((selector, key)) = signing_key(db, master_key, &domain).await? {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        bytes = super::dkim::sign(&bytes, &domain, &selector, &key, now);
+    }
     Ok(Composed {
         envelope: message.envelope().clone(),
         bytes,
-        signed_with,
     })
 }
 

@@ -153,6 +153,7 @@ pub struct TestReport {
 /// A stored settings row.
 struct Stored {
     id: String,
+    domain_id: String,
     domain: String,
     description: String,
     from: String,
@@ -165,7 +166,7 @@ struct Stored {
     sealed_pass: Option<String>,
 }
 
-const COLUMNS: &str = "s.id, d.name, s.description, s.from_address, s.host, s.port, s.secure, \
+const COLUMNS: &str = "s.id, s.domain_id, d.name, s.description, s.from_address, s.host, s.port, s.secure, \
                        s.debug, s.reject_unauthorized, s.auth_user, s.auth_pass";
 
 impl sqlx::FromRow<'_, AnyRow> for Stored {
@@ -173,6 +174,7 @@ impl sqlx::FromRow<'_, AnyRow> for Stored {
         let flag = |name: &str| row.try_get::<i64, _>(name).map(|v| v != 0);
         Ok(Stored {
             id: row.try_get("id")?,
+            domain_id: row.try_get("domain_id")?,
             domain: row.try_get("name")?,
             description: row.try_get("description")?,
             from: row.try_get("from_address")?,
@@ -366,6 +368,43 @@ fn flag(value: bool) -> i64 {
     i64::from(value)
 }
 
+/// Writes settings `id`: a new row, or new values for an existing one.
+async fn save(
+    state: &AppState,
+    account_id: &str,
+    domain_id: &str,
+    id: &str,
+    valid: &Valid,
+    sealed_pass: Option<String>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO smtp_settings (id, account_id, domain_id, provider, description, from_address, host, port, \
+         secure, debug, reject_unauthorized, auth_user, auth_pass, created_at, updated_at) \
+         VALUES ($1, $2, $3, 'smtp', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
+         ON CONFLICT (id) DO UPDATE SET description = excluded.description, \
+         from_address = excluded.from_address, host = excluded.host, port = excluded.port, \
+         secure = excluded.secure, debug = excluded.debug, \
+         reject_unauthorized = excluded.reject_unauthorized, auth_user = excluded.auth_user, \
+         auth_pass = excluded.auth_pass, updated_at = excluded.updated_at",
+    )
+    .bind(id)
+    .bind(account_id)
+    .bind(domain_id)
+    .bind(&valid.description)
+    .bind(&valid.from)
+    .bind(&valid.host)
+    .bind(valid.port)
+    .bind(flag(valid.secure))
+    .bind(flag(valid.debug))
+    .bind(flag(valid.reject_unauthorized))
+    .bind(&valid.user)
+    .bind(sealed_pass)
+    .bind(Timestamp::now().0)
+    .execute(&state.db.pool)
+    .await?;
+    Ok(())
+}
+
 /// Get the SMTP settings of a domain.
 #[utoipa::path(get, path = "/api/v2/email/settings", tag = "smtp-settings",
     params(DomainParam),
@@ -416,31 +455,20 @@ pub async fn create_settings(
         Password::Set(pass) => Some(state.master_key.seal(pass.as_bytes(), &seal_context(&id))),
         Password::Keep | Password::Remove => None,
     };
-    let now = Timestamp::now().0;
-    sqlx::query(
-        "INSERT INTO smtp_settings (id, account_id, domain_id, provider, description, from_address, host, port, \
-         secure, debug, reject_unauthorized, auth_user, auth_pass, created_at, updated_at) \
-         VALUES ($1, $2, $3, 'smtp', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+    save(
+        &state,
+        &caller.account_id,
+        &domain_row.id,
+        &id,
+        &valid,
+        sealed,
     )
-    .bind(&id)
-    .bind(&caller.account_id)
-    .bind(&domain_row.id)
-    .bind(&valid.description)
-    .bind(&valid.from)
-    .bind(&valid.host)
-    .bind(valid.port)
-    .bind(flag(valid.secure))
-    .bind(flag(valid.debug))
-    .bind(flag(valid.reject_unauthorized))
-    .bind(&valid.user)
-    .bind(sealed)
-    .bind(now)
-    .execute(&state.db.pool)
     .await
     .map_err(|error| match error {
-        e if crate::store::is_unique_violation(&e) => {
-            ApiError::conflict("settings_exist", format!("{domain} has SMTP settings already"))
-        }
+        e if crate::store::is_unique_violation(&e) => ApiError::conflict(
+            "settings_exist",
+            format!("{domain} has SMTP settings already"),
+        ),
         e => e.into(),
     })?;
     let row = load(&state, &caller.account_id, &domain)
@@ -477,24 +505,14 @@ pub async fn update_settings(
                 .seal(pass.as_bytes(), &seal_context(&row.id)),
         ),
     };
-    sqlx::query(
-        "UPDATE smtp_settings SET description = $2, from_address = $3, host = $4, port = $5, secure = $6, \
-         debug = $7, reject_unauthorized = $8, auth_user = $9, auth_pass = $10, updated_at = $11 \
-         WHERE id = $1 AND account_id = $12",
+    save(
+        &state,
+        &caller.account_id,
+        &row.domain_id,
+        &row.id,
+        &valid,
+        sealed,
     )
-    .bind(&row.id)
-    .bind(&valid.description)
-    .bind(&valid.from)
-    .bind(&valid.host)
-    .bind(valid.port)
-    .bind(flag(valid.secure))
-    .bind(flag(valid.debug))
-    .bind(flag(valid.reject_unauthorized))
-    .bind(&valid.user)
-    .bind(sealed)
-    .bind(Timestamp::now().0)
-    .bind(&caller.account_id)
-    .execute(&state.db.pool)
     .await?;
     let row = load(&state, &caller.account_id, &domain)
         .await?

@@ -31,11 +31,10 @@ pub struct ApiKey {
 
 impl sqlx::FromRow<'_, AnyRow> for ApiKey {
     fn from_row(row: &AnyRow) -> sqlx::Result<ApiKey> {
-        let role: String = row.try_get("role")?;
         Ok(ApiKey {
             id: row.try_get("id")?,
             name: row.try_get("name")?,
-            role: Role::parse(&role).ok_or_else(|| sqlx::Error::Decode(role.into()))?,
+            role: Role::from_row(row)?,
             entity_id: row.try_get("entity_id")?,
             prefix: row.try_get("prefix")?,
             created_at: Timestamp(row.try_get("created_at")?),
@@ -197,12 +196,11 @@ pub async fn find_by_secret(db: &Db, secret: &str) -> sqlx::Result<Option<KeyRec
             .fetch_optional(&db.pool)
             .await?;
     row.map(|row| {
-        let role: String = row.try_get("role")?;
         Ok(KeyRecord {
             id: row.try_get("id")?,
             account_id: row.try_get("account_id")?,
             entity_id: row.try_get("entity_id")?,
-            role: Role::parse(&role).ok_or_else(|| sqlx::Error::Decode(role.into()))?,
+            role: Role::from_row(&row)?,
         })
     })
     .transpose()

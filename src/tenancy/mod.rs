@@ -30,6 +30,13 @@ impl Role {
         }
     }
 
+    /// The `role` column of a row.
+    pub fn from_row(row: &sqlx::any::AnyRow) -> sqlx::Result<Role> {
+        use sqlx::Row;
+        let role: String = row.try_get("role")?;
+        Role::parse(&role).ok_or_else(|| sqlx::Error::Decode(format!("unknown role {role}").into()))
+    }
+
     pub fn parse(value: &str) -> Option<Role> {
         match value {
             "viewer" => Some(Role::Viewer),
