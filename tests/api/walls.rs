@@ -87,14 +87,32 @@ async fn set_up(app: &TestApp) -> Owned {
         .execute(&app.db.pool)
         .await
         .unwrap();
-    let messages: Value = app
-        .api(Method::GET, "/v2/messages")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The outbox settles first, so that the delivery worker changes nothing between the
+    // snapshots taken before and after the intruders' requests.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let messages: Value = loop {
+        let messages: Value = app
+            .api(Method::GET, "/v2/messages")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let settled = messages["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["status"] == "sent" || m["status"] == "failed");
+        if settled {
+            break messages;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox never settled: {messages}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     Owned {
         first_entity,
         key: key["id"].as_str().unwrap().to_string(),
