@@ -1,0 +1,135 @@
+//! The limits mailroom is measured against: raw Argon2id on every core, and a plain
+//! hickory-resolver loop.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use hickory_resolver::Resolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RecordType;
+use serde_json::json;
+use sqlx::Row;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// Hashes as fast as every core allows, with the parameters mailroom stores passwords
+/// with (m=19456 KiB, t=2, p=1), each thread reusing its memory.
+pub fn hash_rate(seconds: f64) -> anyhow::Result<()> {
+    let threads = std::thread::available_parallelism()?.get();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|thread| {
+            std::thread::spawn(move || {
+                let params = Params::new(19_456, 2, 1, Some(32)).expect("valid parameters");
+                let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+                let mut memory = vec![Block::default(); 19_456];
+                let mut output = [0u8; 32];
+                let mut hashes = 0u64;
+                while Instant::now() < deadline {
+                    let password = format!("password-{thread}-{hashes}");
+                    argon2
+                        .hash_password_into_with_memory(
+                            password.as_bytes(),
+                            b"sixteen byte salt",
+                            &mut output,
+                            &mut memory,
+                        )
+                        .expect("hash");
+                    hashes += 1;
+                }
+                hashes
+            })
+        })
+        .collect();
+    let hashes: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({ "threads": threads, "hashes": hashes, "seconds": elapsed, "rate": hashes as f64 / elapsed })
+    );
+    Ok(())
+}
+
+/// Replays the queries of the verifier's last sweep over the suffix's domains: each
+/// domain's lookups at once, `concurrency` domains at a time, as the verifier runs them.
+pub async fn resolve_loop(
+    nameserver: std::net::SocketAddr,
+    suffix: &str,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let db = crate::seed::open().await?;
+    let rows = sqlx::query(
+        "SELECT l.domain_id, l.record_type, l.name FROM domain_lookups l \
+         JOIN domains d ON d.id = l.domain_id WHERE d.name LIKE $1",
+    )
+    .bind(format!("%.{suffix}"))
+    .fetch_all(&db.pool)
+    .await?;
+    let mut by_domain: BTreeMap<String, Vec<(RecordType, String)>> = BTreeMap::new();
+    for row in &rows {
+        let record_type = match row.try_get::<String, _>("record_type")?.as_str() {
+            "CNAME" => RecordType::CNAME,
+            "MX" => RecordType::MX,
+            _ => RecordType::TXT,
+        };
+        let name: String = row.try_get("name")?;
+        by_domain
+            .entry(row.try_get("domain_id")?)
+            .or_default()
+            .push((record_type, format!("{name}.")));
+    }
+    anyhow::ensure!(!by_domain.is_empty(), "no lookups recorded for *.{suffix}");
+
+    let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+        .into_iter()
+        .map(|mut connection| {
+            connection.port = nameserver.port();
+            connection
+        })
+        .collect();
+    let server = NameServerConfig::new(nameserver.ip(), true, connections);
+    let mut builder = Resolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![server]),
+        TokioRuntimeProvider::default(),
+    );
+    builder.options_mut().cache_size = 0;
+    let resolver = builder.build()?;
+
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut domains = JoinSet::new();
+    let mut failures = 0usize;
+    let queries = rows.len();
+    let started = Instant::now();
+    for (_, lookups) in by_domain.iter() {
+        let slot = slots.clone().acquire_owned().await?;
+        let resolver = resolver.clone();
+        let lookups = lookups.clone();
+        domains.spawn(async move {
+            let mut each = JoinSet::new();
+            for (record_type, name) in lookups {
+                let resolver = resolver.clone();
+                each.spawn(async move { resolver.lookup(name.as_str(), record_type).await.is_ok() });
+            }
+            let failed = each.join_all().await.iter().filter(|ok| !**ok).count();
+            drop(slot);
+            failed
+        });
+        while let Some(done) = domains.try_join_next() {
+            failures += done?;
+        }
+    }
+    for done in domains.join_all().await {
+        failures += done;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({ "domains": by_domain.len(), "queries": queries, "failures": failures,
+                "seconds": elapsed, "rate": by_domain.len() as f64 / elapsed })
+    );
+    Ok(())
+}

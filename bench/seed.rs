@@ -1,0 +1,282 @@
+//! Filling the database the way mailroom would have, only faster: the verifier's pending
+//! domains and their zone, a million mailboxes, a full outbox. The tool reads the same
+//! `MAILROOM_*` settings as the server beside it, so it opens the same database.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use mailroom::config::Settings;
+use mailroom::mail::EmailAddress;
+use mailroom::mail::outbox::{self, Outgoing};
+use mailroom::mail::templates::{Kind, render};
+use mailroom::store::crypto::MasterKey;
+use mailroom::store::{Db, Engine, Timestamp};
+use rand::RngCore;
+use serde_json::json;
+use sqlx::Row;
+
+fn settings() -> anyhow::Result<Settings> {
+    Ok(Settings::load(None, std::env::vars())?.settings)
+}
+
+pub async fn open() -> anyhow::Result<Db> {
+    Db::connect(&settings()?.database_url()).await
+}
+
+fn token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// `count` pending domains named `d<n>.<suffix>`, three DKIM tokens each, not yet due;
+/// and a zone file for `suffix` with every record they are asked to publish.
+pub async fn pending_domains(
+    account: &str,
+    count: i64,
+    suffix: &str,
+    zone_file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let settings = settings()?;
+    let db = open().await?;
+    let now = Timestamp::now().0;
+    let mut zone = format!(
+        "$TTL 300\n{suffix}. IN SOA ns.{suffix}. hostmaster.{suffix}. 1 3600 600 86400 300\n\
+         {suffix}. IN NS ns.{suffix}.\nns.{suffix}. IN A 127.0.0.1\n"
+    );
+    for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
+        let mut tx = db.begin().await?;
+        for number in chunk {
+            let id = format!("dom_pending{number}");
+            let name = format!("d{number}.{suffix}");
+            sqlx::query(
+                "INSERT INTO domains (id, account_id, name, status, created_at, status_changed_at) \
+                 VALUES ($1, $2, $3, 'pending', $4, $4)",
+            )
+            .bind(&id)
+            .bind(account)
+            .bind(&name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let tokens: Vec<String> = (0..3).map(|_| token()).collect();
+            for (position, token) in tokens.iter().enumerate() {
+                // The verifier reads only the token; signing is not measured on these.
+                sqlx::query(
+                    "INSERT INTO dkim_keys (token, domain_id, position, public_key, private_key, created_at) \
+                     VALUES ($1, $2, $3, '', '', $4)",
+                )
+                .bind(token)
+                .bind(&id)
+                .bind(position as i64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for record in mailroom::domains::records::wanted(&name, &tokens, &settings) {
+                let data = match record.record_type {
+                    "TXT" => format!("\"{}\"", record.value),
+                    _ => format!("{}.", record.value),
+                };
+                writeln!(zone, "{}. IN {} {data}", record.name, record.record_type)?;
+            }
+        }
+        tx.commit().await?;
+    }
+    std::fs::write(zone_file, zone)?;
+    println!("{}", json!({ "domains": count }));
+    Ok(())
+}
+
+fn like(suffix: &str) -> String {
+    format!("%.{suffix}")
+}
+
+/// Makes the suffix's domains pending and due now, as if just added.
+pub async fn make_due(suffix: &str) -> anyhow::Result<()> {
+    let db = open().await?;
+    let now = Timestamp::now().0;
+    sqlx::query(
+        "UPDATE domains SET status = 'pending', verified_by = NULL, verified_at = NULL, \
+         status_changed_at = $1, next_check_at = $1, failed_checks = 0, lease_until = NULL, \
+         last_checked_at = NULL WHERE name LIKE $2",
+    )
+    .bind(now)
+    .bind(like(suffix))
+    .execute(&db.pool)
+    .await?;
+    println!("{}", json!({ "due_at": now }));
+    Ok(())
+}
+
+pub async fn sweep_done(suffix: &str, since: i64) -> anyhow::Result<()> {
+    let db = open().await?;
+    loop {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS total, COUNT(last_checked_at) AS checked, \
+             MIN(last_checked_at) AS first, MAX(last_checked_at) AS last, \
+             SUM(CASE WHEN status = 'active' THEN 1 ELSE 0 END) AS active \
+             FROM domains WHERE name LIKE $1 AND created_at <= $2",
+        )
+        .bind(like(suffix))
+        .bind(since)
+        .fetch_one(&db.pool)
+        .await?;
+        let total: i64 = row.try_get("total")?;
+        let checked: i64 = row.try_get("checked")?;
+        if checked < total {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let first: i64 = row.try_get("first")?;
+        let last: i64 = row.try_get("last")?;
+        let active: i64 = row.try_get("active")?;
+        let seconds = (last - first).max(1) as f64 / 1000.0;
+        println!(
+            "{}",
+            json!({ "domains": total, "active": active, "seconds": seconds,
+                    "rate": (total - 1) as f64 / seconds })
+        );
+        return Ok(());
+    }
+}
+
+/// `domains` active domains `s<n>.scale.test` with `mailboxes` mailboxes spread over them
+/// (mailbox n on domain n mod `domains`), all with one password hash.
+pub async fn mailboxes(account: &str, domains: i64, mailboxes: i64) -> anyhow::Result<()> {
+    let db = open().await?;
+    let now = Timestamp::now().0;
+    let numbers = match db.engine {
+        Engine::Sqlite => {
+            "(WITH RECURSIVE n(i) AS (SELECT $1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) SELECT i FROM n)"
+        }
+        Engine::Postgres => "(SELECT generate_series($1::BIGINT, $2::BIGINT) AS i)",
+    };
+    sqlx::query(&format!(
+        "INSERT INTO domains (id, account_id, name, status, verified_by, created_at, status_changed_at, verified_at) \
+         SELECT 'dom_scale' || i, $3, 's' || i || '.scale.test', 'active', 'operator', $4, $4, $4 FROM {numbers} n"
+    ))
+    .bind(0i64)
+    .bind(domains - 1)
+    .bind(account)
+    .bind(now)
+    .execute(&db.pool)
+    .await?;
+    let hash = mailroom::store::passwords::hash("a scale password").await?;
+    const CHUNK: i64 = 100_000;
+    for start in (0..mailboxes).step_by(CHUNK as usize) {
+        let end = (start + CHUNK).min(mailboxes) - 1;
+        sqlx::query(&format!(
+            "INSERT INTO mailboxes (account_id, domain_id, local_part, address, display_name, password_hash, \
+             status, is_default, created_at, updated_at) \
+             SELECT $3, 'dom_scale' || (i % $4), 'user' || i, 'user' || i || '@s' || (i % $4) || '.scale.test', \
+             'User ' || i, $5, 'active', 0, $6, $6 FROM {numbers} n"
+        ))
+        .bind(start)
+        .bind(end)
+        .bind(account)
+        .bind(domains)
+        .bind(&hash)
+        .bind(now)
+        .execute(&db.pool)
+        .await?;
+        eprintln!("{} mailboxes", end + 1);
+    }
+    if db.engine == Engine::Postgres {
+        sqlx::query("ANALYZE").execute(&db.pool).await?;
+    }
+    println!("{}", json!({ "domains": domains, "mailboxes": mailboxes }));
+    Ok(())
+}
+
+/// Queues `count` test emails from `from` (an active domain's address: they are signed).
+pub async fn enqueue(from: &str, to: &str, count: usize) -> anyhow::Result<()> {
+    let settings = settings()?;
+    let db = open().await?;
+    let master_key = MasterKey::load(&settings)?;
+    let from = EmailAddress::parse(from).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let to = EmailAddress::parse(to).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let queued_at = Timestamp::now().0;
+    let email = || {
+        render(
+            Kind::Test,
+            &[
+                ("sent_at", "2026-11-21T12:00:00Z"),
+                ("from", &from.to_string()),
+                ("to", &to.to_string()),
+            ],
+        )
+    };
+    for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
+        let mut tx = db.begin().await?;
+        for _ in chunk {
+            let outgoing = Outgoing {
+                account_id: None,
+                from: &from,
+                to: &to,
+                email: email(),
+            };
+            outbox::enqueue(&mut tx, &master_key, outgoing).await?;
+        }
+        tx.commit().await?;
+    }
+    let sample = email();
+    let parts = mailroom::mail::compose::Parts {
+        from: &from.to_string(),
+        to: &to.to_string(),
+        subject: &sample.subject,
+        text: &sample.text,
+        html: &sample.html,
+        message_id: "<sample@bench.test>",
+        date: queued_at,
+    };
+    let composed = mailroom::mail::compose::compose(&db, &master_key, parts).await?;
+    let signed = String::from_utf8_lossy(&composed.bytes).contains("DKIM-Signature:");
+    println!(
+        "{}",
+        json!({ "queued": count, "queued_at": queued_at, "bytes": composed.bytes.len(), "signed": signed })
+    );
+    Ok(())
+}
+
+/// Waits until nothing queued since `since` is left; prints the rate between the first
+/// and the last delivery.
+pub async fn delivery_done(since: i64) -> anyhow::Result<()> {
+    let db = open().await?;
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outbox WHERE status IN ('queued', 'sending') AND created_at >= $1",
+        )
+        .bind(since)
+        .fetch_one(&db.pool)
+        .await?;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS sent, MIN(a.at) AS first, MAX(a.at) AS last FROM delivery_attempts a \
+         JOIN outbox o ON o.id = a.message_id WHERE o.created_at >= $1 AND a.outcome = 'sent'",
+    )
+    .bind(since)
+    .fetch_one(&db.pool)
+    .await?;
+    let sent: i64 = row.try_get("sent")?;
+    let first: i64 = row.try_get("first")?;
+    let last: i64 = row.try_get("last")?;
+    let other: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM delivery_attempts a JOIN outbox o ON o.id = a.message_id \
+         WHERE o.created_at >= $1 AND a.outcome <> 'sent'",
+    )
+    .bind(since)
+    .fetch_one(&db.pool)
+    .await?;
+    let seconds = (last - first).max(1) as f64 / 1000.0;
+    println!(
+        "{}",
+        json!({ "sent": sent, "failed_attempts": other, "seconds": seconds,
+                "rate": (sent - 1) as f64 / seconds })
+    );
+    Ok(())
+}
