@@ -112,7 +112,9 @@ pub async fn resolve_loop(
             let mut each = JoinSet::new();
             for (record_type, name) in lookups {
                 let resolver = resolver.clone();
-                each.spawn(async move { resolver.lookup(name.as_str(), record_type).await.is_ok() });
+                each.spawn(
+                    async move { resolver.lookup(name.as_str(), record_type).await.is_ok() },
+                );
             }
             let failed = each.join_all().await.iter().filter(|ok| !**ok).count();
             drop(slot);

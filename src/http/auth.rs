@@ -36,7 +36,7 @@ impl FromRequestParts<AppState> for Caller {
         if !secret.starts_with(&format!("{KEY_PREFIX}_")) {
             return Err(invalid_credentials());
         }
-        let key = api_keys::find_by_secret(&state.db, &secret)
+        let key = api_keys::authenticate(state, &secret)
             .await?
             .ok_or_else(invalid_credentials)?;
         if let Some(named) = header(&parts.headers, "x-key")?

@@ -45,6 +45,7 @@ pub struct AppState {
     pub master_key: MasterKey,
     /// Rung after an email is queued, so that the delivery worker starts at once.
     pub outbox_wakeup: Arc<tokio::sync::Notify>,
+    pub api_keys: Arc<crate::tenancy::api_keys::KeyCache>,
 }
 
 impl AppState {
@@ -56,6 +57,7 @@ impl AppState {
             resolver: DnsResolver::new(&settings.dns_nameservers)?,
             master_key: MasterKey::load(settings)?,
             outbox_wakeup: Arc::new(tokio::sync::Notify::new()),
+            api_keys: Arc::default(),
         })
     }
 

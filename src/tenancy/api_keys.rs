@@ -7,6 +7,10 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use super::Role;
 use crate::http::{ApiError, AppState, Caller, Json, List};
 use crate::store::secrets::{digest, new_secret};
@@ -61,6 +65,7 @@ pub struct CreateApiKey {
 }
 
 /// The credential a secret stands for.
+#[derive(Debug, Clone)]
 pub struct KeyRecord {
     pub id: String,
     pub account_id: String,
@@ -128,7 +133,8 @@ pub async fn list_api_keys(
     Ok(Json(List { data: keys }))
 }
 
-/// Delete an API key; it stops working at once.
+/// Delete an API key; it stops working at once (on other instances sharing the database,
+/// within `KeyCache::TTL`).
 #[utoipa::path(delete, path = "/api-keys/{id}", tag = "api-keys",
     params(("id" = String, Path, description = "The key's id")),
     responses((status = 204, description = "Deleted")))]
@@ -149,6 +155,7 @@ pub async fn delete_api_key(
     if deleted.rows_affected() == 0 {
         return Err(ApiError::not_found("API key"));
     }
+    state.api_keys.clear();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -188,11 +195,64 @@ pub async fn insert_api_key(
     })
 }
 
-/// The key a secret belongs to: one lookup on a unique index, no slow hash.
-pub async fn find_by_secret(db: &Db, secret: &str) -> sqlx::Result<Option<KeyRecord>> {
+/// The keys that answered lately, by digest, so that a request costs one query fewer.
+/// Only keys that exist are kept: a new key works at once, and guessing fills nothing.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, (Instant, KeyRecord)>>,
+}
+
+impl KeyCache {
+    /// How long a deleted key may still work on another instance.
+    pub const TTL: Duration = Duration::from_secs(2);
+    const MAX_ENTRIES: usize = 10_000;
+
+    fn get(&self, digest: &str) -> Option<KeyRecord> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(digest)
+            .filter(|(at, _)| at.elapsed() < Self::TTL)
+            .map(|(_, key)| key.clone())
+    }
+
+    fn put(&self, digest: String, key: KeyRecord) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+            if entries.len() >= Self::MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(digest, (Instant::now(), key));
+    }
+
+    /// After a key is deleted: this instance forgets every key at once.
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// The key a secret belongs to, from the cache or by one lookup on a unique index (no
+/// slow hash: the secret is random).
+pub async fn authenticate(state: &AppState, secret: &str) -> sqlx::Result<Option<KeyRecord>> {
+    let digest = digest(secret);
+    if let Some(key) = state.api_keys.get(&digest) {
+        return Ok(Some(key));
+    }
+    let key = find_by_digest(&state.db, &digest).await?;
+    if let Some(key) = &key {
+        state.api_keys.put(digest, key.clone());
+    }
+    Ok(key)
+}
+
+async fn find_by_digest(db: &Db, digest: &str) -> sqlx::Result<Option<KeyRecord>> {
     let row =
         sqlx::query("SELECT id, account_id, entity_id, role FROM api_keys WHERE secret_hash = $1")
-            .bind(digest(secret))
+            .bind(digest)
             .fetch_optional(&db.pool)
             .await?;
     row.map(|row| {
