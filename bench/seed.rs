@@ -243,6 +243,14 @@ pub async fn enqueue(from: &str, to: &str, count: usize) -> anyhow::Result<()> {
 /// and the last delivery.
 pub async fn delivery_done(since: i64) -> anyhow::Result<()> {
     let db = open().await?;
+    let failed_attempts = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM delivery_attempts a JOIN outbox o ON o.id = a.message_id \
+             WHERE o.created_at >= $1 AND a.outcome <> 'sent'",
+        )
+        .bind(since)
+        .fetch_one(&db.pool)
+    };
     loop {
         let left: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM outbox WHERE status IN ('queued', 'sending') AND created_at >= $1",
@@ -253,6 +261,10 @@ pub async fn delivery_done(since: i64) -> anyhow::Result<()> {
         if left == 0 {
             break;
         }
+        anyhow::ensure!(
+            failed_attempts().await? == 0,
+            "a delivery failed; see the server's log"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let row = sqlx::query(
@@ -265,13 +277,7 @@ pub async fn delivery_done(since: i64) -> anyhow::Result<()> {
     let sent: i64 = row.try_get("sent")?;
     let first: i64 = row.try_get("first")?;
     let last: i64 = row.try_get("last")?;
-    let other: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM delivery_attempts a JOIN outbox o ON o.id = a.message_id \
-         WHERE o.created_at >= $1 AND a.outcome <> 'sent'",
-    )
-    .bind(since)
-    .fetch_one(&db.pool)
-    .await?;
+    let other = failed_attempts().await?;
     let seconds = (last - first).max(1) as f64 / 1000.0;
     println!(
         "{}",

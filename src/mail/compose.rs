@@ -1,10 +1,13 @@
 //! Turning a queued email into the bytes that travel: MIME (text + HTML), Message-ID,
 //! Date, and a DKIM signature when the From domain is an active managed domain.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
 use lettre::Message;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use rsa::pkcs8::DecodePrivateKey;
+use ring::signature::RsaKeyPair;
 
 use crate::store::Db;
 use crate::store::crypto::MasterKey;
@@ -58,7 +61,7 @@ pub async fn compose(
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs();
-        bytes = super::dkim::sign(&bytes, &domain, &selector, &key, now);
+        bytes = super::dkim::sign(&bytes, &domain, &selector, &key, now)?;
     }
     Ok(Composed {
         envelope: message.envelope().clone(),
@@ -71,7 +74,7 @@ async fn signing_key(
     db: &Db,
     master_key: &MasterKey,
     domain: &str,
-) -> anyhow::Result<Option<(String, rsa::RsaPrivateKey)>> {
+) -> anyhow::Result<Option<(String, Arc<RsaKeyPair>)>> {
     let key: Option<(String, String)> = sqlx::query_as(
         "SELECT k.token, k.private_key FROM dkim_keys k JOIN domains d ON d.id = k.domain_id \
          WHERE d.name = $1 AND d.status = 'active' ORDER BY k.position LIMIT 1",
@@ -82,6 +85,28 @@ async fn signing_key(
     let Some((token, sealed)) = key else {
         return Ok(None);
     };
+    if let Some(key) = opened_keys()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&token)
+    {
+        return Ok(Some((token, key.clone())));
+    }
     let der = crate::domains::dkim::open_private_key(master_key, &token, &sealed)?;
-    Ok(Some((token, rsa::RsaPrivateKey::from_pkcs8_der(&der)?)))
+    let key = RsaKeyPair::from_pkcs8(&der)
+        .map_err(|e| anyhow::anyhow!("the DKIM key of {domain} cannot be used: {e}"))?;
+    let key = Arc::new(key);
+    let mut opened = opened_keys().lock().unwrap_or_else(|e| e.into_inner());
+    if opened.len() >= 1000 {
+        opened.clear();
+    }
+    opened.insert(token.clone(), key.clone());
+    Ok(Some((token, key)))
+}
+
+/// Private keys already opened, by token: a token names one key for good, and opening
+/// (unsealing, parsing) costs more than signing.
+fn opened_keys() -> &'static Mutex<HashMap<String, Arc<RsaKeyPair>>> {
+    static OPENED: OnceLock<Mutex<HashMap<String, Arc<RsaKeyPair>>>> = OnceLock::new();
+    OPENED.get_or_init(Mutex::default)
 }

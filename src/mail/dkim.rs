@@ -3,9 +3,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use rsa::RsaPrivateKey;
-use rsa::pkcs1v15::SigningKey;
-use rsa::signature::{SignatureEncoding, Signer};
+use ring::rand::SystemRandom;
+use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use sha2::{Digest, Sha256};
 
 /// The headers signed, when present.
@@ -19,14 +18,15 @@ const SIGNED: [&str; 7] = [
     "content-type",
 ];
 
-/// Answers `message` with a `DKIM-Signature` header in front of it.
+/// Answers `message` with a `DKIM-Signature` header in front of it. The RSA is ring's:
+/// signing is most of what delivering a message costs, and ring's is several times faster.
 pub fn sign(
     message: &[u8],
     domain: &str,
     selector: &str,
-    key: &RsaPrivateKey,
+    key: &RsaKeyPair,
     now_secs: u64,
-) -> Vec<u8> {
+) -> anyhow::Result<Vec<u8>> {
     let (head, body) = split(message);
     let fields = header_fields(head);
     let signed: Vec<&(String, String)> = SIGNED
@@ -50,14 +50,21 @@ pub fn sign(
         hashed.push_str("\r\n");
     }
     hashed.push_str(&relaxed_header("DKIM-Signature", &unsigned));
-    let signature = SigningKey::<Sha256>::new(key.clone()).sign(hashed.as_bytes());
+    let mut signature = vec![0; key.public().modulus_len()];
+    key.sign(
+        &RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        hashed.as_bytes(),
+        &mut signature,
+    )
+    .map_err(|_| anyhow::anyhow!("cannot sign with the DKIM key of {domain}"))?;
     let mut out = format!(
         "DKIM-Signature: {unsigned}{}\r\n",
-        STANDARD.encode(signature.to_bytes())
+        STANDARD.encode(signature)
     )
     .into_bytes();
     out.extend_from_slice(message);
-    out
+    Ok(out)
 }
 
 fn split(message: &[u8]) -> (&[u8], &[u8]) {
@@ -149,9 +156,12 @@ mod tests {
 
     #[test]
     fn signing_prepends_a_header_naming_what_it_covers() {
-        let key = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap();
+        use rsa::pkcs8::EncodePrivateKey;
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let key = RsaKeyPair::from_pkcs8(key.to_pkcs8_der().unwrap().as_bytes()).unwrap();
         let message = b"From: a@customer.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n";
-        let signed = String::from_utf8(sign(message, "customer.com", "sel", &key, 1)).unwrap();
+        let signed = sign(message, "customer.com", "sel", &key, 1).unwrap();
+        let signed = String::from_utf8(signed).unwrap();
         let first = signed.lines().next().unwrap();
         assert!(first.starts_with(
             "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=customer.com; s=sel;"

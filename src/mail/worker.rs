@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use sqlx::Row;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use super::compose::{Parts, compose};
 use super::outbox::{Body, seal_context};
 use super::transport::{Failure, SmtpTarget, Transport, deliver};
 use crate::http::AppState;
+use crate::store::groups::run_in_groups;
 use crate::store::{Engine, Timestamp};
 
 /// Attempts before a message is given up: with the default 30 s first retry, doubling up
@@ -167,72 +167,77 @@ fn retry_delay_ms(base_ms: i64, attempts: i64) -> i64 {
     (delay as f64 * jitter) as i64
 }
 
+/// Records the outcome of each attempt, all in one transaction.
 async fn record(
     state: &AppState,
-    message: &Claimed,
-    transport: &str,
-    result: Result<String, Failure>,
+    attempts: &[(Claimed, String, Result<String, Failure>)],
 ) -> anyhow::Result<()> {
     let now = Timestamp::now().0;
-    let (outcome, detail) = match &result {
-        Ok(reply) => ("sent", reply.clone()),
-        Err(Failure::Temporary(error)) => ("temporary", error.clone()),
-        Err(Failure::Permanent(error)) => ("permanent", error.clone()),
-    };
-    let (status, next_attempt_at, sent_at, last_error) = match &result {
-        Ok(_) => ("sent", None, Some(now), None),
-        Err(Failure::Temporary(error)) if message.attempts < MAX_ATTEMPTS => {
-            let base = (state.settings.mail_retry_seconds.max(1) as i64).saturating_mul(1000);
-            (
-                "queued",
-                Some(now + retry_delay_ms(base, message.attempts)),
-                None,
-                Some(error.clone()),
-            )
-        }
-        Err(Failure::Temporary(error) | Failure::Permanent(error)) => {
-            ("failed", None, None, Some(error.clone()))
-        }
-    };
     let mut tx = state.db.begin().await?;
-    // Only while the lease is still ours: past it, another instance owns the message.
-    let updated = sqlx::query(
-        "UPDATE outbox SET status = $2, next_attempt_at = $3, sent_at = $4, last_error = $5, \
-         lease_until = NULL, updated_at = $6 WHERE id = $1 AND lease_until = $7",
-    )
-    .bind(&message.id)
-    .bind(status)
-    .bind(next_attempt_at)
-    .bind(sent_at)
-    .bind(&last_error)
-    .bind(now)
-    .bind(message.lease_until)
-    .execute(&mut *tx)
-    .await?;
-    if updated.rows_affected() == 0 {
-        tracing::warn!(message = %message.id, "lease lost before the attempt was recorded");
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO delivery_attempts (message_id, attempt, at, transport, outcome, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&message.id)
-    .bind(message.attempts)
-    .bind(now)
-    .bind(transport)
-    .bind(outcome)
-    .bind(&detail)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    match status {
-        "sent" => tracing::info!(message = %message.id, to = %message.to, transport, "sent"),
-        "queued" => {
-            tracing::warn!(message = %message.id, attempt = message.attempts, transport, error = %detail, "delivery failed; will retry")
+    let mut recorded = Vec::with_capacity(attempts.len());
+    for (message, transport, result) in attempts {
+        let (outcome, detail) = match result {
+            Ok(reply) => ("sent", reply.clone()),
+            Err(Failure::Temporary(error)) => ("temporary", error.clone()),
+            Err(Failure::Permanent(error)) => ("permanent", error.clone()),
+        };
+        let (status, next_attempt_at, sent_at, last_error) = match result {
+            Ok(_) => ("sent", None, Some(now), None),
+            Err(Failure::Temporary(error)) if message.attempts < MAX_ATTEMPTS => {
+                let base = (state.settings.mail_retry_seconds.max(1) as i64).saturating_mul(1000);
+                (
+                    "queued",
+                    Some(now + retry_delay_ms(base, message.attempts)),
+                    None,
+                    Some(error.clone()),
+                )
+            }
+            Err(Failure::Temporary(error) | Failure::Permanent(error)) => {
+                ("failed", None, None, Some(error.clone()))
+            }
+        };
+        // Only while the lease is still ours: past it, another instance owns the message.
+        let updated = sqlx::query(
+            "UPDATE outbox SET status = $2, next_attempt_at = $3, sent_at = $4, last_error = $5, \
+             lease_until = NULL, updated_at = $6 WHERE id = $1 AND lease_until = $7",
+        )
+        .bind(&message.id)
+        .bind(status)
+        .bind(next_attempt_at)
+        .bind(sent_at)
+        .bind(&last_error)
+        .bind(now)
+        .bind(message.lease_until)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            tracing::warn!(message = %message.id, "lease lost before the attempt was recorded");
+            continue;
         }
-        _ => {
-            tracing::error!(message = %message.id, attempt = message.attempts, transport, error = %detail, "delivery failed for good")
+        sqlx::query(
+            "INSERT INTO delivery_attempts (message_id, attempt, at, transport, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&message.id)
+        .bind(message.attempts)
+        .bind(now)
+        .bind(transport)
+        .bind(outcome)
+        .bind(&detail)
+        .execute(&mut *tx)
+        .await?;
+        recorded.push((message, transport, status, detail));
+    }
+    tx.commit().await?;
+    for (message, transport, status, detail) in recorded {
+        match status {
+            "sent" => tracing::info!(message = %message.id, to = %message.to, transport, "sent"),
+            "queued" => {
+                tracing::warn!(message = %message.id, attempt = message.attempts, transport, error = %detail, "delivery failed; will retry")
+            }
+            _ => {
+                tracing::error!(message = %message.id, attempt = message.attempts, transport, error = %detail, "delivery failed for good")
+            }
         }
     }
     Ok(())
@@ -285,20 +290,22 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
         };
         let full_batch = claimed.len() as i64 == BATCH;
-        let mut sends = JoinSet::new();
-        for message in claimed {
-            while sends.len() >= CONCURRENCY {
-                sends.join_next().await;
-            }
+        let send = |message: Claimed| {
             let state = state.clone();
-            sends.spawn(async move {
+            async move {
                 let (transport, result) = attempt(&state, &message).await;
-                if let Err(error) = record(&state, &message, &transport, result).await {
-                    tracing::error!(%error, message = %message.id, "cannot record a delivery attempt");
+                (message, transport, result)
+            }
+        };
+        let save = |attempts: Vec<_>| {
+            let state = state.clone();
+            async move {
+                if let Err(error) = record(&state, &attempts).await {
+                    tracing::error!(%error, messages = attempts.len(), "cannot record delivery attempts");
                 }
-            });
-        }
-        while sends.join_next().await.is_some() {}
+            }
+        };
+        run_in_groups(claimed, CONCURRENCY, send, save).await;
         if !full_batch {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}

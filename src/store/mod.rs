@@ -1,6 +1,7 @@
 //! The database: one `sqlx::Any` pool for both engines, migrations, ids and time.
 
 pub mod crypto;
+pub mod groups;
 mod migrations;
 pub mod passwords;
 pub mod secrets;
