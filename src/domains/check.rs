@@ -11,6 +11,7 @@ use super::DomainStatus;
 use super::records::{self, Found, Purpose, RecordStatus, Wanted};
 use crate::dns::Answer;
 use crate::http::AppState;
+use crate::store::groups::run_in_groups;
 use crate::store::{Engine, Timestamp};
 
 const HOUR: i64 = 3_600_000;
@@ -117,104 +118,213 @@ pub fn decide(
     (after, reason)
 }
 
+/// A leased domain as its check starts.
+struct Due {
+    id: String,
+    name: String,
+    before: Standing,
+    tokens: Vec<String>,
+    /// Active in another account: proof here does not make it active.
+    active_elsewhere: bool,
+}
+
+/// What one check of a domain found and decided, to be saved.
+struct Checked {
+    due: Due,
+    after: Standing,
+    reason: Option<&'static str>,
+    lookups: Vec<(Wanted, Found)>,
+    at: i64,
+}
+
 /// Looks up every record of the domain, stores what was found, and applies the status
 /// rules. The caller holds the domain's lease.
 pub async fn check_domain(state: &AppState, domain_id: &str) -> anyhow::Result<()> {
-    let row = sqlx::query(
-        "SELECT name, status, verified_by, status_changed_at, verified_at, proof_missing_since, \
-         next_check_at, failed_checks FROM domains WHERE id = $1",
-    )
-    .bind(domain_id)
-    .fetch_optional(&state.db.pool)
-    .await?;
-    let Some(row) = row else {
-        return Ok(());
-    };
-    let name: String = row.try_get("name")?;
-    let status: String = row.try_get("status")?;
-    let before = Standing {
-        status: DomainStatus::parse(&status)?,
-        verified_by: row.try_get("verified_by")?,
-        status_changed_at: row.try_get("status_changed_at")?,
-        verified_at: row.try_get("verified_at")?,
-        proof_missing_since: row.try_get("proof_missing_since")?,
-        next_check_at: row.try_get("next_check_at")?,
-        failed_checks: row.try_get("failed_checks")?,
-    };
-    let tokens = super::tokens(&state.db, domain_id).await?;
-    let wanted = records::wanted(&name, &tokens, &state.settings);
-    let found = look_up_all(state, &name, &wanted).await;
+    let mut checked = Vec::new();
+    for due in load(state, &[domain_id.to_string()]).await? {
+        checked.push(examine(state, due).await);
+    }
+    save(state, &checked).await
+}
 
-    let outcome = outcome(&wanted, &found, &name, state);
-    let now = Timestamp::now().0;
-    let interval_ms = (state.settings.dns_check_interval.max(1) as i64).saturating_mul(1000);
-    let (mut after, mut reason) = decide(&before, outcome, now, interval_ms);
-    if after.status == DomainStatus::Active && before.status != DomainStatus::Active {
-        let taken: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM domains WHERE name = $1 AND status = 'active' AND id <> $2",
-        )
-        .bind(&name)
-        .bind(domain_id)
-        .fetch_optional(&state.db.pool)
-        .await?;
-        if taken.is_some() {
-            // Proven here, but active in another account: it stays as it was.
-            after = Standing {
-                next_check_at: Some(now + interval_ms),
-                ..before.clone()
-            };
-            reason = None;
+/// `$first, $first+1, …`: `count` placeholders.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The domains to check, with their tokens: two queries for a whole batch.
+async fn load(state: &AppState, ids: &[String]) -> anyhow::Result<Vec<Due>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = placeholders(1, ids.len());
+    let sql = format!(
+        "SELECT d.id, d.name, d.status, d.verified_by, d.status_changed_at, d.verified_at, \
+         d.proof_missing_since, d.next_check_at, d.failed_checks, \
+         CAST(CASE WHEN EXISTS (SELECT 1 FROM domains o WHERE o.name = d.name \
+              AND o.status = 'active' AND o.id <> d.id) THEN 1 ELSE 0 END AS BIGINT) AS active_elsewhere \
+         FROM domains d WHERE d.id IN ({list})"
+    );
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(id);
+    }
+    let mut due = Vec::with_capacity(ids.len());
+    for row in query.fetch_all(&state.db.pool).await? {
+        let status: String = row.try_get("status")?;
+        due.push(Due {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            before: Standing {
+                status: DomainStatus::parse(&status)?,
+                verified_by: row.try_get("verified_by")?,
+                status_changed_at: row.try_get("status_changed_at")?,
+                verified_at: row.try_get("verified_at")?,
+                proof_missing_since: row.try_get("proof_missing_since")?,
+                next_check_at: row.try_get("next_check_at")?,
+                failed_checks: row.try_get("failed_checks")?,
+            },
+            tokens: Vec::new(),
+            active_elsewhere: row.try_get::<i64, _>("active_elsewhere")? != 0,
+        });
+    }
+    let sql = format!(
+        "SELECT domain_id, token FROM dkim_keys WHERE domain_id IN ({list}) ORDER BY position"
+    );
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(id);
+    }
+    for row in query.fetch_all(&state.db.pool).await? {
+        let domain_id: String = row.try_get("domain_id")?;
+        if let Some(domain) = due.iter_mut().find(|d| d.id == domain_id) {
+            domain.tokens.push(row.try_get("token")?);
         }
     }
+    Ok(due)
+}
 
+/// The lookups and the decision, without touching the database.
+async fn examine(state: &AppState, due: Due) -> Checked {
+    let wanted = records::wanted(&due.name, &due.tokens, &state.settings);
+    let found = look_up_all(state, &due.name, &wanted).await;
+    let outcome = outcome(&wanted, &found, &due.name, state);
+    let now = Timestamp::now().0;
+    let interval_ms = (state.settings.dns_check_interval.max(1) as i64).saturating_mul(1000);
+    let (mut after, mut reason) = decide(&due.before, outcome, now, interval_ms);
+    let activates =
+        after.status == DomainStatus::Active && due.before.status != DomainStatus::Active;
+    if activates && due.active_elsewhere {
+        // Proven here, but active in another account: it stays as it was.
+        after = Standing {
+            next_check_at: Some(now + interval_ms),
+            ..due.before.clone()
+        };
+        reason = None;
+    }
+    Checked {
+        due,
+        after,
+        reason,
+        lookups: wanted.into_iter().zip(found).collect(),
+        at: now,
+    }
+}
+
+/// Stores what the checks found (replacing the last lookups) and what they decided, in
+/// one transaction with a few statements for the whole group.
+async fn save(state: &AppState, checks: &[Checked]) -> anyhow::Result<()> {
+    if checks.is_empty() {
+        return Ok(());
+    }
     let mut tx = state.db.begin().await?;
-    sqlx::query("DELETE FROM domain_lookups WHERE domain_id = $1")
-        .bind(domain_id)
-        .execute(&mut *tx)
-        .await?;
-    for (record, found) in wanted.iter().zip(&found) {
+    let sql = format!(
+        "DELETE FROM domain_lookups WHERE domain_id IN ({})",
+        placeholders(1, checks.len())
+    );
+    let mut delete = sqlx::query(&sql);
+    for checked in checks {
+        delete = delete.bind(&checked.due.id);
+    }
+    delete.execute(&mut *tx).await?;
+
+    for checked in checks {
+        if checked.lookups.is_empty() {
+            continue;
+        }
+        // One statement for the domain's lookups; kept per domain because binding
+        // costs grow with the square of a statement's parameters on SQLite.
+        let rows: Vec<String> = (0..checked.lookups.len())
+            .map(|i| format!("($1, $2, {})", placeholders(i * 5 + 3, 5)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO domain_lookups (domain_id, checked_at, record_type, name, found, found_at, error) \
+             VALUES {}",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query(&sql).bind(&checked.due.id).bind(checked.at);
+        for (record, found) in &checked.lookups {
+            insert = insert
+                .bind(record.record_type)
+                .bind(&record.name)
+                .bind(serde_json::to_string(&found.values)?)
+                .bind(&found.at)
+                .bind(&found.error);
+        }
+        insert.execute(&mut *tx).await?;
+    }
+
+    for checked in checks {
+        let after = &checked.after;
         sqlx::query(
-            "INSERT INTO domain_lookups (domain_id, record_type, name, found, found_at, error, checked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "UPDATE domains SET status = $2, verified_by = $3, status_changed_at = $4, verified_at = $5, \
+             proof_missing_since = $6, next_check_at = $7, failed_checks = $8, last_checked_at = $9, \
+             lease_until = NULL WHERE id = $1",
         )
-        .bind(domain_id)
-        .bind(record.record_type)
-        .bind(&record.name)
-        .bind(serde_json::to_string(&found.values)?)
-        .bind(&found.at)
-        .bind(&found.error)
-        .bind(now)
+        .bind(&checked.due.id)
+        .bind(after.status.as_str())
+        .bind(&after.verified_by)
+        .bind(after.status_changed_at)
+        .bind(after.verified_at)
+        .bind(after.proof_missing_since)
+        .bind(after.next_check_at)
+        .bind(after.failed_checks)
+        .bind(checked.at)
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query(
-        "UPDATE domains SET status = $2, verified_by = $3, status_changed_at = $4, verified_at = $5, \
-         proof_missing_since = $6, next_check_at = $7, failed_checks = $8, last_checked_at = $9, \
-         lease_until = NULL WHERE id = $1",
-    )
-    .bind(domain_id)
-    .bind(after.status.as_str())
-    .bind(&after.verified_by)
-    .bind(after.status_changed_at)
-    .bind(after.verified_at)
-    .bind(after.proof_missing_since)
-    .bind(after.next_check_at)
-    .bind(after.failed_checks)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    if let Some(reason) = reason {
-        super::record_event(
-            &mut tx,
-            domain_id,
-            Some(before.status),
-            after.status,
-            reason,
-        )
-        .await?;
-        tracing::info!(domain = %name, from = before.status.as_str(), to = after.status.as_str(), reason, "domain status changed");
+
+    let changed: Vec<(&Checked, &str)> = checks
+        .iter()
+        .filter_map(|c| c.reason.map(|reason| (c, reason)))
+        .collect();
+    if !changed.is_empty() {
+        let rows: Vec<String> = (0..changed.len())
+            .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO domain_events (domain_id, at, from_status, to_status, reason) VALUES {}",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query(&sql);
+        for (checked, reason) in &changed {
+            insert = insert
+                .bind(&checked.due.id)
+                .bind(checked.at)
+                .bind(checked.due.before.status.as_str())
+                .bind(checked.after.status.as_str())
+                .bind(*reason);
+        }
+        insert.execute(&mut *tx).await?;
     }
     tx.commit().await?;
+    for (checked, reason) in changed {
+        tracing::info!(domain = %checked.due.name, from = checked.due.before.status.as_str(),
+            to = checked.after.status.as_str(), reason, "domain status changed");
+    }
     Ok(())
 }
 
@@ -337,7 +447,7 @@ async fn claim_due(state: &AppState, limit: i64) -> anyhow::Result<Vec<String>> 
 
 /// The background verifier: checks due domains until `stop` changes.
 pub async fn run_verifier(state: AppState, mut stop: watch::Receiver<bool>) {
-    const BATCH: i64 = 64;
+    const BATCH: i64 = 128;
     const CONCURRENCY: usize = 16;
     let idle = Duration::from_secs(state.settings.dns_check_interval.clamp(1, 30));
     tracing::info!("domain verifier started");
@@ -350,19 +460,26 @@ pub async fn run_verifier(state: AppState, mut stop: watch::Receiver<bool>) {
             }
         };
         let full_batch = claimed.len() as i64 == BATCH;
-        let mut checks = JoinSet::new();
-        for id in claimed {
-            while checks.len() >= CONCURRENCY {
-                checks.join_next().await;
+        let due = match load(&state, &claimed).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "domain verifier cannot read the claimed domains");
+                Vec::new()
             }
+        };
+        let examine = |due: Due| {
             let state = state.clone();
-            checks.spawn(async move {
-                if let Err(error) = check_domain(&state, &id).await {
-                    tracing::error!(%error, domain_id = %id, "domain check failed");
+            async move { examine(&state, due).await }
+        };
+        let save = |checks: Vec<Checked>| {
+            let state = state.clone();
+            async move {
+                if let Err(error) = save(&state, &checks).await {
+                    tracing::error!(%error, domains = checks.len(), "cannot save domain checks");
                 }
-            });
-        }
-        while checks.join_next().await.is_some() {}
+            }
+        };
+        run_in_groups(due, CONCURRENCY, examine, save).await;
         if !full_batch {
             tokio::select! {
                 _ = tokio::time::sleep(idle) => {}
