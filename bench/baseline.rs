@@ -60,7 +60,8 @@ async fn page(
     Query(paging): Query<Paging>,
 ) -> Result<Json<Value>, StatusCode> {
     let items: Vec<Mailbox> = sqlx::query_as(&format!(
-        "{SELECT} WHERE d.name = $1 ORDER BY m.id LIMIT $2 OFFSET $3"
+        "{SELECT} WHERE m.domain_id IN (SELECT id FROM domains WHERE name = $1) \
+         ORDER BY m.id LIMIT $2 OFFSET $3"
     ))
     .bind(&name)
     .bind(paging.limit)

@@ -96,7 +96,9 @@ pub async fn resolve_loop(
         ResolverConfig::from_name_servers(vec![server]),
         TokioRuntimeProvider::default(),
     );
+    // As mailroom asks: no cache, EDNS(0).
     builder.options_mut().cache_size = 0;
+    builder.options_mut().edns0 = true;
     let resolver = builder.build()?;
 
     let slots = Arc::new(Semaphore::new(concurrency));

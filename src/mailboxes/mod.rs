@@ -137,6 +137,8 @@ pub struct MailboxList {
     pub items: Vec<Mailbox>,
     pub limit: i64,
     pub offset: i64,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next_after: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -151,6 +153,8 @@ pub struct DomainMailboxList {
     pub items: Vec<Mailbox>,
     pub limit: i64,
     pub offset: i64,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next_after: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -186,6 +190,32 @@ pub struct ListFilter {
     pub user_id: Option<String>,
     /// Only the mailboxes on this domain.
     pub domain: Option<String>,
+}
+
+/// Paging by position: as fast on the millionth mailbox as on the first, where a deep
+/// `offset` has to count its way there.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct After {
+    /// Only mailboxes with a greater id: the `next_after` of the previous page.
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
+}
+
+impl After {
+    fn parse(&self) -> Result<Option<i64>, ApiError> {
+        match self.after {
+            Some(id) if id < 0 => Err(ApiError::invalid("after", "after must be 0 or more")),
+            after => Ok(after),
+        }
+    }
+}
+
+/// The `next_after` of a page: its last id, unless the page is the last.
+fn next_after(items: &[Mailbox], limit: i64) -> Option<i64> {
+    (items.len() as i64 == limit)
+        .then(|| items.last().map(|m| m.id))
+        .flatten()
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -306,6 +336,45 @@ fn choose_password(given: Option<&str>, local_part: &str) -> Result<String, ApiE
     Ok(password.to_string())
 }
 
+/// A page of the account's mailboxes by id, of one user, on one domain and past an id
+/// when given. The page's ids come from an index alone (no table rows, no join), so a
+/// deep offset skips index entries only; the rows are read for the page's ids.
+async fn page_of(
+    db: &Db,
+    account_id: &str,
+    user_id: Option<&str>,
+    domain_id: Option<&str>,
+    after: Option<i64>,
+    (limit, offset): (i64, i64),
+) -> sqlx::Result<Vec<Mailbox>> {
+    let mut filter = String::from("account_id = $1");
+    let mut next = 2;
+    for (column, given) in [
+        ("user_id =", user_id.is_some()),
+        ("domain_id =", domain_id.is_some()),
+        ("id >", after.is_some()),
+    ] {
+        if given {
+            filter.push_str(&format!(" AND {column} ${next}"));
+            next += 1;
+        }
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM (SELECT id FROM mailboxes WHERE {filter} ORDER BY id \
+         LIMIT ${next} OFFSET ${}) page \
+         JOIN mailboxes m ON m.id = page.id JOIN domains d ON d.id = m.domain_id ORDER BY m.id",
+        next + 1
+    );
+    let mut query = sqlx::query_as(&sql).bind(account_id);
+    for value in [user_id, domain_id].into_iter().flatten() {
+        query = query.bind(value);
+    }
+    if let Some(after) = after {
+        query = query.bind(after);
+    }
+    query.bind(limit).bind(offset).fetch_all(&db.pool).await
+}
+
 /// The caller's mailbox `id`; 404 when it is not theirs, or not `user_id`'s when given.
 async fn find(
     state: &AppState,
@@ -332,7 +401,7 @@ async fn find(
 
 /// List the mailboxes of one domain.
 #[utoipa::path(get, path = "/v2/domains/{domain}/email-accounts", tag = "mailboxes",
-    params(("domain" = String, Path, description = "The domain name"), Owner, Page),
+    params(("domain" = String, Path, description = "The domain name"), Owner, Page, After),
     responses((status = 200, description = "The domain and a page of its mailboxes", body = DomainMailboxList),
               (status = 422, description = "Invalid paging", body = ErrorBody)))]
 pub async fn list_domain_mailboxes(
@@ -341,30 +410,31 @@ pub async fn list_domain_mailboxes(
     Path(domain): Path<String>,
     Query(owner): Query<Owner>,
     Query(page): Query<Page>,
+    Query(after): Query<After>,
 ) -> Result<Json<DomainMailboxList>, ApiError> {
     caller.require(Role::Viewer)?;
     let (limit, offset) = page.parse()?;
+    let after = after.parse()?;
     let name = DomainName::parse(&domain).map_err(|_| ApiError::not_found("domain"))?;
     let domain = crate::domains::find(&state.db, &caller.account_id, &name)
         .await?
         .ok_or_else(|| ApiError::not_found("domain"))?;
     let user = parse_user_id(owner.user_id.as_deref())?;
-    let items = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} {FROM} WHERE m.domain_id = $1 AND m.account_id = $2 \
-         AND ($3 IS NULL OR m.user_id = $3) ORDER BY m.id LIMIT $4 OFFSET $5"
-    ))
-    .bind(&domain.id)
-    .bind(&caller.account_id)
-    .bind(user)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(&state.db.pool)
+    let items = page_of(
+        &state.db,
+        &caller.account_id,
+        user.as_deref(),
+        Some(&domain.id),
+        after,
+        (limit, offset),
+    )
     .await?;
     Ok(Json(DomainMailboxList {
         domain: DomainSummary {
             domain: domain.name,
             status: domain.status,
         },
+        next_after: next_after(&items, limit),
         items,
         limit,
         offset,
@@ -473,7 +543,7 @@ pub async fn create_mailbox(
 
 /// List the account's mailboxes.
 #[utoipa::path(get, path = "/v2/email-accounts", tag = "mailboxes",
-    params(ListFilter, Page),
+    params(ListFilter, Page, After),
     responses((status = 200, description = "A page of mailboxes", body = MailboxList),
               (status = 422, description = "Invalid paging or filter", body = ErrorBody)))]
 pub async fn list_mailboxes(
@@ -481,9 +551,11 @@ pub async fn list_mailboxes(
     caller: Caller,
     Query(filter): Query<ListFilter>,
     Query(page): Query<Page>,
+    Query(after): Query<After>,
 ) -> Result<Json<MailboxList>, ApiError> {
     caller.require(Role::Viewer)?;
     let (limit, offset) = page.parse()?;
+    let after = after.parse()?;
     let user = parse_user_id(filter.user_id.as_deref())?;
     let domain = match filter
         .domain
@@ -491,25 +563,34 @@ pub async fn list_mailboxes(
         .map(str::trim)
         .filter(|d| !d.is_empty())
     {
-        Some(domain) => Some(
-            DomainName::parse(domain)
-                .map_err(|e| ApiError::invalid("domain", e))?
-                .to_string(),
-        ),
+        Some(domain) => {
+            let name = DomainName::parse(domain).map_err(|e| ApiError::invalid("domain", e))?;
+            match crate::domains::find(&state.db, &caller.account_id, &name).await? {
+                Some(domain) => Some(domain.id),
+                // Not the caller's domain: nothing of theirs is on it.
+                None => {
+                    return Ok(Json(MailboxList {
+                        items: Vec::new(),
+                        limit,
+                        offset,
+                        next_after: None,
+                    }));
+                }
+            }
+        }
         None => None,
     };
-    let items = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} {FROM} WHERE m.account_id = $1 AND ($2 IS NULL OR m.user_id = $2) \
-         AND ($3 IS NULL OR d.name = $3) ORDER BY m.id LIMIT $4 OFFSET $5"
-    ))
-    .bind(&caller.account_id)
-    .bind(user)
-    .bind(domain)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(&state.db.pool)
+    let items = page_of(
+        &state.db,
+        &caller.account_id,
+        user.as_deref(),
+        domain.as_deref(),
+        after,
+        (limit, offset),
+    )
     .await?;
     Ok(Json(MailboxList {
+        next_after: next_after(&items, limit),
         items,
         limit,
         offset,

@@ -131,7 +131,41 @@ async fn mailboxes_are_created_and_read_as_documented(engine: Engine) {
     assert_eq!(page["items"][0]["local_part"], "support");
     let theirs = get(&app, "/v2/email-accounts?user_id=user_456").await;
     assert_eq!(theirs["items"].as_array().unwrap().len(), 1);
-    for query in ["limit=0", "limit=500", "offset=-5", "limit=ten"] {
+    assert_eq!(
+        get(&app, "/v2/email-accounts?domain=other.org").await["items"],
+        json!([])
+    );
+
+    // Paging by position: each page's next_after leads to the next, the last has none.
+    let first = get(&app, "/v2/email-accounts?limit=1").await;
+    assert_eq!(first["items"][0]["local_part"], "billing");
+    let after = first["next_after"].as_i64().expect("a next page");
+    let second = get(&app, &format!("/v2/email-accounts?limit=1&after={after}")).await;
+    assert_eq!(second["items"][0]["local_part"], "support");
+    let last = get(
+        &app,
+        &format!("/v2/email-accounts?limit=1&after={}", second["next_after"]),
+    )
+    .await;
+    assert_eq!(
+        (last["items"].clone(), last["next_after"].clone()),
+        (json!([]), json!(null))
+    );
+    let on_domain = get(
+        &app,
+        &format!("/v2/domains/customer.com/email-accounts?after={after}"),
+    )
+    .await;
+    assert_eq!(on_domain["items"].as_array().unwrap().len(), 1);
+    assert_eq!(on_domain["next_after"], json!(null));
+    for query in [
+        "limit=0",
+        "limit=500",
+        "offset=-5",
+        "limit=ten",
+        "after=-1",
+        "after=x",
+    ] {
         error_code(
             app.api(Method::GET, &format!("/v2/email-accounts?{query}"))
                 .send()
