@@ -29,6 +29,11 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
+    /// Raw RSA-2048 DKIM signatures per second on every core.
+    SignRate {
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
     /// Creates mailboxes through the API for a while, timing GETs beside the burst.
     CreateBurst {
         #[arg(long)]
@@ -115,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
             listen,
         } => baseline::serve(&database_url, listen).await,
         Command::HashRate { seconds } => limits::hash_rate(seconds),
+        Command::SignRate { seconds } => limits::sign_rate(seconds),
         Command::CreateBurst {
             url,
             key,
