@@ -234,6 +234,78 @@ async fn examine(state: &AppState, due: Due) -> Checked {
     }
 }
 
+async fn insert_lookups(tx: &mut sqlx::AnyConnection, checks: &[Checked]) -> anyhow::Result<()> {
+    let lookups: Vec<(&Checked, &Wanted, &Found)> = checks
+        .iter()
+        .flat_map(|c| c.lookups.iter().map(move |(w, f)| (c, w, f)))
+        .collect();
+    if lookups.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..lookups.len())
+        .map(|i| format!("({})", placeholders(i * 7 + 1, 7)))
+        .collect();
+    let sql = format!(
+        "INSERT INTO domain_lookups (domain_id, checked_at, record_type, name, found, found_at, error) \
+         VALUES {}",
+        rows.join(", ")
+    );
+    let mut insert = sqlx::query(&sql);
+    for (checked, record, found) in lookups {
+        insert = insert
+            .bind(&checked.due.id)
+            .bind(checked.at)
+            .bind(record.record_type)
+            .bind(&record.name)
+            .bind(serde_json::to_string(&found.values)?)
+            .bind(&found.at)
+            .bind(&found.error);
+    }
+    insert.execute(tx).await?;
+    Ok(())
+}
+
+/// One UPDATE for the checks' domains, from a VALUES list (its columns are `column1`…
+/// on both engines).
+async fn update_standings(tx: &mut sqlx::AnyConnection, checks: &[Checked]) -> anyhow::Result<()> {
+    const TYPES: [&str; 9] = [
+        "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "BIGINT",
+    ];
+    let rows: Vec<String> = (0..checks.len())
+        .map(|i| {
+            let casts: Vec<String> = TYPES
+                .iter()
+                .enumerate()
+                .map(|(k, t)| format!("CAST(${} AS {t})", i * TYPES.len() + k + 1))
+                .collect();
+            format!("({})", casts.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE domains SET status = v.column2, verified_by = v.column3, status_changed_at = v.column4, \
+         verified_at = v.column5, proof_missing_since = v.column6, next_check_at = v.column7, \
+         failed_checks = v.column8, last_checked_at = v.column9, lease_until = NULL \
+         FROM (VALUES {}) AS v WHERE domains.id = v.column1",
+        rows.join(", ")
+    );
+    let mut update = sqlx::query(&sql);
+    for checked in checks {
+        let after = &checked.after;
+        update = update
+            .bind(&checked.due.id)
+            .bind(after.status.as_str())
+            .bind(&after.verified_by)
+            .bind(after.status_changed_at)
+            .bind(after.verified_at)
+            .bind(after.proof_missing_since)
+            .bind(after.next_check_at)
+            .bind(after.failed_checks)
+            .bind(checked.at);
+    }
+    update.execute(tx).await?;
+    Ok(())
+}
+
 /// Stores what the checks found (replacing the last lookups) and what they decided, in
 /// one transaction with a few statements for the whole group.
 async fn save(state: &AppState, checks: &[Checked]) -> anyhow::Result<()> {
@@ -251,50 +323,15 @@ async fn save(state: &AppState, checks: &[Checked]) -> anyhow::Result<()> {
     }
     delete.execute(&mut *tx).await?;
 
-    for checked in checks {
-        if checked.lookups.is_empty() {
-            continue;
-        }
-        // One statement for the domain's lookups; kept per domain because binding
-        // costs grow with the square of a statement's parameters on SQLite.
-        let rows: Vec<String> = (0..checked.lookups.len())
-            .map(|i| format!("($1, $2, {})", placeholders(i * 5 + 3, 5)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO domain_lookups (domain_id, checked_at, record_type, name, found, found_at, error) \
-             VALUES {}",
-            rows.join(", ")
-        );
-        let mut insert = sqlx::query(&sql).bind(&checked.due.id).bind(checked.at);
-        for (record, found) in &checked.lookups {
-            insert = insert
-                .bind(record.record_type)
-                .bind(&record.name)
-                .bind(serde_json::to_string(&found.values)?)
-                .bind(&found.at)
-                .bind(&found.error);
-        }
-        insert.execute(&mut *tx).await?;
-    }
-
-    for checked in checks {
-        let after = &checked.after;
-        sqlx::query(
-            "UPDATE domains SET status = $2, verified_by = $3, status_changed_at = $4, verified_at = $5, \
-             proof_missing_since = $6, next_check_at = $7, failed_checks = $8, last_checked_at = $9, \
-             lease_until = NULL WHERE id = $1",
-        )
-        .bind(&checked.due.id)
-        .bind(after.status.as_str())
-        .bind(&after.verified_by)
-        .bind(after.status_changed_at)
-        .bind(after.verified_at)
-        .bind(after.proof_missing_since)
-        .bind(after.next_check_at)
-        .bind(after.failed_checks)
-        .bind(checked.at)
-        .execute(&mut *tx)
-        .await?;
+    // SQLite's binding cost grows with the square of a statement's parameters, so there
+    // each domain gets its own statements; PostgreSQL takes the whole group in two.
+    let per_statement = match state.db.engine {
+        Engine::Sqlite => 1,
+        Engine::Postgres => 64,
+    };
+    for chunk in checks.chunks(per_statement) {
+        insert_lookups(&mut tx, chunk).await?;
+        update_standings(&mut tx, chunk).await?;
     }
 
     let changed: Vec<(&Checked, &str)> = checks

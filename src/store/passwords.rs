@@ -1,8 +1,8 @@
 //! Passwords: Argon2id (m=19456 KiB, t=2, p=1) in the `{ARGON2ID}$argon2id$…` form that
 //! Dovecot verifies. Hashing is slow and memory-hard by design, so it runs on a few
-//! long-lived threads of its own — one per core — each reusing one block of memory:
-//! requests never wait on it, and a burst of hashes neither runs more hashes at once than
-//! there are cores nor leaves 19 MiB behind per hash in the allocator.
+//! long-lived threads of its own — one per core, at a lower priority — each reusing one
+//! block of memory: requests never wait on it, and a burst of hashes neither runs more
+//! hashes at once than there are cores nor leaves 19 MiB behind per hash in the allocator.
 
 use std::sync::{OnceLock, mpsc};
 
@@ -37,6 +37,12 @@ fn workers() -> &'static mpsc::Sender<Job> {
             std::thread::Builder::new()
                 .name(format!("password-hasher-{number}"))
                 .spawn(move || {
+                    // A hash holds a core for tens of milliseconds. At a lower priority,
+                    // a request thread that wakes up gets the core at once instead of
+                    // after the hash's time slice.
+                    #[cfg(target_os = "linux")]
+                    let _ =
+                        rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
                     let mut memory = vec![Block::default(); MEMORY_KIB as usize];
                     loop {
                         let job = receiver.lock().map(|r| r.recv());
