@@ -324,9 +324,9 @@ async fn save(state: &AppState, checks: &[Checked]) -> anyhow::Result<()> {
     delete.execute(&mut *tx).await?;
 
     // SQLite's binding cost grows with the square of a statement's parameters, so there
-    // each domain gets its own statements; PostgreSQL takes the whole group in two.
+    // a few domains share statements; PostgreSQL takes the whole group in two.
     let per_statement = match state.db.engine {
-        Engine::Sqlite => 1,
+        Engine::Sqlite => 8,
         Engine::Postgres => 64,
     };
     for chunk in checks.chunks(per_statement) {
