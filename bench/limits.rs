@@ -15,43 +15,58 @@ use sqlx::Row;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-/// Hashes as fast as every core allows, with the parameters mailroom stores passwords
-/// with (m=19456 KiB, t=2, p=1), each thread reusing its memory.
-pub fn hash_rate(seconds: f64) -> anyhow::Result<()> {
+/// Runs `operation` in a loop on every core for `seconds`; prints how many ran per second.
+/// `prepare` makes each thread's operation, with whatever state it reuses.
+fn on_every_core<P, O>(seconds: f64, prepare: P) -> anyhow::Result<()>
+where
+    P: Fn() -> O,
+    O: FnMut(u64) + Send + 'static,
+{
     let threads = std::thread::available_parallelism()?.get();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let workers: Vec<_> = (0..threads)
-        .map(|thread| {
+        .map(|_| {
+            let mut operation = prepare();
             std::thread::spawn(move || {
-                let params = Params::new(19_456, 2, 1, Some(32)).expect("valid parameters");
-                let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-                let mut memory = vec![Block::default(); 19_456];
-                let mut output = [0u8; 32];
-                let mut hashes = 0u64;
+                let mut done = 0u64;
                 while Instant::now() < deadline {
-                    let password = format!("password-{thread}-{hashes}");
-                    argon2
-                        .hash_password_into_with_memory(
-                            password.as_bytes(),
-                            b"sixteen byte salt",
-                            &mut output,
-                            &mut memory,
-                        )
-                        .expect("hash");
-                    hashes += 1;
+                    operation(done);
+                    done += 1;
                 }
-                hashes
+                done
             })
         })
         .collect();
-    let hashes: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    let done: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "{}",
-        json!({ "threads": threads, "hashes": hashes, "seconds": elapsed, "rate": hashes as f64 / elapsed })
+        json!({ "threads": threads, "done": done, "seconds": elapsed, "rate": done as f64 / elapsed })
     );
     Ok(())
+}
+
+/// Hashes as fast as every core allows, with the parameters mailroom stores passwords
+/// with (m=19456 KiB, t=2, p=1), each thread reusing its memory.
+pub fn hash_rate(seconds: f64) -> anyhow::Result<()> {
+    on_every_core(seconds, || {
+        let params = Params::new(19_456, 2, 1, Some(32)).expect("valid parameters");
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let mut memory = vec![Block::default(); 19_456];
+        let mut output = [0u8; 32];
+        move |n| {
+            let password = format!("password-{n}");
+            argon2
+                .hash_password_into_with_memory(
+                    password.as_bytes(),
+                    b"sixteen byte salt",
+                    &mut output,
+                    &mut memory,
+                )
+                .expect("hash");
+        }
+    })
 }
 
 /// Raw RSA-2048 PKCS#1 v1.5 SHA-256 signatures per second on every core, with ring, as a
@@ -63,38 +78,20 @@ pub fn sign_rate(seconds: f64) -> anyhow::Result<()> {
         ring::signature::RsaKeyPair::from_pkcs8(key.to_pkcs8_der()?.as_bytes())
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
-    let threads = std::thread::available_parallelism()?.get();
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
-    let workers: Vec<_> = (0..threads)
-        .map(|_| {
-            let key = key.clone();
-            std::thread::spawn(move || {
-                let rng = ring::rand::SystemRandom::new();
-                let headers = [b'h'; 600];
-                let mut signature = vec![0; key.public().modulus_len()];
-                let mut signatures = 0u64;
-                while Instant::now() < deadline {
-                    key.sign(
-                        &ring::signature::RSA_PKCS1_SHA256,
-                        &rng,
-                        &headers,
-                        &mut signature,
-                    )
-                    .expect("sign");
-                    signatures += 1;
-                }
-                signatures
-            })
-        })
-        .collect();
-    let signatures: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
-    let elapsed = started.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        json!({ "threads": threads, "signatures": signatures, "seconds": elapsed, "rate": signatures as f64 / elapsed })
-    );
-    Ok(())
+    on_every_core(seconds, || {
+        let key = key.clone();
+        let rng = ring::rand::SystemRandom::new();
+        let mut signature = vec![0; key.public().modulus_len()];
+        move |_| {
+            key.sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &rng,
+                &[b'h'; 600],
+                &mut signature,
+            )
+            .expect("sign");
+        }
+    })
 }
 
 /// Replays the queries of the verifier's last sweep over the suffix's domains: each

@@ -8,6 +8,7 @@ pub mod secrets;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,6 +28,34 @@ pub enum Engine {
 pub struct Db {
     pub pool: AnyPool,
     pub engine: Engine,
+    /// SQLite has one writer at a time: this process's writers queue here, holding no
+    /// connection, so that readers always find one free.
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction (see `Db::begin`); it rolls back when dropped uncommitted.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> sqlx::Result<()> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
 }
 
 impl Db {
@@ -64,20 +93,35 @@ impl Db {
             }
         }
         .with_context(|| format!("cannot open the database at {}", redact_url(&url)))?;
-        Ok(Db { pool, engine })
+        Ok(Db {
+            pool,
+            engine,
+            writer: Arc::default(),
+        })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
         migrations::run(self).await
     }
 
-    /// A transaction that will write. On SQLite it takes the write lock at once (`BEGIN
-    /// IMMEDIATE`), so that concurrent writers wait their turn under the busy timeout
-    /// instead of failing when a read inside the transaction turns into a write.
-    pub async fn begin(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
+    /// A transaction that will write. On SQLite, this process's writers first wait their
+    /// turn without a connection (a writer waiting inside SQLite's busy timeout would hold
+    /// one, and enough of them starve the readers); then the transaction takes the write
+    /// lock at once (`BEGIN IMMEDIATE`), so that a read inside it that turns into a write
+    /// cannot fail, and another process (the CLI) is waited for under the busy timeout.
+    pub async fn begin(&self) -> sqlx::Result<WriteTx> {
         match self.engine {
-            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Engine::Postgres => self.pool.begin().await,
+            Engine::Sqlite => {
+                let turn = self.writer.clone().lock_owned().await;
+                Ok(WriteTx {
+                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    _turn: Some(turn),
+                })
+            }
+            Engine::Postgres => Ok(WriteTx {
+                tx: self.pool.begin().await?,
+                _turn: None,
+            }),
         }
     }
 
