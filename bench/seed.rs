@@ -15,6 +15,9 @@ use rand::RngCore;
 use serde_json::json;
 use sqlx::Row;
 
+/// How long a sweep or a delivery may take before the run stops with an error.
+const WAIT_AT_MOST: Duration = Duration::from_secs(600);
+
 fn settings() -> anyhow::Result<Settings> {
     Ok(Settings::load(None, std::env::vars())?.settings)
 }
@@ -111,7 +114,12 @@ pub async fn make_due(suffix: &str) -> anyhow::Result<()> {
 
 pub async fn sweep_done(suffix: &str, since: i64) -> anyhow::Result<()> {
     let db = open().await?;
+    let deadline = std::time::Instant::now() + WAIT_AT_MOST;
     loop {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the sweep did not end within {WAIT_AT_MOST:?}"
+        );
         let row = sqlx::query(
             "SELECT COUNT(*) AS total, COUNT(last_checked_at) AS checked, \
              MIN(last_checked_at) AS first, MAX(last_checked_at) AS last, \
@@ -251,7 +259,12 @@ pub async fn delivery_done(since: i64) -> anyhow::Result<()> {
         .bind(since)
         .fetch_one(&db.pool)
     };
+    let deadline = std::time::Instant::now() + WAIT_AT_MOST;
     loop {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the outbox was not delivered within {WAIT_AT_MOST:?}"
+        );
         let left: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM outbox WHERE status IN ('queued', 'sending') AND created_at >= $1",
         )
