@@ -12,7 +12,7 @@ use super::records::{self, Found, Purpose, RecordStatus, Wanted};
 use crate::dns::Answer;
 use crate::http::AppState;
 use crate::store::groups::run_in_groups;
-use crate::store::{Engine, Timestamp};
+use crate::store::{Engine, Timestamp, placeholders};
 
 const HOUR: i64 = 3_600_000;
 /// How long a pending domain may go without proof before it is `failed`.
@@ -147,14 +147,6 @@ pub async fn check_domain(state: &AppState, domain_id: &str) -> anyhow::Result<(
     save(state, &checked).await
 }
 
-/// `$first, $first+1, …`: `count` placeholders.
-fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The domains to check, with their tokens: two queries for a whole batch.
 async fn load(state: &AppState, ids: &[String]) -> anyhow::Result<Vec<Due>> {
     if ids.is_empty() {
@@ -172,11 +164,15 @@ async fn load(state: &AppState, ids: &[String]) -> anyhow::Result<Vec<Due>> {
     for id in ids {
         query = query.bind(id);
     }
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut tokens = super::tokens_of(&state.db, &id_refs).await?;
     let mut due = Vec::with_capacity(ids.len());
     for row in query.fetch_all(&state.db.pool).await? {
+        let id: String = row.try_get("id")?;
         let status: String = row.try_get("status")?;
         due.push(Due {
-            id: row.try_get("id")?,
+            tokens: tokens.remove(&id).unwrap_or_default(),
+            id,
             name: row.try_get("name")?,
             before: Standing {
                 status: DomainStatus::parse(&status)?,
@@ -187,22 +183,8 @@ async fn load(state: &AppState, ids: &[String]) -> anyhow::Result<Vec<Due>> {
                 next_check_at: row.try_get("next_check_at")?,
                 failed_checks: row.try_get("failed_checks")?,
             },
-            tokens: Vec::new(),
             active_elsewhere: row.try_get::<i64, _>("active_elsewhere")? != 0,
         });
-    }
-    let sql = format!(
-        "SELECT domain_id, token FROM dkim_keys WHERE domain_id IN ({list}) ORDER BY position"
-    );
-    let mut query = sqlx::query(&sql);
-    for id in ids {
-        query = query.bind(id);
-    }
-    for row in query.fetch_all(&state.db.pool).await? {
-        let domain_id: String = row.try_get("domain_id")?;
-        if let Some(domain) = due.iter_mut().find(|d| d.id == domain_id) {
-            domain.tokens.push(row.try_get("token")?);
-        }
     }
     Ok(due)
 }

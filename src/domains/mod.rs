@@ -187,6 +187,29 @@ pub async fn tokens(db: &Db, domain_id: &str) -> sqlx::Result<Vec<String>> {
         .await
 }
 
+/// The tokens of each of the domains `ids`, in order, with one query.
+pub async fn tokens_of(db: &Db, ids: &[&str]) -> sqlx::Result<HashMap<String, Vec<String>>> {
+    let mut tokens: HashMap<String, Vec<String>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(tokens);
+    }
+    let sql = format!(
+        "SELECT domain_id, token FROM dkim_keys WHERE domain_id IN ({}) ORDER BY domain_id, position",
+        crate::store::placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    for row in query.fetch_all(&db.pool).await? {
+        tokens
+            .entry(row.try_get("domain_id")?)
+            .or_default()
+            .push(row.try_get("token")?);
+    }
+    Ok(tokens)
+}
+
 /// Attaches records (wanted, and found at the last check) to domain rows, with two
 /// queries for any number of domains.
 pub async fn render(
@@ -198,23 +221,8 @@ pub async fn render(
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-    let placeholders = placeholders.join(", ");
-
-    let sql = format!(
-        "SELECT domain_id, token FROM dkim_keys WHERE domain_id IN ({placeholders}) ORDER BY domain_id, position"
-    );
-    let mut query = sqlx::query(&sql);
-    for id in &ids {
-        query = query.bind(*id);
-    }
-    let mut tokens: HashMap<String, Vec<String>> = HashMap::new();
-    for row in query.fetch_all(&db.pool).await? {
-        tokens
-            .entry(row.try_get("domain_id")?)
-            .or_default()
-            .push(row.try_get("token")?);
-    }
+    let placeholders = crate::store::placeholders(1, ids.len());
+    let tokens = tokens_of(db, &ids).await?;
 
     let sql = format!(
         "SELECT domain_id, record_type, name, found, found_at, error FROM domain_lookups \

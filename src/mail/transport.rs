@@ -203,24 +203,37 @@ impl Conversation<'_> {
             _ => None,
         };
         let hello = ClientId::default();
-        let connected = match implicit {
-            // TLS comes before the greeting, so lettre makes this connection itself.
-            Some(parameters) => {
-                drop(stream);
-                AsyncSmtpConnection::connect_tokio1(
-                    address,
-                    Some(target.timeout),
-                    &hello,
-                    Some(parameters),
-                    None,
-                )
-                .await
+        // lettre bounds the TCP connect only: a server that accepts and never greets
+        // must not hold the conversation (or the settings test) forever.
+        let greeting = async {
+            match implicit {
+                // TLS comes before the greeting, so lettre makes this connection itself.
+                Some(parameters) => {
+                    drop(stream);
+                    AsyncSmtpConnection::connect_tokio1(
+                        address,
+                        Some(target.timeout),
+                        &hello,
+                        Some(parameters),
+                        None,
+                    )
+                    .await
+                }
+                None => AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello).await,
             }
-            None => AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello).await,
         };
+        let connected = tokio::time::timeout(target.timeout, greeting).await;
         let mut connection = match connected {
-            Ok(connection) => connection,
-            Err(error) => {
+            Ok(Ok(connection)) => connection,
+            Err(_) => {
+                self.record(
+                    "ehlo",
+                    false,
+                    format!("no greeting within {:?}", target.timeout),
+                );
+                return None;
+            }
+            Ok(Err(error)) => {
                 let step = if error.is_tls() { "tls" } else { "ehlo" };
                 self.record(step, false, error.to_string());
                 return None;

@@ -213,9 +213,8 @@ impl After {
 
 /// The `next_after` of a page: its last id, unless the page is the last.
 fn next_after(items: &[Mailbox], limit: i64) -> Option<i64> {
-    (items.len() as i64 == limit)
-        .then(|| items.last().map(|m| m.id))
-        .flatten()
+    let full = items.len() as i64 == limit;
+    items.last().filter(|_| full).map(|m| m.id)
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -174,6 +174,14 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// `{prefix}_{24 hex}`: 96 random bits, enough that ids never collide.
+/// `$first, $first+1, …`: `count` numbered parameters, for an `IN (…)` or `VALUES` list.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn new_id(prefix: &str) -> String {
     let mut bytes = [0u8; 12];
     rand::rng().fill_bytes(&mut bytes);
