@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mailroom::config::{Loaded, Settings};
-use mailroom::domains::{self, DomainName, DomainStatus};
-use mailroom::http::AppState;
-use mailroom::mail::EmailAddress;
+use mailroom::domains::model::DomainStatus;
+use mailroom::domains::store::set_status_by_operator;
 use mailroom::store::Db;
+use mailroom::store::crypto::MasterKey;
+use mailroom::types::{DomainName, EmailAddress};
 use mailroom::{Application, shutdown_signal, tenancy};
 
 /// mailroom: a self-hosted email control plane.
@@ -91,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Admin {
             command: AdminCommand::CreateAccount { name, json },
         } => {
-            let name = mailroom::text::parse_name(&name, 200)
+            let name = mailroom::types::text::parse_name(&name, 200)
                 .map_err(|e| anyhow::anyhow!("--name {e}"))?;
             let db = open_db(&settings).await?;
             let account = tenancy::accounts::create_account(&db, &name).await?;
@@ -125,8 +126,9 @@ async fn main() -> anyhow::Result<()> {
 async fn send_test_email(settings: &Settings, to: &str) -> anyhow::Result<()> {
     let to = EmailAddress::parse(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
     let db = open_db(settings).await?;
-    let state = AppState::new(settings, db, settings.public_url(settings.listen))?;
-    let (transport, outcome) = mailroom::mail::worker::send_test_email(&state, &to).await?;
+    let master_key = MasterKey::load(settings)?;
+    let delivery = mailroom::app::delivery(&std::sync::Arc::new(settings.clone()), &db, &master_key);
+    let (transport, outcome) = delivery.send_test_email(&to).await?;
     match outcome {
         Ok(reply) => {
             println!("sent to {to} through {transport}: {reply}");
@@ -144,7 +146,7 @@ async fn set_domain_status(
 ) -> anyhow::Result<()> {
     let name = DomainName::parse(domain).map_err(|e| anyhow::anyhow!("{e}"))?;
     let db = open_db(settings).await?;
-    let account = domains::set_status_by_operator(&db, &name, account.as_deref(), status).await?;
+    let account = set_status_by_operator(&db, &name, account.as_deref(), status).await?;
     println!("{name} is now {} (account {account})", status.as_str());
     Ok(())
 }

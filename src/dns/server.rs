@@ -1,6 +1,6 @@
-//! mailroom's authoritative DNS server for the DKIM zone: `TXT "v=DKIM1; k=rsa; p=…"` at
-//! `{token}.{zone}` for every domain's keys, read from the database on each query so
-//! that a new or rotated key is published at once.
+//! mailroom's authoritative DNS server for the DKIM zone: the TXT record of every domain's
+//! keys at `{token}.{zone}`, asked of the `Records` it is given on each query so that a
+//! new or rotated key is published at once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,13 +15,13 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::store::Db;
-
 const TTL: u32 = 300;
 
-/// The DKIM TXT value for a public key, as mailroom publishes it.
-pub fn dkim_record_value(public_key_base64: &str) -> String {
-    format!("v=DKIM1; k=rsa; p={public_key_base64}")
+/// What the zone publishes, answered by the composition root from the domains' keys.
+#[async_trait::async_trait]
+pub trait Records: Send + Sync + 'static {
+    /// The TXT value at `{label}.{zone}`, when there is one.
+    async fn txt(&self, label: &str) -> anyhow::Result<Option<String>>;
 }
 
 /// A running DNS server; `shutdown` stops it.
@@ -32,10 +32,14 @@ pub struct DnsServer {
 
 impl DnsServer {
     /// Answers on UDP and TCP at `address` for `zone`.
-    pub async fn start(address: SocketAddr, zone: &str, db: Db) -> anyhow::Result<DnsServer> {
+    pub async fn start(
+        address: SocketAddr,
+        zone: &str,
+        records: Box<dyn Records>,
+    ) -> anyhow::Result<DnsServer> {
         let (udp, tcp) = bind_both(address).await?;
         let address = udp.local_addr()?;
-        let mut server = hickory_server::Server::new(DkimZone::new(zone, db)?);
+        let mut server = hickory_server::Server::new(DkimZone::new(zone, records)?);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
         tracing::info!(%address, zone, "DNS server listening");
@@ -69,7 +73,7 @@ pub async fn bind_both(address: SocketAddr) -> anyhow::Result<(UdpSocket, TcpLis
 }
 
 pub struct DkimZone {
-    db: Db,
+    records: Box<dyn Records>,
     /// Lowercase, without the trailing dot.
     zone: String,
     soa: Record,
@@ -77,7 +81,7 @@ pub struct DkimZone {
 }
 
 impl DkimZone {
-    fn new(zone: &str, db: Db) -> anyhow::Result<DkimZone> {
+    fn new(zone: &str, records: Box<dyn Records>) -> anyhow::Result<DkimZone> {
         let zone = zone.trim_end_matches('.').to_ascii_lowercase();
         let origin = Name::from_ascii(format!("{zone}."))?;
         let nameserver = Name::from_ascii(format!("ns.{zone}."))?;
@@ -91,7 +95,7 @@ impl DkimZone {
             TTL,
         );
         Ok(DkimZone {
-            db,
+            records,
             zone,
             soa: Record::from_rdata(origin.clone(), TTL, RData::SOA(soa)),
             ns: Record::from_rdata(origin, TTL, RData::NS(NS(nameserver))),
@@ -109,33 +113,27 @@ impl DkimZone {
             };
             return (ResponseCode::NoError, answer);
         }
-        let Some(token) = name
+        let Some(label) = name
             .strip_suffix(&self.zone)
             .and_then(|rest| rest.strip_suffix('.'))
         else {
             return (ResponseCode::Refused, vec![]);
         };
-        if token.contains('.') {
+        if label.contains('.') {
             return (ResponseCode::NXDomain, vec![]);
         }
-        let key: Result<Option<String>, sqlx::Error> =
-            sqlx::query_scalar("SELECT public_key FROM dkim_keys WHERE token = $1")
-                .bind(token)
-                .fetch_optional(&self.db.pool)
-                .await;
-        match key {
+        match self.records.txt(label).await {
             Err(error) => {
-                tracing::error!(%error, "DNS: cannot read DKIM keys");
+                tracing::error!(error = %format!("{error:#}"), "DNS: cannot read the zone's records");
                 (ResponseCode::ServFail, vec![])
             }
             Ok(None) => (ResponseCode::NXDomain, vec![]),
             Ok(Some(_)) if record_type != RecordType::TXT => (ResponseCode::NoError, vec![]),
-            Ok(Some(public_key)) => {
+            Ok(Some(value)) => {
                 let Ok(owner) = Name::from_ascii(format!("{name}.")) else {
                     return (ResponseCode::FormErr, vec![]);
                 };
                 // One DNS character-string holds at most 255 bytes.
-                let value = dkim_record_value(&public_key);
                 let strings = value
                     .as_bytes()
                     .chunks(255)

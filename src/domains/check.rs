@@ -1,28 +1,22 @@
 //! Checking a domain's DNS: the lookups, the status rules, and the background verifier.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::proto::rr::RecordType;
-use sqlx::Row;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::DomainStatus;
+use super::model::{Checked, DomainStatus, Due, HOUR, PENDING_LIMIT, PROOF_GRACE, Standing};
 use super::records::{self, Found, Purpose, RecordStatus, Wanted};
-use crate::dns::Answer;
-use crate::http::AppState;
+use super::store;
+use crate::config::Settings;
+use crate::dns::{Answer, DnsResolver};
+use crate::store::Db;
 use crate::store::groups::run_in_groups;
-use crate::store::{Engine, Timestamp, placeholders};
 
-const HOUR: i64 = 3_600_000;
-/// How long a pending domain may go without proof before it is `failed`.
-pub const PENDING_LIMIT: i64 = 72 * HOUR;
-/// How long an active domain's proof may be missing before it is `pending` again.
-pub const PROOF_GRACE: i64 = 24 * HOUR;
 const ACTIVE_RECHECK: i64 = 24 * HOUR;
 const MAX_BACKOFF: i64 = 6 * HOUR;
-/// How long a claimed check may run before another instance may take it over.
-const LEASE: i64 = 120_000;
 
 /// What the required records, taken together, showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,18 +26,6 @@ pub enum Outcome {
     Disproven,
     /// Some lookups failed and none disproved: nothing can be concluded.
     Inconclusive,
-}
-
-/// The fields of a domain the status rules read and write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Standing {
-    pub status: DomainStatus,
-    pub verified_by: Option<String>,
-    pub status_changed_at: i64,
-    pub verified_at: Option<i64>,
-    pub proof_missing_since: Option<i64>,
-    pub next_check_at: Option<i64>,
-    pub failed_checks: i64,
 }
 
 /// Applies one check's outcome; answers the new standing and, when the status changed, why.
@@ -118,84 +100,39 @@ pub fn decide(
     (after, reason)
 }
 
-/// A leased domain as its check starts.
-struct Due {
-    id: String,
-    name: String,
-    before: Standing,
-    tokens: Vec<String>,
-    /// Active in another account: proof here does not make it active.
-    active_elsewhere: bool,
+/// What the checks need: the database, the resolver, and the check interval.
+#[derive(Clone)]
+pub struct Checker {
+    pub db: Db,
+    pub resolver: DnsResolver,
+    pub settings: Arc<Settings>,
 }
 
-/// What one check of a domain found and decided, to be saved.
-struct Checked {
-    due: Due,
-    after: Standing,
-    reason: Option<&'static str>,
-    lookups: Vec<(Wanted, Found)>,
-    at: i64,
-}
+impl Checker {
+    fn interval_ms(&self) -> i64 {
+        (self.settings.dns_check_interval.max(1) as i64).saturating_mul(1000)
+    }
 
-/// Looks up every record of the domain, stores what was found, and applies the status
-/// rules. The caller holds the domain's lease.
-pub async fn check_domain(state: &AppState, domain_id: &str) -> anyhow::Result<()> {
-    let mut checked = Vec::new();
-    for due in load(state, &[domain_id.to_string()]).await? {
-        checked.push(examine(state, due).await);
+    /// Checks one domain now: waits while another instance checks it, then looks up
+    /// every record, stores what was found, and applies the status rules.
+    pub async fn check_now(&self, domain_id: &str) -> anyhow::Result<()> {
+        if !store::lease_one(&self.db, domain_id).await? {
+            return Ok(());
+        }
+        let mut checked = Vec::new();
+        for due in store::load_due(&self.db, &[domain_id.to_string()]).await? {
+            checked.push(self.examine(due).await);
+        }
+        store::save_checks(&self.db, &checked).await
     }
-    save(state, &checked).await
-}
 
-/// The domains to check, with their tokens: two queries for a whole batch.
-async fn load(state: &AppState, ids: &[String]) -> anyhow::Result<Vec<Due>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let list = placeholders(1, ids.len());
-    let sql = format!(
-        "SELECT d.id, d.name, d.status, d.verified_by, d.status_changed_at, d.verified_at, \
-         d.proof_missing_since, d.next_check_at, d.failed_checks, \
-         CAST(CASE WHEN EXISTS (SELECT 1 FROM domains o WHERE o.name = d.name \
-              AND o.status = 'active' AND o.id <> d.id) THEN 1 ELSE 0 END AS BIGINT) AS active_elsewhere \
-         FROM domains d WHERE d.id IN ({list})"
-    );
-    let mut query = sqlx::query(&sql);
-    for id in ids {
-        query = query.bind(id);
-    }
-    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let mut tokens = super::tokens_of(&state.db, &id_refs).await?;
-    let mut due = Vec::with_capacity(ids.len());
-    for row in query.fetch_all(&state.db.pool).await? {
-        let id: String = row.try_get("id")?;
-        let status: String = row.try_get("status")?;
-        due.push(Due {
-            tokens: tokens.remove(&id).unwrap_or_default(),
-            id,
-            name: row.try_get("name")?,
-            before: Standing {
-                status: DomainStatus::parse(&status)?,
-                verified_by: row.try_get("verified_by")?,
-                status_changed_at: row.try_get("status_changed_at")?,
-                verified_at: row.try_get("verified_at")?,
-                proof_missing_since: row.try_get("proof_missing_since")?,
-                next_check_at: row.try_get("next_check_at")?,
-                failed_checks: row.try_get("failed_checks")?,
-            },
-            active_elsewhere: row.try_get::<i64, _>("active_elsewhere")? != 0,
-        });
-    }
-    Ok(due)
-}
-
-/// The lookups and the decision, without touching the database.
-async fn examine(state: &AppState, due: Due) -> Checked {
-    let wanted = records::wanted(&due.name, &due.tokens, &state.settings);
-    let found = look_up_all(state, &due.name, &wanted).await;
-    let outcome = outcome(&wanted, &found, &due.name, state);
-    let now = Timestamp::now().0;
-    let interval_ms = (state.settings.dns_check_interval.max(1) as i64).saturating_mul(1000);
+    /// The lookups and the decision, without touching the database.
+    async fn examine(&self, due: Due) -> Checked {
+    let wanted = records::wanted(&due.name, &due.tokens, &self.settings);
+    let found = look_up_all(&self.resolver, &due.name, &wanted).await;
+    let outcome = outcome(&wanted, &found, &due.name, &self.settings);
+    let now = self.db.now().0;
+    let interval_ms = self.interval_ms();
     let (mut after, mut reason) = decide(&due.before, outcome, now, interval_ms);
     let activates =
         after.status == DomainStatus::Active && due.before.status != DomainStatus::Active;
@@ -214,145 +151,15 @@ async fn examine(state: &AppState, due: Due) -> Checked {
         lookups: wanted.into_iter().zip(found).collect(),
         at: now,
     }
+    }
 }
 
-async fn insert_lookups(tx: &mut sqlx::AnyConnection, checks: &[Checked]) -> anyhow::Result<()> {
-    let lookups: Vec<(&Checked, &Wanted, &Found)> = checks
-        .iter()
-        .flat_map(|c| c.lookups.iter().map(move |(w, f)| (c, w, f)))
-        .collect();
-    if lookups.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<String> = (0..lookups.len())
-        .map(|i| format!("({})", placeholders(i * 7 + 1, 7)))
-        .collect();
-    let sql = format!(
-        "INSERT INTO domain_lookups (domain_id, checked_at, record_type, name, found, found_at, error) \
-         VALUES {}",
-        rows.join(", ")
-    );
-    let mut insert = sqlx::query(&sql);
-    for (checked, record, found) in lookups {
-        insert = insert
-            .bind(&checked.due.id)
-            .bind(checked.at)
-            .bind(record.record_type)
-            .bind(&record.name)
-            .bind(serde_json::to_string(&found.values)?)
-            .bind(&found.at)
-            .bind(&found.error);
-    }
-    insert.execute(tx).await?;
-    Ok(())
-}
-
-/// One UPDATE for the checks' domains, from a VALUES list (its columns are `column1`…
-/// on both engines).
-async fn update_standings(tx: &mut sqlx::AnyConnection, checks: &[Checked]) -> anyhow::Result<()> {
-    const TYPES: [&str; 9] = [
-        "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "BIGINT",
-    ];
-    let rows: Vec<String> = (0..checks.len())
-        .map(|i| {
-            let casts: Vec<String> = TYPES
-                .iter()
-                .enumerate()
-                .map(|(k, t)| format!("CAST(${} AS {t})", i * TYPES.len() + k + 1))
-                .collect();
-            format!("({})", casts.join(", "))
-        })
-        .collect();
-    let sql = format!(
-        "UPDATE domains SET status = v.column2, verified_by = v.column3, status_changed_at = v.column4, \
-         verified_at = v.column5, proof_missing_since = v.column6, next_check_at = v.column7, \
-         failed_checks = v.column8, last_checked_at = v.column9, lease_until = NULL \
-         FROM (VALUES {}) AS v WHERE domains.id = v.column1",
-        rows.join(", ")
-    );
-    let mut update = sqlx::query(&sql);
-    for checked in checks {
-        let after = &checked.after;
-        update = update
-            .bind(&checked.due.id)
-            .bind(after.status.as_str())
-            .bind(&after.verified_by)
-            .bind(after.status_changed_at)
-            .bind(after.verified_at)
-            .bind(after.proof_missing_since)
-            .bind(after.next_check_at)
-            .bind(after.failed_checks)
-            .bind(checked.at);
-    }
-    update.execute(tx).await?;
-    Ok(())
-}
-
-/// Stores what the checks found (replacing the last lookups) and what they decided, in
-/// one transaction with a few statements for the whole group.
-async fn save(state: &AppState, checks: &[Checked]) -> anyhow::Result<()> {
-    if checks.is_empty() {
-        return Ok(());
-    }
-    let mut tx = state.db.begin().await?;
-    let sql = format!(
-        "DELETE FROM domain_lookups WHERE domain_id IN ({})",
-        placeholders(1, checks.len())
-    );
-    let mut delete = sqlx::query(&sql);
-    for checked in checks {
-        delete = delete.bind(&checked.due.id);
-    }
-    delete.execute(&mut *tx).await?;
-
-    // SQLite's binding cost grows with the square of a statement's parameters, so there
-    // a few domains share statements; PostgreSQL takes the whole group in two.
-    let per_statement = match state.db.engine {
-        Engine::Sqlite => 8,
-        Engine::Postgres => 64,
-    };
-    for chunk in checks.chunks(per_statement) {
-        insert_lookups(&mut tx, chunk).await?;
-        update_standings(&mut tx, chunk).await?;
-    }
-
-    let changed: Vec<(&Checked, &str)> = checks
-        .iter()
-        .filter_map(|c| c.reason.map(|reason| (c, reason)))
-        .collect();
-    if !changed.is_empty() {
-        let rows: Vec<String> = (0..changed.len())
-            .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO domain_events (domain_id, at, from_status, to_status, reason) VALUES {}",
-            rows.join(", ")
-        );
-        let mut insert = sqlx::query(&sql);
-        for (checked, reason) in &changed {
-            insert = insert
-                .bind(&checked.due.id)
-                .bind(checked.at)
-                .bind(checked.due.before.status.as_str())
-                .bind(checked.after.status.as_str())
-                .bind(*reason);
-        }
-        insert.execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    for (checked, reason) in changed {
-        tracing::info!(domain = %checked.due.name, from = checked.due.before.status.as_str(),
-            to = checked.after.status.as_str(), reason, "domain status changed");
-    }
-    Ok(())
-}
-
-fn outcome(wanted: &[Wanted], found: &[Found], domain: &str, state: &AppState) -> Outcome {
+fn outcome(wanted: &[Wanted], found: &[Found], domain: &str, settings: &Settings) -> Outcome {
     let statuses: Vec<RecordStatus> = wanted
         .iter()
         .zip(found)
         .filter(|(w, _)| w.required)
-        .map(|(w, f)| records::evaluate(w, Some(f), domain, &state.settings).status)
+        .map(|(w, f)| records::evaluate(w, Some(f), domain, settings).status)
         .collect();
     if statuses.iter().all(|s| *s == RecordStatus::Verified) {
         Outcome::Proven
@@ -367,10 +174,10 @@ fn outcome(wanted: &[Wanted], found: &[Found], domain: &str, state: &AppState) -
 }
 
 /// All lookups of one domain at once; answers one `Found` per wanted record, in order.
-async fn look_up_all(state: &AppState, domain: &str, wanted: &[Wanted]) -> Vec<Found> {
+async fn look_up_all(resolver: &DnsResolver, domain: &str, wanted: &[Wanted]) -> Vec<Found> {
     let mut lookups = JoinSet::new();
     for (index, record) in wanted.iter().enumerate() {
-        let resolver = state.resolver.clone();
+        let resolver = resolver.clone();
         let record = record.clone();
         let domain = domain.to_string();
         lookups.spawn(async move { (index, look_up(&resolver, &domain, &record).await) });
@@ -385,7 +192,7 @@ async fn look_up_all(state: &AppState, domain: &str, wanted: &[Wanted]) -> Vec<F
     found
 }
 
-async fn look_up(resolver: &crate::dns::DnsResolver, domain: &str, record: &Wanted) -> Found {
+async fn look_up(resolver: &DnsResolver, domain: &str, record: &Wanted) -> Found {
     let record_type = match record.record_type {
         "CNAME" => RecordType::CNAME,
         "MX" => RecordType::MX,
@@ -417,96 +224,51 @@ async fn look_up(resolver: &crate::dns::DnsResolver, domain: &str, record: &Want
     }
 }
 
-/// Takes the lease on one domain for an immediate check; waits while another instance
-/// is checking it. Answers false when the wait ran out.
-pub async fn lease_one(state: &AppState, domain_id: &str) -> anyhow::Result<bool> {
-    for _ in 0..100 {
-        let now = Timestamp::now().0;
-        let taken = sqlx::query(
-            "UPDATE domains SET lease_until = $2 WHERE id = $1 \
-             AND (lease_until IS NULL OR lease_until < $3)",
-        )
-        .bind(domain_id)
-        .bind(now + LEASE)
-        .bind(now)
-        .execute(&state.db.pool)
-        .await?;
-        if taken.rows_affected() == 1 {
-            return Ok(true);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(false)
-}
-
-/// Claims up to `limit` domains that are due, for this instance alone.
-async fn claim_due(state: &AppState, limit: i64) -> anyhow::Result<Vec<String>> {
-    let lock = match state.db.engine {
-        Engine::Postgres => "FOR UPDATE SKIP LOCKED",
-        Engine::Sqlite => "",
-    };
-    let now = Timestamp::now().0;
-    let sql = format!(
-        "UPDATE domains SET lease_until = $1 \
-         WHERE id IN (SELECT id FROM domains WHERE next_check_at <= $2 \
-                        AND status IN ('pending', 'active') \
-                        AND (lease_until IS NULL OR lease_until < $2) \
-                      ORDER BY next_check_at LIMIT $3 {lock}) \
-           AND (lease_until IS NULL OR lease_until < $2) \
-         RETURNING id"
-    );
-    let ids = sqlx::query_scalar(&sql)
-        .bind(now + LEASE)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&state.db.pool)
-        .await?;
-    Ok(ids)
-}
-
-/// The background verifier: checks due domains until `stop` changes.
-pub async fn run_verifier(state: AppState, mut stop: watch::Receiver<bool>) {
-    const BATCH: i64 = 128;
-    const CONCURRENCY: usize = 16;
-    let idle = Duration::from_secs(state.settings.dns_check_interval.clamp(1, 30));
-    tracing::info!("domain verifier started");
-    while !*stop.borrow() {
-        let claimed = match claim_due(&state, BATCH).await {
-            Ok(ids) => ids,
-            Err(error) => {
-                tracing::error!(%error, "domain verifier cannot claim domains");
-                Vec::new()
-            }
-        };
-        let full_batch = claimed.len() as i64 == BATCH;
-        let due = match load(&state, &claimed).await {
-            Ok(due) => due,
-            Err(error) => {
-                tracing::error!(%error, "domain verifier cannot read the claimed domains");
-                Vec::new()
-            }
-        };
-        let examine = |due: Due| {
-            let state = state.clone();
-            async move { examine(&state, due).await }
-        };
-        let save = |checks: Vec<Checked>| {
-            let state = state.clone();
-            async move {
-                if let Err(error) = save(&state, &checks).await {
-                    tracing::error!(%error, domains = checks.len(), "cannot save domain checks");
+impl Checker {
+    /// The background verifier: checks due domains until `stop` changes.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        const BATCH: i64 = 128;
+        const CONCURRENCY: usize = 16;
+        let idle = Duration::from_secs(self.settings.dns_check_interval.clamp(1, 30));
+        tracing::info!("domain verifier started");
+        while !*stop.borrow() {
+            let claimed = match store::claim_due(&self.db, BATCH).await {
+                Ok(ids) => ids,
+                Err(error) => {
+                    tracing::error!(%error, "domain verifier cannot claim domains");
+                    Vec::new()
+                }
+            };
+            let full_batch = claimed.len() as i64 == BATCH;
+            let due = match store::load_due(&self.db, &claimed).await {
+                Ok(due) => due,
+                Err(error) => {
+                    tracing::error!(%error, "domain verifier cannot read the claimed domains");
+                    Vec::new()
+                }
+            };
+            let examine = |due: Due| {
+                let checker = self.clone();
+                async move { checker.examine(due).await }
+            };
+            let save = |checks: Vec<Checked>| {
+                let db = self.db.clone();
+                async move {
+                    if let Err(error) = store::save_checks(&db, &checks).await {
+                        tracing::error!(%error, domains = checks.len(), "cannot save domain checks");
+                    }
+                }
+            };
+            run_in_groups(due, CONCURRENCY, examine, save).await;
+            if !full_batch {
+                tokio::select! {
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = stop.changed() => {}
                 }
             }
-        };
-        run_in_groups(due, CONCURRENCY, examine, save).await;
-        if !full_batch {
-            tokio::select! {
-                _ = tokio::time::sleep(idle) => {}
-                _ = stop.changed() => {}
-            }
         }
+        tracing::info!("domain verifier stopped");
     }
-    tracing::info!("domain verifier stopped");
 }
 
 #[cfg(test)]

@@ -1,14 +1,19 @@
-//! DKIM keys: three per domain, one per token, RSA-2048 as DKIM verifiers expect.
-//! The public half is published by mailroom's DNS server; the private half is sealed.
+//! DKIM keys (the `dkim_keys` table): three per domain, one per token, RSA-2048 as DKIM
+//! verifiers expect. The public half is published by mailroom's DNS server; the private
+//! half is sealed.
+
+use std::collections::HashMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use rsa::rand_core::OsRng;
+use sqlx::Row;
 
-use crate::store::Timestamp;
 use crate::store::crypto::MasterKey;
+use crate::store::{Db, Timestamp, placeholders};
+use crate::types::DomainName;
 
 pub const KEYS_PER_DOMAIN: usize = 3;
 const BITS: usize = 2048;
@@ -51,6 +56,7 @@ pub async fn insert_keys(
     domain_id: &str,
     keys: &[NewKey],
     master_key: &MasterKey,
+    now: Timestamp,
 ) -> sqlx::Result<()> {
     for (position, key) in keys.iter().enumerate() {
         sqlx::query(
@@ -62,11 +68,48 @@ pub async fn insert_keys(
         .bind(position as i64)
         .bind(&key.public_key)
         .bind(master_key.seal(&key.private_der, &seal_context(&key.token)))
-        .bind(Timestamp::now().0)
+        .bind(now.0)
         .execute(&mut *conn)
         .await?;
     }
     Ok(())
+}
+
+/// The DKIM TXT value for a public key, as mailroom publishes it.
+pub fn record_value(public_key_base64: &str) -> String {
+    format!("v=DKIM1; k=rsa; p={public_key_base64}")
+}
+
+/// The TXT value published for `token`, when a key has that token.
+pub async fn published(db: &Db, token: &str) -> sqlx::Result<Option<String>> {
+    let key: Option<String> =
+        sqlx::query_scalar("SELECT public_key FROM dkim_keys WHERE token = $1")
+            .bind(token)
+            .fetch_optional(&db.pool)
+            .await?;
+    Ok(key.as_deref().map(record_value))
+}
+
+/// The selector and private key (PKCS#8 DER) that sign mail From `domain`, when it is an
+/// active managed domain.
+pub async fn signing_key(
+    db: &Db,
+    master_key: &MasterKey,
+    domain: &DomainName,
+) -> anyhow::Result<Option<(String, Vec<u8>)>> {
+    let key: Option<(String, String)> = sqlx::query_as(
+        "SELECT k.token, k.private_key FROM dkim_keys k JOIN domains d ON d.id = k.domain_id \
+         WHERE d.name = $1 AND d.status = 'active' ORDER BY k.position LIMIT 1",
+    )
+    .bind(domain.as_str())
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some((token, sealed)) = key else {
+        return Ok(None);
+    };
+    let der = open_private_key(master_key, &token, &sealed)
+        .map_err(|e| anyhow::anyhow!("the DKIM key of {domain}: {e}"))?;
+    Ok(Some((token, der)))
 }
 
 /// A private key as PKCS#8 DER, opened from its sealed form.
@@ -76,4 +119,35 @@ pub fn open_private_key(
     sealed: &str,
 ) -> anyhow::Result<Vec<u8>> {
     master_key.open(sealed, &seal_context(token))
+}
+
+/// A domain's DKIM tokens, in order.
+pub async fn tokens(db: &Db, domain_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT token FROM dkim_keys WHERE domain_id = $1 ORDER BY position")
+        .bind(domain_id)
+        .fetch_all(&db.pool)
+        .await
+}
+
+/// The tokens of each of the domains `ids`, in order, with one query.
+pub async fn tokens_of(db: &Db, ids: &[&str]) -> sqlx::Result<HashMap<String, Vec<String>>> {
+    let mut tokens: HashMap<String, Vec<String>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(tokens);
+    }
+    let sql = format!(
+        "SELECT domain_id, token FROM dkim_keys WHERE domain_id IN ({}) ORDER BY domain_id, position",
+        placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    for row in query.fetch_all(&db.pool).await? {
+        tokens
+            .entry(row.try_get("domain_id")?)
+            .or_default()
+            .push(row.try_get("token")?);
+    }
+    Ok(tokens)
 }

@@ -1,11 +1,17 @@
+//! Managed domains over HTTP.
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{DOMAIN_COLUMNS, Domain, DomainName, DomainRow, DomainStatus, check, render};
-use crate::http::{ApiError, AppState, Caller, Json, Page, Query};
-use crate::tenancy::Role;
+use super::check::Checker;
+use super::model::{Domain, DomainRow, DomainStatus};
+use super::store::{self, AddError};
+use crate::http::{ApiError, Caller, ErrorBody, Json, Page, Query};
+use crate::identity::Role;
+use crate::state::AppState;
+use crate::types::DomainName;
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateDomain {
@@ -44,8 +50,23 @@ pub struct DeletedDomain {
     pub domain: String,
 }
 
+impl From<AddError> for ApiError {
+    fn from(error: AddError) -> ApiError {
+        match error {
+            AddError::Exists(name) => {
+                ApiError::conflict("domain_exists", format!("{name} is already added"))
+            }
+            AddError::ActiveElsewhere(name) => ApiError::conflict(
+                "domain_taken",
+                format!("{name} is already verified by another account"),
+            ),
+            AddError::Failed(error) => error.into(),
+        }
+    }
+}
+
 async fn envelope(state: &AppState, row: DomainRow) -> Result<Json<DomainEnvelope>, ApiError> {
-    let domain = render(&state.db, &state.settings, vec![row])
+    let domain = store::render(&state.db, &state.settings, vec![row])
         .await?
         .remove(0);
     Ok(Json(DomainEnvelope { domain }))
@@ -54,7 +75,7 @@ async fn envelope(state: &AppState, row: DomainRow) -> Result<Json<DomainEnvelop
 /// The caller's domain named in the path; a name that cannot be a domain names nothing.
 async fn find_domain(state: &AppState, caller: &Caller, name: &str) -> Result<DomainRow, ApiError> {
     let name = DomainName::parse(name).map_err(|_| ApiError::not_found("domain"))?;
-    super::find(&state.db, &caller.account_id, &name)
+    store::find(&state.db, &caller.account_id, &name)
         .await?
         .ok_or_else(|| ApiError::not_found("domain"))
 }
@@ -63,7 +84,7 @@ async fn find_domain(state: &AppState, caller: &Caller, name: &str) -> Result<Do
 #[utoipa::path(post, path = "/v2/domains", tag = "domains",
     request_body = CreateDomain,
     responses((status = 201, description = "The new domain and the records to publish", body = DomainEnvelope),
-              (status = 409, description = "Already added, or active in another account", body = crate::http::ErrorBody)))]
+              (status = 409, description = "Already added, or active in another account", body = ErrorBody)))]
 pub async fn create_domain(
     State(state): State<AppState>,
     caller: Caller,
@@ -71,16 +92,20 @@ pub async fn create_domain(
 ) -> Result<(StatusCode, Json<DomainEnvelope>), ApiError> {
     caller.require(Role::Editor)?;
     let name = DomainName::parse(&body.domain).map_err(|e| ApiError::invalid("domain", e))?;
-    if super::find(&state.db, &caller.account_id, &name)
+    if store::find(&state.db, &caller.account_id, &name)
         .await?
         .is_some()
     {
-        return Err(ApiError::conflict(
-            "domain_exists",
-            format!("{name} is already added"),
-        ));
+        return Err(AddError::Exists(name).into());
     }
-    let row = super::add_domain(&state, &caller.account_id, &name).await?;
+    let row = store::add(
+        &state.db,
+        &state.master_key,
+        &state.settings,
+        &caller.account_id,
+        &name,
+    )
+    .await?;
     let Json(created) = envelope(&state, row).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -89,7 +114,7 @@ pub async fn create_domain(
 #[utoipa::path(get, path = "/v2/domains", tag = "domains",
     params(Page, DomainFilter),
     responses((status = 200, description = "A page of domains", body = DomainList),
-              (status = 422, description = "Invalid paging or filter", body = crate::http::ErrorBody)))]
+              (status = 422, description = "Invalid paging or filter", body = ErrorBody)))]
 pub async fn list_domains(
     State(state): State<AppState>,
     caller: Caller,
@@ -98,17 +123,8 @@ pub async fn list_domains(
 ) -> Result<Json<DomainList>, ApiError> {
     caller.require(Role::Viewer)?;
     let (limit, offset) = page.parse()?;
-    let rows: Vec<DomainRow> = sqlx::query_as(&format!(
-        "SELECT {DOMAIN_COLUMNS} FROM domains WHERE account_id = $1 AND ($2 IS NULL OR status = $2) \
-         ORDER BY name LIMIT $3 OFFSET $4"
-    ))
-    .bind(&caller.account_id)
-    .bind(filter.status.map(DomainStatus::as_str))
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(&state.db.pool)
-    .await?;
-    let items = render(&state.db, &state.settings, rows).await?;
+    let rows = store::list(&state.db, &caller.account_id, filter.status, (limit, offset)).await?;
+    let items = store::render(&state.db, &state.settings, rows).await?;
     Ok(Json(DomainList {
         items,
         limit,
@@ -134,7 +150,7 @@ pub async fn get_domain(
 #[utoipa::path(post, path = "/v2/domains/{domain}/verify", tag = "domains",
     params(("domain" = String, Path, description = "The domain name")),
     responses((status = 200, description = "The domain after the check", body = DomainEnvelope),
-              (status = 409, description = "Suspended by the operator", body = crate::http::ErrorBody)))]
+              (status = 409, description = "Suspended by the operator", body = ErrorBody)))]
 pub async fn verify_domain(
     State(state): State<AppState>,
     caller: Caller,
@@ -148,9 +164,12 @@ pub async fn verify_domain(
             format!("{} is suspended by the operator", row.name),
         ));
     }
-    if check::lease_one(&state, &row.id).await? {
-        check::check_domain(&state, &row.id).await?;
-    }
+    let checker = Checker {
+        db: state.db.clone(),
+        resolver: state.resolver.clone(),
+        settings: state.settings.clone(),
+    };
+    checker.check_now(&row.id).await?;
     let row = find_domain(&state, &caller, &row.name).await?;
     envelope(&state, row).await
 }
@@ -159,7 +178,7 @@ pub async fn verify_domain(
 #[utoipa::path(delete, path = "/v2/domains/{domain}", tag = "domains",
     params(("domain" = String, Path, description = "The domain name")),
     responses((status = 200, description = "Removed", body = Deleted),
-              (status = 409, description = "Still used by mailboxes or SMTP settings", body = crate::http::ErrorBody)))]
+              (status = 409, description = "Still used by mailboxes or SMTP settings", body = ErrorBody)))]
 pub async fn delete_domain(
     State(state): State<AppState>,
     caller: Caller,
@@ -167,52 +186,27 @@ pub async fn delete_domain(
 ) -> Result<Json<Deleted>, ApiError> {
     caller.require(Role::Editor)?;
     let row = find_domain(&state, &caller, &name).await?;
-    let relays: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM smtp_settings WHERE domain_id = $1")
-        .bind(&row.id)
-        .fetch_one(&state.db.pool)
-        .await?;
-    if relays > 0 {
-        return Err(ApiError::conflict(
-            "domain_in_use",
-            format!(
-                "{} still has SMTP settings; remove them first (DELETE /api/v2/email/settings?domain={})",
-                row.name, row.name
-            ),
-        ));
+    let in_use = |why: String| ApiError::conflict("domain_in_use", why);
+    if crate::relays::store::exists_for_domain(&state.db, &row.id).await? {
+        return Err(in_use(format!(
+            "{} still has SMTP settings; remove them first (DELETE /api/v2/email/settings?domain={})",
+            row.name, row.name
+        )));
     }
-    let senders: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM sender_addresses WHERE domain_id = $1")
-            .bind(&row.id)
-            .fetch_one(&state.db.pool)
-            .await?;
-    if senders > 0 {
-        return Err(ApiError::conflict(
-            "domain_in_use",
-            format!(
-                "{} is the domain of a sender address; delete that first (DELETE /v1/email-address)",
-                row.name
-            ),
-        ));
+    if crate::senders::store::exists_for_domain(&state.db, &row.id).await? {
+        return Err(in_use(format!(
+            "{} is the domain of a sender address; delete that first (DELETE /v1/email-address)",
+            row.name
+        )));
     }
-    let mailboxes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailboxes WHERE domain_id = $1")
-        .bind(&row.id)
-        .fetch_one(&state.db.pool)
-        .await?;
+    let mailboxes = crate::mailboxes::store::count_on_domain(&state.db, &row.id).await?;
     if mailboxes > 0 {
-        return Err(ApiError::conflict(
-            "domain_in_use",
-            format!(
-                "{} still has {mailboxes} mailbox(es); delete them first",
-                row.name
-            ),
-        ));
+        return Err(in_use(format!(
+            "{} still has {mailboxes} mailbox(es); delete them first",
+            row.name
+        )));
     }
-    let deleted = sqlx::query("DELETE FROM domains WHERE id = $1 AND account_id = $2")
-        .bind(&row.id)
-        .bind(&caller.account_id)
-        .execute(&state.db.pool)
-        .await?;
-    if deleted.rows_affected() == 0 {
+    if !store::delete(&state.db, &row.id, &caller.account_id).await? {
         return Err(ApiError::not_found("domain"));
     }
     Ok(Json(Deleted {

@@ -1,28 +1,25 @@
-//! Who is calling: one extractor for the header styles of all four API documents.
+//! Who is calling: one extractor for the header styles of all four API documents. The
+//! headers are read here; what they stand for is decided by `identity`.
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
-use super::{ApiError, AppState};
-use crate::invitations::users::TOKEN_PREFIX;
-use crate::tenancy::Role;
-use crate::tenancy::api_keys::{self, KEY_PREFIX};
+use super::ApiError;
+use crate::identity::{self, Credential, Refusal, Role};
+use crate::state::AppState;
+use crate::store::Db;
 
 /// An authenticated caller: the account it acts in, its role, and the entity the request
 /// is about (from `x-entity-id`, checked against the credential).
 #[derive(Debug, Clone)]
-pub struct Caller {
-    pub account_id: String,
-    pub role: Role,
-    /// Who is calling: an API key's id, or a user's id.
-    pub principal: String,
-    /// Set when a user (an access token) is calling.
-    pub user_id: Option<String>,
-    /// Set when the credential is limited to one entity.
-    scoped_entity: Option<String>,
-    /// The entity named by `x-entity-id`, already checked to be the caller's.
-    requested_entity: Option<String>,
+pub struct Caller(Credential);
+
+impl std::ops::Deref for Caller {
+    type Target = Credential;
+    fn deref(&self) -> &Credential {
+        &self.0
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -30,86 +27,39 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
         let secret = credential(&parts.headers)?;
-        if secret.starts_with(&format!("{TOKEN_PREFIX}_")) {
-            return user_caller(parts, state, &secret).await;
-        }
-        if !secret.starts_with(&format!("{KEY_PREFIX}_")) {
-            return Err(invalid_credentials());
-        }
-        let key = api_keys::authenticate(state, &secret)
-            .await?
-            .ok_or_else(invalid_credentials)?;
-        if let Some(named) = header(&parts.headers, "x-key")?
-            && named != key.id
-        {
-            return Err(ApiError::unauthorized(
-                "key_mismatch",
-                "the X-Key header names a different key than the one sent",
-            ));
-        }
-        let requested_entity = match header(&parts.headers, "x-entity-id")? {
-            None => None,
-            Some(entity_id) => {
-                let visible = match &key.entity_id {
-                    Some(scoped) => *scoped == entity_id,
-                    None => entity_in_account(state, &entity_id, &key.account_id).await?,
-                };
-                if !visible {
-                    return Err(ApiError::not_found("entity").with_param("x-entity-id"));
-                }
-                Some(entity_id)
-            }
-        };
-        Ok(Caller {
-            account_id: key.account_id,
-            role: key.role,
-            principal: key.id,
-            user_id: None,
-            scoped_entity: key.entity_id,
-            requested_entity,
-        })
+        let named = header(&parts.headers, "x-key")?;
+        let entity = header(&parts.headers, "x-entity-id")?;
+        identity::resolve(
+            &state.db,
+            &state.api_keys,
+            &secret,
+            named.as_deref(),
+            entity.as_deref(),
+        )
+        .await
+        .map(Caller)
+        .map_err(ApiError::from)
     }
 }
 
-/// A user with an access token acts in one entity at a time (`x-entity-id`, else the
-/// first they joined), with their role there.
-async fn user_caller(parts: &Parts, state: &AppState, secret: &str) -> Result<Caller, ApiError> {
-    let user_id = crate::invitations::users::user_of_token(&state.db, secret)
-        .await?
-        .ok_or_else(invalid_credentials)?;
-    if let Some(named) = header(&parts.headers, "x-key")?
-        && named != user_id
-    {
-        return Err(ApiError::unauthorized(
-            "key_mismatch",
-            "the X-Key header names another user than the token's",
-        ));
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::Invalid => ApiError::unauthorized(
+                "invalid_credentials",
+                "the credential is not valid (unknown, mistyped or deleted)",
+            ),
+            Refusal::Mismatch => ApiError::unauthorized(
+                "key_mismatch",
+                "the X-Key header names another key or user than the credential sent",
+            ),
+            Refusal::UnknownEntity => ApiError::not_found("entity").with_param("x-entity-id"),
+            Refusal::NoMembership => {
+                ApiError::forbidden("this user is not a member of any entity")
+            }
+            Refusal::Database(error) => error.into(),
+        }
     }
-    let requested = header(&parts.headers, "x-entity-id")?;
-    let membership = sqlx::query(
-        "SELECT m.entity_id, m.role, e.account_id FROM memberships m JOIN entities e ON e.id = m.entity_id \
-         WHERE m.user_id = $1 AND ($2 IS NULL OR m.entity_id = $2) ORDER BY m.created_at, m.entity_id LIMIT 1",
-    )
-    .bind(&user_id)
-    .bind(&requested)
-    .fetch_optional(&state.db.pool)
-    .await?;
-    let Some(membership) = membership else {
-        return Err(match requested {
-            Some(_) => ApiError::not_found("entity").with_param("x-entity-id"),
-            None => ApiError::forbidden("this user is not a member of any entity"),
-        });
-    };
-    use sqlx::Row;
-    let entity_id: String = membership.try_get("entity_id")?;
-    Ok(Caller {
-        account_id: membership.try_get("account_id")?,
-        role: Role::from_row(&membership)?,
-        principal: user_id.clone(),
-        user_id: Some(user_id),
-        scoped_entity: Some(entity_id.clone()),
-        requested_entity: Some(entity_id),
-    })
 }
 
 impl Caller {
@@ -139,12 +89,8 @@ impl Caller {
 
     /// Checks that the caller may act in entity `id` (an organization of the sender API):
     /// 404 when it is another account's, or outside a limited credential's entity.
-    pub async fn check_entity(&self, state: &AppState, id: &str) -> Result<(), ApiError> {
-        let visible = match &self.scoped_entity {
-            Some(scoped) => scoped == id,
-            None => entity_in_account(state, id, &self.account_id).await?,
-        };
-        if visible {
+    pub async fn check_entity(&self, db: &Db, id: &str) -> Result<(), ApiError> {
+        if identity::may_act_in(db, self, id).await? {
             Ok(())
         } else {
             Err(ApiError::not_found("organization"))
@@ -158,35 +104,11 @@ impl Caller {
 
     /// The entity the request acts in: `x-entity-id`, else the credential's own entity,
     /// else the account's first entity.
-    pub async fn entity_id(&self, state: &AppState) -> Result<String, ApiError> {
-        if let Some(entity) = self
-            .requested_entity
-            .as_ref()
-            .or(self.scoped_entity.as_ref())
-        {
-            return Ok(entity.clone());
-        }
-        sqlx::query_scalar(
-            "SELECT id FROM entities WHERE account_id = $1 ORDER BY created_at, id LIMIT 1",
-        )
-        .bind(&self.account_id)
-        .fetch_optional(&state.db.pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found("entity"))
+    pub async fn entity_id(&self, db: &Db) -> Result<String, ApiError> {
+        identity::acting_entity(db, self)
+            .await?
+            .ok_or_else(|| ApiError::not_found("entity"))
     }
-}
-
-async fn entity_in_account(
-    state: &AppState,
-    entity_id: &str,
-    account_id: &str,
-) -> Result<bool, ApiError> {
-    let found = sqlx::query("SELECT 1 FROM entities WHERE id = $1 AND account_id = $2")
-        .bind(entity_id)
-        .bind(account_id)
-        .fetch_optional(&state.db.pool)
-        .await?;
-    Ok(found.is_some())
 }
 
 /// The secret from `Authorization: Bearer <t>`, `Authorization: <t>`, `x-api-key: <t>` or
@@ -234,11 +156,4 @@ fn header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
     })?;
     let value = value.trim();
     Ok((!value.is_empty()).then(|| value.to_string()))
-}
-
-fn invalid_credentials() -> ApiError {
-    ApiError::unauthorized(
-        "invalid_credentials",
-        "the credential is not valid (unknown, mistyped or deleted)",
-    )
 }

@@ -83,6 +83,13 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_param(param)
     }
 
+    /// 429, with `Retry-After` rounded up to whole seconds.
+    pub fn too_many(code: &'static str, message: impl Into<String>, wait_ms: i64) -> ApiError {
+        let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message);
+        error.retry_after_secs = Some(((wait_ms + 999) / 1000).max(1) as u64);
+        error
+    }
+
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
         tracing::error!(%cause, "request failed");
         ApiError::new(
@@ -139,8 +146,73 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// Maps a unique-constraint violation to `conflict` (and any other database error as
+/// usual): `.map_err(on_unique(|| ApiError::conflict(…)))`.
+pub fn on_unique(conflict: impl FnOnce() -> ApiError) -> impl FnOnce(sqlx::Error) -> ApiError {
+    move |error| {
+        if crate::store::is_unique_violation(&error) {
+            conflict()
+        } else {
+            error.into()
+        }
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> ApiError {
         ApiError::internal(format!("{error:#}"))
     }
+}
+
+pub async fn route_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        "no route matches this path; /openapi.json lists them all",
+    )
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not accept this method; /openapi.json lists the methods",
+    )
+}
+
+/// Rewrites any error response that is not already JSON (from axum or a layer) into the
+/// API's error shape, so that a client never has to parse two kinds of error.
+pub async fn errors_as_json(response: Response) -> Response {
+    let status = response.status();
+    let already_shaped = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+        });
+    if !(status.is_client_error() || status.is_server_error()) || already_shaped {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal_error",
+        _ => "invalid_request",
+    };
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        message
+    };
+    let mut rewritten = ApiError::new(status, code, message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name, value.clone());
+        }
+    }
+    rewritten
 }

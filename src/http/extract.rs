@@ -161,6 +161,12 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
     }
 }
 
+/// A list in the `{"data": [...]}` shape.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct List<T> {
+    pub data: Vec<T>,
+}
+
 /// `limit` (1–200, default 50) and `offset` (from 0) of a list.
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

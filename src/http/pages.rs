@@ -3,7 +3,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::mail::templates::escape_html;
+use crate::types::text::escape_html;
 
 /// A page; `body` is trusted HTML (escape every value put into it).
 pub fn page(status: StatusCode, title: &str, body: &str) -> Response {

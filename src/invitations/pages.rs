@@ -8,10 +8,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{Acceptance, Accepted, accept};
+use super::model::{Acceptance, Accepted};
+use super::routes::accept;
 use crate::http::pages::page;
-use crate::http::{ApiError, AppState, ErrorBody, Json};
-use crate::mail::templates::escape_html;
+use crate::http::{ApiError, ErrorBody, Json};
+use crate::state::AppState;
+use crate::types::text::escape_html;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -1,22 +1,10 @@
-//! Mail: the outbox, templates, transports, DKIM signing and the delivery worker.
+//! The delivery engine: the outbox, templates, composing and DKIM signing, transports and
+//! the worker. It knows the tenants only through the `port::Directory` it is given.
 
-pub mod address;
 pub mod compose;
 pub mod dkim;
 pub mod outbox;
+pub mod port;
 pub mod templates;
 pub mod transport;
 pub mod worker;
-
-pub use address::EmailAddress;
-
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-use crate::http::AppState;
-
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(outbox::list_messages))
-        .routes(routes!(outbox::get_message))
-}

@@ -1,18 +1,16 @@
-//! The outbox: every email is a row written in the transaction of the change that causes
-//! it, delivered later by the worker. The delivery log (never the bodies) is in the API.
+//! The outbox (the `outbox` and `delivery_attempts` tables): every email is a row written
+//! in the transaction of the change that causes it, delivered later by the worker. The
+//! delivery log (never the bodies) is read from here.
 
-use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
-use super::address::EmailAddress;
 use super::templates::Rendered;
-use crate::http::{ApiError, AppState, Caller, Json, Page, Query};
 use crate::store::crypto::MasterKey;
-use crate::store::{Timestamp, new_id};
-use crate::tenancy::Role;
+use crate::store::{Db, Engine, Timestamp, new_id};
+use crate::types::EmailAddress;
 
 /// An email to queue.
 pub struct Outgoing<'a> {
@@ -30,19 +28,19 @@ pub struct Body {
     pub html: String,
 }
 
-pub fn seal_context(id: &str) -> String {
+fn seal_context(id: &str) -> String {
     format!("outbox:{id}")
 }
 
-/// Queues an email on `conn`, inside the caller's transaction; answers its id. Call
-/// `AppState::wake_outbox` after the commit so that the worker sends it at once.
+/// Queues an email on `conn`, inside the caller's transaction; answers its id. Wake the
+/// worker after the commit so that it sends the email at once.
 pub async fn enqueue(
     conn: &mut sqlx::AnyConnection,
     master_key: &MasterKey,
     outgoing: Outgoing<'_>,
+    now: Timestamp,
 ) -> anyhow::Result<String> {
     let id = new_id("msg");
-    let now = Timestamp::now().0;
     let message_id = format!("<{}@{}>", &id[4..], outgoing.from.domain());
     let body = serde_json::to_vec(&Body {
         text: outgoing.email.text,
@@ -61,7 +59,7 @@ pub async fn enqueue(
     .bind(&outgoing.email.subject)
     .bind(master_key.seal(&body, &seal_context(&id)))
     .bind(&message_id)
-    .bind(now)
+    .bind(now.0)
     .execute(conn)
     .await?;
     Ok(id)
@@ -88,6 +86,20 @@ impl MessageStatus {
             MessageStatus::Failed => "failed",
         }
     }
+
+    fn parse(value: &str) -> sqlx::Result<MessageStatus> {
+        Ok(match value {
+            "queued" => MessageStatus::Queued,
+            "sending" => MessageStatus::Sending,
+            "sent" => MessageStatus::Sent,
+            "failed" => MessageStatus::Failed,
+            other => {
+                return Err(sqlx::Error::Decode(
+                    format!("unknown message status {other}").into(),
+                ));
+            }
+        })
+    }
 }
 
 /// A message in the delivery log.
@@ -99,7 +111,7 @@ pub struct MessageLog {
     pub from: String,
     pub to: String,
     pub subject: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub attempts: i64,
     /// The reason of the last failed attempt, in the server's words.
     pub last_error: Option<String>,
@@ -116,92 +128,217 @@ const LOG_COLUMNS: &str = "id, kind, from_address, to_address, subject, status, 
 
 impl sqlx::FromRow<'_, AnyRow> for MessageLog {
     fn from_row(row: &AnyRow) -> sqlx::Result<MessageLog> {
-        let status: String = row.try_get("status")?;
+        let status = MessageStatus::parse(&row.try_get::<String, _>("status")?)?;
+        let next_attempt_at = match status {
+            MessageStatus::Queued => row.try_get::<Option<i64>, _>("next_attempt_at")?,
+            _ => None,
+        };
         Ok(MessageLog {
             id: row.try_get("id")?,
             kind: row.try_get("kind")?,
             from: row.try_get("from_address")?,
             to: row.try_get("to_address")?,
             subject: row.try_get("subject")?,
-            next_attempt_at: match status.as_str() {
-                "queued" => row
-                    .try_get::<Option<i64>, _>("next_attempt_at")?
-                    .map(Timestamp),
-                _ => None,
-            },
             status,
             attempts: row.try_get("attempts")?,
             last_error: row.try_get("last_error")?,
             message_id: row.try_get("message_id")?,
             created_at: Timestamp(row.try_get("created_at")?),
             updated_at: Timestamp(row.try_get("updated_at")?),
+            next_attempt_at: next_attempt_at.map(Timestamp),
             sent_at: row.try_get::<Option<i64>, _>("sent_at")?.map(Timestamp),
         })
     }
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct MessageList {
-    pub items: Vec<MessageLog>,
-    pub limit: i64,
-    pub offset: i64,
-}
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct MessageFilter {
-    /// Only messages with this status.
-    #[param(inline)]
-    pub status: Option<MessageStatus>,
-}
-
-/// The account's delivery log, newest first.
-#[utoipa::path(get, path = "/v2/messages", tag = "messages",
-    params(Page, MessageFilter),
-    responses((status = 200, description = "A page of the delivery log", body = MessageList),
-              (status = 422, description = "Invalid paging or filter", body = crate::http::ErrorBody)))]
-pub async fn list_messages(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(page): Query<Page>,
-    Query(filter): Query<MessageFilter>,
-) -> Result<Json<MessageList>, ApiError> {
-    caller.require(Role::Viewer)?;
-    let (limit, offset) = page.parse()?;
-    let items = sqlx::query_as(&format!(
+/// A page of the account's delivery log, newest first.
+pub async fn list(
+    db: &Db,
+    account_id: &str,
+    status: Option<MessageStatus>,
+    (limit, offset): (i64, i64),
+) -> sqlx::Result<Vec<MessageLog>> {
+    sqlx::query_as(&format!(
         "SELECT {LOG_COLUMNS} FROM outbox WHERE account_id = $1 AND ($2 IS NULL OR status = $2) \
          ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
     ))
-    .bind(&caller.account_id)
-    .bind(filter.status.map(MessageStatus::as_str))
+    .bind(account_id)
+    .bind(status.map(MessageStatus::as_str))
     .bind(limit)
     .bind(offset)
-    .fetch_all(&state.db.pool)
-    .await?;
-    Ok(Json(MessageList {
-        items,
-        limit,
-        offset,
-    }))
+    .fetch_all(&db.pool)
+    .await
 }
 
-/// One message of the delivery log.
-#[utoipa::path(get, path = "/v2/messages/{id}", tag = "messages",
-    params(("id" = String, Path, description = "The message's id")),
-    responses((status = 200, description = "The message", body = MessageLog)))]
-pub async fn get_message(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<MessageLog>, ApiError> {
-    caller.require(Role::Viewer)?;
+pub async fn get(db: &Db, id: &str, account_id: &str) -> sqlx::Result<Option<MessageLog>> {
     sqlx::query_as(&format!(
         "SELECT {LOG_COLUMNS} FROM outbox WHERE id = $1 AND account_id = $2"
     ))
-    .bind(&id)
-    .bind(&caller.account_id)
-    .fetch_optional(&state.db.pool)
-    .await?
-    .map(Json)
-    .ok_or_else(|| ApiError::not_found("message"))
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(&db.pool)
+    .await
+}
+
+/// A message the worker holds the lease on.
+pub struct Claimed {
+    pub id: String,
+    pub account_id: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub subject: String,
+    sealed_body: String,
+    pub message_id: String,
+    /// This attempt's number, from 1.
+    pub attempts: i64,
+    pub created_at: i64,
+    lease_until: i64,
+}
+
+impl Claimed {
+    pub fn open_body(&self, master_key: &MasterKey) -> anyhow::Result<Body> {
+        let bytes = master_key.open(&self.sealed_body, &seal_context(&self.id))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+/// Takes the lease on up to `limit` due messages (queued and due, or sending with an
+/// expired lease) for this instance alone.
+pub async fn claim_due(db: &Db, limit: i64, lease_ms: i64) -> sqlx::Result<Vec<Claimed>> {
+    let lock = match db.engine {
+        Engine::Postgres => "FOR UPDATE SKIP LOCKED",
+        Engine::Sqlite => "",
+    };
+    let due = "((status = 'queued' AND next_attempt_at <= $2) OR (status = 'sending' AND lease_until < $2))";
+    let sql = format!(
+        "UPDATE outbox SET status = 'sending', lease_until = $1, attempts = attempts + 1, updated_at = $2 \
+         WHERE id IN (SELECT id FROM outbox WHERE {due} ORDER BY next_attempt_at LIMIT $3 {lock}) AND {due} \
+         RETURNING id, account_id, from_address, to_address, subject, body, message_id, attempts, created_at, lease_until"
+    );
+    let now = db.now().0;
+    let rows = sqlx::query(&sql)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Claimed {
+                id: row.try_get("id")?,
+                account_id: row.try_get("account_id")?,
+                from: row.try_get("from_address")?,
+                to: row.try_get("to_address")?,
+                subject: row.try_get("subject")?,
+                sealed_body: row.try_get("body")?,
+                message_id: row.try_get("message_id")?,
+                attempts: row.try_get("attempts")?,
+                created_at: row.try_get("created_at")?,
+                lease_until: row.try_get("lease_until")?,
+            })
+        })
+        .collect()
+}
+
+/// How an attempt ended, as the delivery log records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    Temporary,
+    Permanent,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Temporary => "temporary",
+            Outcome::Permanent => "permanent",
+        }
+    }
+}
+
+/// One attempt to record, and what it leaves the message as.
+pub struct Attempt<'a> {
+    pub message: &'a Claimed,
+    pub transport: &'a str,
+    pub outcome: Outcome,
+    /// The relay's reply, or why it failed.
+    pub detail: &'a str,
+    pub status: MessageStatus,
+    pub next_attempt_at: Option<i64>,
+}
+
+/// Records attempts in one transaction; answers those that were still this instance's
+/// (past its lease, another instance owns a message).
+pub async fn record<'a>(
+    db: &Db,
+    attempts: &'a [Attempt<'a>],
+    now: Timestamp,
+) -> sqlx::Result<Vec<&'a Attempt<'a>>> {
+    let mut tx = db.begin().await?;
+    let mut recorded = Vec::with_capacity(attempts.len());
+    for attempt in attempts {
+        let message = attempt.message;
+        let sent_at = (attempt.status == MessageStatus::Sent).then_some(now.0);
+        let last_error = (attempt.outcome != Outcome::Sent).then_some(attempt.detail);
+        let updated = sqlx::query(
+            "UPDATE outbox SET status = $2, next_attempt_at = $3, sent_at = $4, last_error = $5, \
+             lease_until = NULL, updated_at = $6 WHERE id = $1 AND lease_until = $7",
+        )
+        .bind(&message.id)
+        .bind(attempt.status.as_str())
+        .bind(attempt.next_attempt_at)
+        .bind(sent_at)
+        .bind(last_error)
+        .bind(now.0)
+        .bind(message.lease_until)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            tracing::warn!(message = %message.id, "lease lost before the attempt was recorded");
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO delivery_attempts (message_id, attempt, at, transport, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&message.id)
+        .bind(message.attempts)
+        .bind(now.0)
+        .bind(attempt.transport)
+        .bind(attempt.outcome.as_str())
+        .bind(attempt.detail)
+        .execute(&mut *tx)
+        .await?;
+        recorded.push(attempt);
+    }
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// How the outbox stands: messages waiting, how overdue the oldest is, failures lately.
+pub struct Depth {
+    pub waiting: i64,
+    pub oldest_due: Option<i64>,
+    pub failed_last_hour: i64,
+}
+
+pub async fn depth(db: &Db) -> sqlx::Result<Depth> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS depth, MIN(next_attempt_at) AS oldest FROM outbox WHERE status IN ('queued', 'sending')",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    let failed_last_hour = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox WHERE status = 'failed' AND updated_at > $1",
+    )
+    .bind(db.now().0 - 3_600_000)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(Depth {
+        waiting: row.try_get("depth")?,
+        oldest_due: row.try_get("oldest")?,
+        failed_last_hour,
+    })
 }

@@ -2,6 +2,8 @@
 //! `subject.txt`, `body.txt` and `body.html`. `{{name}}` is replaced by a value,
 //! HTML-escaped in the HTML body.
 
+use crate::types::text::escape_html;
+
 /// The kinds of email mailroom sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -63,21 +65,6 @@ fn fill(template: &str, values: &[(&str, &str)], encode: impl Fn(&str) -> String
         .fold(template.to_string(), |out, (name, value)| {
             out.replace(&format!("{{{{{name}}}}}"), &encode(value))
         })
-}
-
-pub fn escape_html(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -7,12 +7,11 @@ use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{COLUMNS, FROM, Stored, mark_verified};
-use crate::http::AppState;
+use super::store::{self, Stored};
 use crate::http::pages::page;
-use crate::mail::templates::escape_html;
-use crate::store::Timestamp;
+use crate::state::AppState;
 use crate::store::secrets::digest;
+use crate::types::text::escape_html;
 
 #[derive(Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
@@ -33,10 +32,7 @@ async fn lookup(state: &AppState, token: Option<&str>) -> Result<Stored, Respons
     let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 128) else {
         return Err(unknown());
     };
-    let stored: Option<Stored> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} {FROM} WHERE s.token_hash = $1"))
-            .bind(digest(token))
-            .fetch_optional(&state.db.pool)
+    let stored = store::by_token(&state.db, &digest(token))
             .await
             .map_err(|error| {
                 tracing::error!(%error, "cannot look up a verification token");
@@ -49,7 +45,7 @@ async fn lookup(state: &AppState, token: Option<&str>) -> Result<Stored, Respons
     let stored = stored.ok_or_else(unknown)?;
     if stored
         .expires_at
-        .is_some_and(|expires| expires < Timestamp::now().0)
+        .is_some_and(|expires| expires < state.db.now().0)
     {
         return Err(page(
             StatusCode::GONE,
@@ -104,7 +100,7 @@ pub async fn confirm_verification(
         Ok(stored) => stored,
         Err(response) => return response,
     };
-    match mark_verified(&state.db, &stored.id).await {
+    match store::mark_verified(&state.db, &stored.id).await {
         Ok(true) => page(
             StatusCode::OK,
             "Address confirmed",

@@ -5,6 +5,9 @@ pub mod groups;
 mod migrations;
 pub mod passwords;
 pub mod secrets;
+mod clock;
+
+pub use clock::{Clock, Timestamp};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -13,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rand::RngCore;
-use serde::Serialize;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
@@ -31,6 +33,8 @@ pub struct Db {
     /// SQLite has one writer at a time: this process's writers queue here, holding no
     /// connection, so that readers always find one free.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// What every rule that depends on time reads "now" from.
+    pub clock: Clock,
 }
 
 /// A write transaction (see `Db::begin`); it rolls back when dropped uncommitted.
@@ -97,6 +101,7 @@ impl Db {
             pool,
             engine,
             writer: Arc::default(),
+            clock: Clock::default(),
         })
     }
 
@@ -123,6 +128,10 @@ impl Db {
                 _turn: None,
             }),
         }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
@@ -173,7 +182,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// `{prefix}_{24 hex}`: 96 random bits, enough that ids never collide.
 /// `$first, $first+1, …`: `count` numbered parameters, for an `IN (…)` or `VALUES` list.
 pub fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
@@ -182,52 +190,12 @@ pub fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// `{prefix}_{24 hex}`: 96 random bits, enough that ids never collide.
 pub fn new_id(prefix: &str) -> String {
     let mut bytes = [0u8; 12];
     rand::rng().fill_bytes(&mut bytes);
     format!("{prefix}_{}", hex::encode(bytes))
 }
-
-/// A moment in UTC, stored as milliseconds since the Unix epoch (an integer both engines
-/// share) and rendered as RFC 3339.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Timestamp(pub i64);
-
-impl Timestamp {
-    pub fn now() -> Timestamp {
-        let now = time::OffsetDateTime::now_utc();
-        Timestamp((now.unix_timestamp_nanos() / 1_000_000) as i64)
-    }
-
-    pub fn rfc3339(self) -> String {
-        let nanos = i128::from(self.0) * 1_000_000;
-        let moment = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        let format = time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        );
-        moment.format(&format).unwrap_or_default()
-    }
-}
-
-impl Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.rfc3339())
-    }
-}
-
-impl utoipa::PartialSchema for Timestamp {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::Type::String)
-            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
-                utoipa::openapi::KnownFormat::DateTime,
-            )))
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for Timestamp {}
 
 /// Whether a database error is a unique-constraint violation (a duplicate).
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {

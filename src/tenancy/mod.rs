@@ -1,56 +1,19 @@
-//! Accounts (tenants), entities (workspaces inside them), users, memberships, API keys.
+//! Accounts (tenants) and entities (workspaces inside them), and the API keys an admin
+//! makes for them.
 
 pub mod accounts;
-pub mod api_keys;
-pub mod entities;
+mod routes;
+pub mod store;
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::http::AppState;
-
-/// What a credential may do: `viewer` reads, `editor` also writes domains, mailboxes and
-/// senders, `admin` also manages invitations, API keys, SMTP settings and members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Viewer,
-    Editor,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Editor => "editor",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// The `role` column of a row.
-    pub fn from_row(row: &sqlx::any::AnyRow) -> sqlx::Result<Role> {
-        use sqlx::Row;
-        let role: String = row.try_get("role")?;
-        Role::parse(&role).ok_or_else(|| sqlx::Error::Decode(format!("unknown role {role}").into()))
-    }
-
-    pub fn parse(value: &str) -> Option<Role> {
-        match value {
-            "viewer" => Some(Role::Viewer),
-            "editor" => Some(Role::Editor),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(entities::create_entity, entities::list_entities))
-        .routes(routes!(entities::get_entity))
-        .routes(routes!(api_keys::create_api_key, api_keys::list_api_keys))
-        .routes(routes!(api_keys::delete_api_key))
+        .routes(routes!(routes::create_entity, routes::list_entities))
+        .routes(routes!(routes::get_entity))
+        .routes(routes!(routes::create_api_key, routes::list_api_keys))
+        .routes(routes!(routes::delete_api_key))
 }

@@ -1,4 +1,4 @@
-//! Free-text fields such as names and descriptions.
+//! Free text: names and descriptions people type, and text put into HTML.
 
 /// A human-readable name: trimmed, 1 to `max_chars` characters, no control characters.
 pub fn parse_name(value: &str, max_chars: usize) -> Result<String, String> {
@@ -13,6 +13,22 @@ pub fn parse_name(value: &str, max_chars: usize) -> Result<String, String> {
         return Err("must not contain control characters".to_string());
     }
     Ok(value.to_string())
+}
+
+/// `value` with the characters HTML gives a meaning to replaced by entities.
+pub fn escape_html(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

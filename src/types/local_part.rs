@@ -15,7 +15,7 @@ impl LocalPart {
                     .to_string(),
             );
         }
-        crate::mail::address::check_local_part(&lowered)
+        super::email_address::check_local_part(&lowered)
             .map_err(|e| e.replace("the part before the @", "local_part"))?;
         Ok(LocalPart(lowered))
     }

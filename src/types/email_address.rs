@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::domains::DomainName;
+use super::DomainName;
 
 /// `local@domain`: a dot-atom local part (RFC 5322) of at most 64 octets and a domain that
 /// passes the `DomainName` rules, at most 254 octets in all (RFC 5321). The domain is

@@ -1,0 +1,508 @@
+//! The `domains`, `domain_lookups` and `domain_events` tables.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+
+use super::dkim;
+use super::model::{Checked, Domain, DomainRow, DomainStatus, Due, PROOF_GRACE, Standing};
+use super::records::{self, Found, Wanted};
+use crate::config::Settings;
+use crate::store::crypto::MasterKey;
+use crate::store::{Db, Engine, Timestamp, new_id, placeholders};
+use crate::types::DomainName;
+
+const COLUMNS: &str = "id, name, status, created_at, verified_at, last_checked_at";
+
+/// How long a claimed check may run before another instance may take it over.
+const LEASE_MS: i64 = 120_000;
+
+/// Why a domain could not be added.
+#[derive(Debug)]
+pub enum AddError {
+    /// The account has it already.
+    Exists(DomainName),
+    /// Another account has it active.
+    ActiveElsewhere(DomainName),
+    Failed(anyhow::Error),
+}
+
+impl From<sqlx::Error> for AddError {
+    fn from(error: sqlx::Error) -> AddError {
+        AddError::Failed(error.into())
+    }
+}
+
+impl From<anyhow::Error> for AddError {
+    fn from(error: anyhow::Error) -> AddError {
+        AddError::Failed(error)
+    }
+}
+
+/// The domain of an account by name.
+pub async fn find(db: &Db, account_id: &str, name: &DomainName) -> sqlx::Result<Option<DomainRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM domains WHERE account_id = $1 AND name = $2"
+    ))
+    .bind(account_id)
+    .bind(name.as_str())
+    .fetch_optional(&db.pool)
+    .await
+}
+
+/// A page of the account's domains by name, of one status when given.
+pub async fn list(
+    db: &Db,
+    account_id: &str,
+    status: Option<DomainStatus>,
+    (limit, offset): (i64, i64),
+) -> sqlx::Result<Vec<DomainRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM domains WHERE account_id = $1 AND ($2 IS NULL OR status = $2) \
+         ORDER BY name LIMIT $3 OFFSET $4"
+    ))
+    .bind(account_id)
+    .bind(status.map(DomainStatus::as_str))
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// Adds a domain to an account as `pending`, with its DKIM keys.
+pub async fn add(
+    db: &Db,
+    master_key: &MasterKey,
+    settings: &Settings,
+    account_id: &str,
+    name: &DomainName,
+) -> Result<DomainRow, AddError> {
+    let active_elsewhere: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM domains WHERE name = $1 AND status = 'active'")
+            .bind(name.as_str())
+            .fetch_optional(&db.pool)
+            .await?;
+    if active_elsewhere.is_some() {
+        return Err(AddError::ActiveElsewhere(name.clone()));
+    }
+    let keys = dkim::generate_keys().await?;
+    let now = db.now();
+    let interval_ms = (settings.dns_check_interval.max(1) as i64).saturating_mul(1000);
+    let id = new_id("dom");
+    let mut tx = db.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO domains (id, account_id, name, status, created_at, status_changed_at, next_check_at) \
+         VALUES ($1, $2, $3, 'pending', $4, $4, $5)",
+    )
+    .bind(&id)
+    .bind(account_id)
+    .bind(name.as_str())
+    .bind(now.0)
+    .bind(now.0 + interval_ms)
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Err(error) if crate::store::is_unique_violation(&error) => {
+            return Err(AddError::Exists(name.clone()));
+        }
+        inserted => inserted?,
+    };
+    dkim::insert_keys(&mut tx, &id, &keys, master_key, now).await?;
+    record_event(&mut tx, &id, None, DomainStatus::Pending, "added", now).await?;
+    tx.commit().await?;
+    find(db, account_id, name)
+        .await?
+        .ok_or_else(|| AddError::Failed(anyhow::anyhow!("{name} vanished as it was added")))
+}
+
+/// The account's domain `name`, added as `pending` when new; safe when several requests
+/// add the same name at once.
+pub async fn find_or_add(
+    db: &Db,
+    master_key: &MasterKey,
+    settings: &Settings,
+    account_id: &str,
+    name: &DomainName,
+) -> Result<DomainRow, AddError> {
+    if let Some(row) = find(db, account_id, name).await? {
+        return Ok(row);
+    }
+    match add(db, master_key, settings, account_id, name).await {
+        Err(AddError::Exists(_)) => find(db, account_id, name)
+            .await?
+            .ok_or_else(|| AddError::Failed(anyhow::anyhow!("{name} vanished as it was added"))),
+        result => result,
+    }
+}
+
+/// Deletes the account's domain with its keys, lookups and events.
+pub async fn delete(db: &Db, id: &str, account_id: &str) -> sqlx::Result<bool> {
+    let deleted = sqlx::query("DELETE FROM domains WHERE id = $1 AND account_id = $2")
+        .bind(id)
+        .bind(account_id)
+        .execute(&db.pool)
+        .await?;
+    Ok(deleted.rows_affected() > 0)
+}
+
+/// Attaches records (wanted, and found at the last check) to domain rows, with two
+/// queries for any number of domains.
+pub async fn render(
+    db: &Db,
+    settings: &Settings,
+    rows: Vec<DomainRow>,
+) -> sqlx::Result<Vec<Domain>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let tokens = dkim::tokens_of(db, &ids).await?;
+
+    let sql = format!(
+        "SELECT domain_id, record_type, name, found, found_at, error FROM domain_lookups \
+         WHERE domain_id IN ({})",
+        placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for id in &ids {
+        query = query.bind(*id);
+    }
+    let mut found: HashMap<(String, String, String), Found> = HashMap::new();
+    for row in query.fetch_all(&db.pool).await? {
+        let values: String = row.try_get("found")?;
+        found.insert(
+            (
+                row.try_get("domain_id")?,
+                row.try_get("record_type")?,
+                row.try_get("name")?,
+            ),
+            Found {
+                values: serde_json::from_str(&values).unwrap_or_default(),
+                at: row.try_get("found_at")?,
+                error: row.try_get("error")?,
+            },
+        );
+    }
+
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let wanted = records::wanted(
+                &row.name,
+                tokens.get(&row.id).map_or(&[][..], |t| t),
+                settings,
+            );
+            let records = wanted
+                .iter()
+                .map(|w| {
+                    let key = (row.id.clone(), w.record_type.to_string(), w.name.clone());
+                    records::evaluate(w, found.get(&key), &row.name, settings)
+                })
+                .collect();
+            Domain {
+                domain: row.name,
+                status: row.status,
+                records,
+                created_at: Timestamp(row.created_at),
+                verified_at: row.verified_at.map(Timestamp),
+                last_checked_at: row.last_checked_at.map(Timestamp),
+            }
+        })
+        .collect())
+}
+
+pub async fn record_event(
+    conn: &mut sqlx::AnyConnection,
+    domain_id: &str,
+    from: Option<DomainStatus>,
+    to: DomainStatus,
+    reason: &str,
+    at: Timestamp,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO domain_events (domain_id, at, from_status, to_status, reason) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(domain_id)
+    .bind(at.0)
+    .bind(from.map(DomainStatus::as_str))
+    .bind(to.as_str())
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The operator's override (CLI only): sets the status of the domain `name` in the
+/// account that holds it (`account_id` picks one when several do); answers the account.
+pub async fn set_status_by_operator(
+    db: &Db,
+    name: &DomainName,
+    account_id: Option<&str>,
+    status: DomainStatus,
+) -> anyhow::Result<String> {
+    let holders: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT id, account_id, status FROM domains WHERE name = $1 AND ($2 IS NULL OR account_id = $2)",
+    )
+    .bind(name.as_str())
+    .bind(account_id)
+    .fetch_all(&db.pool)
+    .await?;
+    let (domain_id, holder, before) = match holders.as_slice() {
+        [] => anyhow::bail!(
+            "no account has added {name}; add it with POST /v2/domains first (or check --account)"
+        ),
+        [one] => one.clone(),
+        _ => anyhow::bail!("several accounts have added {name}; pick one with --account"),
+    };
+    let now = db.now();
+    let mut tx = db.begin().await?;
+    let (verified_by, next_check_at) = match status {
+        DomainStatus::Active => (Some("operator"), Some(now.0 + PROOF_GRACE)),
+        _ => (None, None),
+    };
+    let updated = sqlx::query(
+        "UPDATE domains SET status = $2, verified_by = COALESCE($3, verified_by), \
+         verified_at = CASE WHEN $2 = 'active' THEN $4 ELSE verified_at END, \
+         status_changed_at = $4, proof_missing_since = NULL, next_check_at = $5 WHERE id = $1",
+    )
+    .bind(&domain_id)
+    .bind(status.as_str())
+    .bind(verified_by)
+    .bind(now.0)
+    .bind(next_check_at)
+    .execute(&mut *tx)
+    .await;
+    if let Err(error) = &updated
+        && crate::store::is_unique_violation(error)
+    {
+        anyhow::bail!("{name} is already active in another account");
+    }
+    updated?;
+    let reason = match status {
+        DomainStatus::Active => "activated by the operator",
+        _ => "set by the operator",
+    };
+    let before = DomainStatus::parse(&before)?;
+    record_event(&mut tx, &domain_id, Some(before), status, reason, now).await?;
+    tx.commit().await?;
+    Ok(holder)
+}
+
+/// Takes the lease on one domain for an immediate check; waits while another instance
+/// is checking it. Answers false when the wait ran out.
+pub async fn lease_one(db: &Db, domain_id: &str) -> sqlx::Result<bool> {
+    for _ in 0..100 {
+        let now = db.now().0;
+        let taken = sqlx::query(
+            "UPDATE domains SET lease_until = $2 WHERE id = $1 \
+             AND (lease_until IS NULL OR lease_until < $3)",
+        )
+        .bind(domain_id)
+        .bind(now + LEASE_MS)
+        .bind(now)
+        .execute(&db.pool)
+        .await?;
+        if taken.rows_affected() == 1 {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(false)
+}
+
+/// Claims up to `limit` domains that are due, for this instance alone.
+pub async fn claim_due(db: &Db, limit: i64) -> sqlx::Result<Vec<String>> {
+    let lock = match db.engine {
+        Engine::Postgres => "FOR UPDATE SKIP LOCKED",
+        Engine::Sqlite => "",
+    };
+    let now = db.now().0;
+    let sql = format!(
+        "UPDATE domains SET lease_until = $1 \
+         WHERE id IN (SELECT id FROM domains WHERE next_check_at <= $2 \
+                        AND status IN ('pending', 'active') \
+                        AND (lease_until IS NULL OR lease_until < $2) \
+                      ORDER BY next_check_at LIMIT $3 {lock}) \
+           AND (lease_until IS NULL OR lease_until < $2) \
+         RETURNING id"
+    );
+    sqlx::query_scalar(&sql)
+        .bind(now + LEASE_MS)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&db.pool)
+        .await
+}
+
+/// The domains to check, with their tokens: two queries for a whole batch.
+pub async fn load_due(db: &Db, ids: &[String]) -> anyhow::Result<Vec<Due>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT d.id, d.name, d.status, d.verified_by, d.status_changed_at, d.verified_at, \
+         d.proof_missing_since, d.next_check_at, d.failed_checks, \
+         CAST(CASE WHEN EXISTS (SELECT 1 FROM domains o WHERE o.name = d.name \
+              AND o.status = 'active' AND o.id <> d.id) THEN 1 ELSE 0 END AS BIGINT) AS active_elsewhere \
+         FROM domains d WHERE d.id IN ({})",
+        placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(id);
+    }
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut tokens = dkim::tokens_of(db, &id_refs).await?;
+    let mut due = Vec::with_capacity(ids.len());
+    for row in query.fetch_all(&db.pool).await? {
+        let id: String = row.try_get("id")?;
+        let status: String = row.try_get("status")?;
+        due.push(Due {
+            tokens: tokens.remove(&id).unwrap_or_default(),
+            id,
+            name: row.try_get("name")?,
+            before: Standing {
+                status: DomainStatus::parse(&status)?,
+                verified_by: row.try_get("verified_by")?,
+                status_changed_at: row.try_get("status_changed_at")?,
+                verified_at: row.try_get("verified_at")?,
+                proof_missing_since: row.try_get("proof_missing_since")?,
+                next_check_at: row.try_get("next_check_at")?,
+                failed_checks: row.try_get("failed_checks")?,
+            },
+            active_elsewhere: row.try_get::<i64, _>("active_elsewhere")? != 0,
+        });
+    }
+    Ok(due)
+}
+
+async fn insert_lookups(tx: &mut sqlx::AnyConnection, checks: &[Checked]) -> anyhow::Result<()> {
+    let lookups: Vec<(&Checked, &Wanted, &Found)> = checks
+        .iter()
+        .flat_map(|c| c.lookups.iter().map(move |(w, f)| (c, w, f)))
+        .collect();
+    if lookups.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..lookups.len())
+        .map(|i| format!("({})", placeholders(i * 7 + 1, 7)))
+        .collect();
+    let sql = format!(
+        "INSERT INTO domain_lookups (domain_id, checked_at, record_type, name, found, found_at, error) \
+         VALUES {}",
+        rows.join(", ")
+    );
+    let mut insert = sqlx::query(&sql);
+    for (checked, record, found) in lookups {
+        insert = insert
+            .bind(&checked.due.id)
+            .bind(checked.at)
+            .bind(record.record_type)
+            .bind(&record.name)
+            .bind(serde_json::to_string(&found.values)?)
+            .bind(&found.at)
+            .bind(&found.error);
+    }
+    insert.execute(tx).await?;
+    Ok(())
+}
+
+/// One UPDATE for the checks' domains, from a VALUES list (its columns are `column1`…
+/// on both engines).
+async fn update_standings(tx: &mut sqlx::AnyConnection, checks: &[Checked]) -> anyhow::Result<()> {
+    const TYPES: [&str; 9] = [
+        "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "BIGINT",
+    ];
+    let rows: Vec<String> = (0..checks.len())
+        .map(|i| {
+            let casts: Vec<String> = TYPES
+                .iter()
+                .enumerate()
+                .map(|(k, t)| format!("CAST(${} AS {t})", i * TYPES.len() + k + 1))
+                .collect();
+            format!("({})", casts.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE domains SET status = v.column2, verified_by = v.column3, status_changed_at = v.column4, \
+         verified_at = v.column5, proof_missing_since = v.column6, next_check_at = v.column7, \
+         failed_checks = v.column8, last_checked_at = v.column9, lease_until = NULL \
+         FROM (VALUES {}) AS v WHERE domains.id = v.column1",
+        rows.join(", ")
+    );
+    let mut update = sqlx::query(&sql);
+    for checked in checks {
+        let after = &checked.after;
+        update = update
+            .bind(&checked.due.id)
+            .bind(after.status.as_str())
+            .bind(&after.verified_by)
+            .bind(after.status_changed_at)
+            .bind(after.verified_at)
+            .bind(after.proof_missing_since)
+            .bind(after.next_check_at)
+            .bind(after.failed_checks)
+            .bind(checked.at);
+    }
+    update.execute(tx).await?;
+    Ok(())
+}
+
+/// Stores what the checks found (replacing the last lookups) and what they decided, in
+/// one transaction with a few statements for the whole group.
+pub async fn save_checks(db: &Db, checks: &[Checked]) -> anyhow::Result<()> {
+    if checks.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    let sql = format!(
+        "DELETE FROM domain_lookups WHERE domain_id IN ({})",
+        placeholders(1, checks.len())
+    );
+    let mut delete = sqlx::query(&sql);
+    for checked in checks {
+        delete = delete.bind(&checked.due.id);
+    }
+    delete.execute(&mut *tx).await?;
+
+    // SQLite's binding cost grows with the square of a statement's parameters, so there
+    // a few domains share statements; PostgreSQL takes the whole group in two.
+    let per_statement = match db.engine {
+        Engine::Sqlite => 8,
+        Engine::Postgres => 64,
+    };
+    for chunk in checks.chunks(per_statement) {
+        insert_lookups(&mut tx, chunk).await?;
+        update_standings(&mut tx, chunk).await?;
+    }
+
+    let changed: Vec<(&Checked, &str)> = checks
+        .iter()
+        .filter_map(|c| c.reason.map(|reason| (c, reason)))
+        .collect();
+    if !changed.is_empty() {
+        let rows: Vec<String> = (0..changed.len())
+            .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO domain_events (domain_id, at, from_status, to_status, reason) VALUES {}",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query(&sql);
+        for (checked, reason) in &changed {
+            insert = insert
+                .bind(&checked.due.id)
+                .bind(checked.at)
+                .bind(checked.due.before.status.as_str())
+                .bind(checked.after.status.as_str())
+                .bind(*reason);
+        }
+        insert.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    for (checked, reason) in changed {
+        tracing::info!(domain = %checked.due.name, from = checked.due.before.status.as_str(),
+            to = checked.after.status.as_str(), reason, "domain status changed");
+    }
+    Ok(())
+}

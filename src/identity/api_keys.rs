@@ -1,0 +1,201 @@
+//! API keys (the `api_keys` table): created by the CLI or by an admin, shown once, stored
+//! as a SHA-256 digest, and found again by that digest on every request.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use utoipa::ToSchema;
+
+use super::Role;
+use crate::store::secrets::{digest, new_secret};
+use crate::store::{Db, Timestamp, new_id};
+
+/// Every API key starts with this, so that a leaked one is easy to recognise.
+pub const KEY_PREFIX: &str = "mrk";
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKey {
+    /// `key_` and 24 hex digits; what `X-Key` names.
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// The entity the key is limited to; `null` for a key that acts for the whole account.
+    pub entity_id: Option<String>,
+    /// The first characters of the secret, to tell keys apart.
+    pub prefix: String,
+    pub created_at: Timestamp,
+}
+
+impl sqlx::FromRow<'_, AnyRow> for ApiKey {
+    fn from_row(row: &AnyRow) -> sqlx::Result<ApiKey> {
+        Ok(ApiKey {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            role: Role::from_row(row)?,
+            entity_id: row.try_get("entity_id")?,
+            prefix: row.try_get("prefix")?,
+            created_at: Timestamp(row.try_get("created_at")?),
+        })
+    }
+}
+
+/// A key as created: the only answer that carries its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewApiKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// The secret. It is shown this once; mailroom keeps only a digest of it.
+    pub api_key: String,
+}
+
+/// The credential a secret stands for.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub id: String,
+    pub account_id: String,
+    pub entity_id: Option<String>,
+    pub role: Role,
+}
+
+pub async fn insert(
+    conn: &mut sqlx::AnyConnection,
+    account_id: &str,
+    entity_id: Option<&str>,
+    name: &str,
+    role: Role,
+    now: Timestamp,
+) -> sqlx::Result<NewApiKey> {
+    let secret = new_secret(KEY_PREFIX);
+    let key = ApiKey {
+        id: new_id("key"),
+        name: name.to_string(),
+        role,
+        entity_id: entity_id.map(str::to_string),
+        prefix: secret[..KEY_PREFIX.len() + 9].to_string(),
+        created_at: now,
+    };
+    sqlx::query(
+        "INSERT INTO api_keys (id, account_id, entity_id, name, role, secret_hash, prefix, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&key.id)
+    .bind(account_id)
+    .bind(&key.entity_id)
+    .bind(&key.name)
+    .bind(role.as_str())
+    .bind(digest(&secret))
+    .bind(&key.prefix)
+    .bind(key.created_at.0)
+    .execute(conn)
+    .await?;
+    Ok(NewApiKey {
+        key,
+        api_key: secret,
+    })
+}
+
+/// The account's keys, or only those of `entity_id` when given.
+pub async fn list(db: &Db, account_id: &str, entity_id: Option<&str>) -> sqlx::Result<Vec<ApiKey>> {
+    sqlx::query_as(
+        "SELECT id, name, role, entity_id, prefix, created_at FROM api_keys \
+         WHERE account_id = $1 AND ($2 IS NULL OR entity_id = $2) ORDER BY created_at, id",
+    )
+    .bind(account_id)
+    .bind(entity_id)
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// Deletes key `id` of the account (of `entity_id` when given); answers whether it existed.
+pub async fn delete(
+    db: &Db,
+    id: &str,
+    account_id: &str,
+    entity_id: Option<&str>,
+) -> sqlx::Result<bool> {
+    let deleted = sqlx::query(
+        "DELETE FROM api_keys WHERE id = $1 AND account_id = $2 AND ($3 IS NULL OR entity_id = $3)",
+    )
+    .bind(id)
+    .bind(account_id)
+    .bind(entity_id)
+    .execute(&db.pool)
+    .await?;
+    Ok(deleted.rows_affected() > 0)
+}
+
+/// The keys that answered lately, by digest, so that a request costs one query fewer.
+/// Only keys that exist are kept: a new key works at once, and guessing fills nothing.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, (Instant, KeyRecord)>>,
+}
+
+impl KeyCache {
+    /// How long a deleted key may still work on another instance.
+    pub const TTL: Duration = Duration::from_secs(2);
+    const MAX_ENTRIES: usize = 10_000;
+
+    fn get(&self, digest: &str) -> Option<KeyRecord> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(digest)
+            .filter(|(at, _)| at.elapsed() < Self::TTL)
+            .map(|(_, key)| key.clone())
+    }
+
+    fn put(&self, digest: String, key: KeyRecord) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+            if entries.len() >= Self::MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(digest, (Instant::now(), key));
+    }
+
+    /// After a key is deleted: this instance forgets every key at once.
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// The key a secret belongs to, from the cache or by one lookup on a unique index (no
+/// slow hash: the secret is random).
+pub async fn authenticate(
+    db: &Db,
+    cache: &KeyCache,
+    secret: &str,
+) -> sqlx::Result<Option<KeyRecord>> {
+    let digest = digest(secret);
+    if let Some(key) = cache.get(&digest) {
+        return Ok(Some(key));
+    }
+    let row =
+        sqlx::query("SELECT id, account_id, entity_id, role FROM api_keys WHERE secret_hash = $1")
+            .bind(&digest)
+            .fetch_optional(&db.pool)
+            .await?;
+    let key = row
+        .map(|row| {
+            Ok::<_, sqlx::Error>(KeyRecord {
+                id: row.try_get("id")?,
+                account_id: row.try_get("account_id")?,
+                entity_id: row.try_get("entity_id")?,
+                role: Role::from_row(&row)?,
+            })
+        })
+        .transpose()?;
+    if let Some(key) = &key {
+        cache.put(digest, key.clone());
+    }
+    Ok(key)
+}

@@ -1,0 +1,454 @@
+//! Sender addresses over HTTP (spec 000): each operation once, and the account's and an
+//! organization's routes as thin wrappers around it.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use rand::Rng;
+
+use super::model::{
+    CnameRecord, Count, CreateSender, EmailVerification, SenderAddress, SenderStatus, Success,
+    VerifyCode, Scope,
+};
+use super::store::{self, Stored};
+use crate::http::{ApiError, Caller, ErrorBody, Json};
+use crate::identity::Role;
+use crate::mail::outbox::{Outgoing, enqueue};
+use crate::mail::templates::{Kind, render};
+use crate::state::AppState;
+use crate::store::new_id;
+use crate::store::secrets::{digest, new_secret};
+use crate::types::EmailAddress;
+
+const DAY: i64 = 24 * 3_600_000;
+/// Verification emails one address may receive: one a minute, ten a day.
+const RESEND_GAP: i64 = 60_000;
+const SENDS_PER_DAY: i64 = 10;
+const CODE_TRIES: i64 = 5;
+
+/// The organization `id`, when the caller may act in it.
+async fn organization(state: &AppState, caller: &Caller, id: String) -> Result<Scope, ApiError> {
+    caller.check_entity(&state.db, &id).await?;
+    Ok(Scope::Organization(id))
+}
+
+async fn load_or_404(state: &AppState, account_id: &str, scope: &Scope) -> Result<Stored, ApiError> {
+    store::load(&state.db, account_id, scope)
+        .await?
+        .ok_or_else(|| ApiError::not_found("sender address"))
+}
+
+async fn effective_from(
+    state: &AppState,
+    account_id: &str,
+    entity_id: Option<&str>,
+) -> anyhow::Result<EmailAddress> {
+    store::effective_from(&state.db, &state.settings.mail_from, account_id, entity_id).await
+}
+
+async fn render_sender(
+    state: &AppState,
+    stored: Stored,
+    scope: &Scope,
+) -> Result<SenderAddress, ApiError> {
+    let tokens = crate::domains::dkim::tokens(&state.db, &stored.domain_id).await?;
+    let zone = state.settings.dkim_zone.trim_end_matches('.');
+    let dns_records = tokens
+        .iter()
+        .map(|token| CnameRecord {
+            record_type: "CNAME",
+            name: format!("{token}._domainkey.{}", stored.domain),
+            value: format!("{token}.{zone}"),
+        })
+        .collect();
+    let (effective, effective_sender) = match scope {
+        Scope::Account => (None, None),
+        Scope::Organization(id) => {
+            let from = effective_from(state, &stored.account_id, Some(id)).await?;
+            (
+                Some(stored.fully_verified() && from.to_string() == stored.email),
+                Some(from.to_string()),
+            )
+        }
+    };
+    Ok(SenderAddress {
+        created_at: crate::store::Timestamp(stored.created_at),
+        updated_at: crate::store::Timestamp(stored.updated_at),
+        email_verification_status: stored.email_status(state.db.now()),
+        domain_verification_status: stored.domain_status(),
+        id: stored.id,
+        email: stored.email,
+        tokens,
+        dns_records,
+        account_id: stored.account_id,
+        organization_id: stored.entity_id,
+        effective,
+        effective_sender,
+    })
+}
+
+fn code_digest(sender_id: &str, code: &str) -> String {
+    digest(&format!("{sender_id}:{code}"))
+}
+
+/// 429 when `email` was sent a verification in the last minute (when `gap` is asked) or
+/// ten in the last day.
+async fn check_send_limits(state: &AppState, email: &str, gap: bool) -> Result<(), ApiError> {
+    let now = state.db.now().0;
+    let (sent, first, last) = store::sends_since(&state.db, email, now - DAY).await?;
+    if gap
+        && let Some(last) = last
+        && now - last < RESEND_GAP
+    {
+        return Err(ApiError::too_many(
+            "too_many_verifications",
+            "a verification email went to this address less than a minute ago",
+            last + RESEND_GAP - now,
+        ));
+    }
+    if sent >= SENDS_PER_DAY {
+        return Err(ApiError::too_many(
+            "too_many_verifications",
+            "this address has had ten verification emails today",
+            first.unwrap_or(now) + DAY - now,
+        ));
+    }
+    Ok(())
+}
+
+/// Issues a new link and code and queues the email from `from`, inside `tx` (which must
+/// not wait for another pooled connection: SQLite writers hold the lock meanwhile).
+async fn send_verification(
+    state: &AppState,
+    tx: &mut sqlx::AnyConnection,
+    sender_id: &str,
+    email: &EmailAddress,
+    from: &EmailAddress,
+    scope: &Scope,
+    account_id: &str,
+) -> Result<(), ApiError> {
+    let token = new_secret("ev");
+    let code = format!("{:06}", rand::rng().random_range(0..1_000_000));
+    let now = state.db.now();
+    store::issue_secrets(
+        &mut *tx,
+        sender_id,
+        &email.to_string(),
+        (&digest(&token), &code_digest(sender_id, &code)),
+        now.0 + DAY,
+        now,
+    )
+    .await?;
+    let link = format!("{}/v1/email-address/verify?token={token}", state.public_url);
+    let scope_name = match scope {
+        Scope::Account => "your account".to_string(),
+        Scope::Organization(id) => format!("the organization {id}"),
+    };
+    let email_text = render(
+        Kind::SenderVerification,
+        &[
+            ("email", &email.to_string()),
+            ("scope", &scope_name),
+            ("link", &link),
+            ("code", &code),
+        ],
+    );
+    let outgoing = Outgoing {
+        account_id: Some(account_id),
+        from,
+        to: email,
+        email: email_text,
+    };
+    enqueue(&mut *tx, &state.master_key, outgoing, now).await?;
+    Ok(())
+}
+
+async fn create(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+    body: CreateSender,
+) -> Result<(StatusCode, Json<SenderAddress>), ApiError> {
+    caller.require(Role::Editor)?;
+    let email = EmailAddress::parse(&body.email).map_err(|e| ApiError::invalid("email", e))?;
+    check_send_limits(state, &email.to_string(), false).await?;
+    let domain = crate::domains::store::find_or_add(
+        &state.db,
+        &state.master_key,
+        &state.settings,
+        &caller.account_id,
+        email.domain(),
+    )
+    .await?;
+    let id = new_id("snd");
+    let from = effective_from(state, &caller.account_id, scope.entity_id()).await?;
+    let mut tx = state.db.begin().await?;
+    store::delete(&mut tx, &caller.account_id, &scope).await?;
+    let now = state.db.now();
+    let address = email.to_string();
+    store::insert(&mut tx, &id, &caller.account_id, &scope, &address, &domain.id, now).await?;
+    send_verification(state, &mut tx, &id, &email, &from, &scope, &caller.account_id).await?;
+    tx.commit().await?;
+    state.wake_outbox();
+    let stored = load_or_404(state, &caller.account_id, &scope).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(render_sender(state, stored, &scope).await?),
+    ))
+}
+
+async fn get(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+) -> Result<Json<SenderAddress>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let stored = load_or_404(state, &caller.account_id, &scope).await?;
+    Ok(Json(render_sender(state, stored, &scope).await?))
+}
+
+async fn delete(state: &AppState, caller: &Caller, scope: Scope) -> Result<Json<Count>, ApiError> {
+    caller.require(Role::Editor)?;
+    let mut conn = state.db.pool.acquire().await?;
+    let count = store::delete(&mut conn, &caller.account_id, &scope).await?;
+    Ok(Json(Count { count }))
+}
+
+async fn status(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+) -> Result<Json<SenderStatus>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let stored = load_or_404(state, &caller.account_id, &scope).await?;
+    Ok(Json(SenderStatus {
+        email_verification_status: stored.email_status(state.db.now()),
+        domain_verification_status: stored.domain_status(),
+    }))
+}
+
+fn already_verified(stored: &Stored) -> ApiError {
+    ApiError::conflict(
+        "already_verified",
+        format!("{} is verified already", stored.email),
+    )
+}
+
+async fn resend(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+) -> Result<Json<Success>, ApiError> {
+    caller.require(Role::Editor)?;
+    let stored = load_or_404(state, &caller.account_id, &scope).await?;
+    if stored.verified_at.is_some() {
+        return Err(already_verified(&stored));
+    }
+    check_send_limits(state, &stored.email, true).await?;
+    let email = EmailAddress::parse(&stored.email).map_err(ApiError::internal)?;
+    let from = effective_from(state, &caller.account_id, scope.entity_id()).await?;
+    let mut tx = state.db.begin().await?;
+    send_verification(state, &mut tx, &stored.id, &email, &from, &scope, &caller.account_id)
+        .await?;
+    tx.commit().await?;
+    state.wake_outbox();
+    Ok(Json(Success { success: true }))
+}
+
+async fn verify_code(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+    body: VerifyCode,
+) -> Result<Json<SenderAddress>, ApiError> {
+    caller.require(Role::Editor)?;
+    let stored = load_or_404(state, &caller.account_id, &scope).await?;
+    if stored.verified_at.is_some() {
+        return Err(already_verified(&stored));
+    }
+    if stored.email_status(state.db.now()) == EmailVerification::Expired {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "code_expired",
+            "the code has expired; ask for a new one with resend-verification",
+        ));
+    }
+    let Some(code_hash) = &stored.code_hash else {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "code_void",
+            "the code is void after too many wrong tries; ask for a new one with resend-verification",
+        ));
+    };
+    if code_digest(&stored.id, body.code.trim()) != *code_hash {
+        let failures = stored.code_failures + 1;
+        let void = failures >= CODE_TRIES;
+        store::record_wrong_code(&state.db, &stored.id, failures, void).await?;
+        let message = if void {
+            "wrong code; that was the last try, ask for a new code with resend-verification"
+                .to_string()
+        } else {
+            format!("wrong code; {} tries left", CODE_TRIES - failures)
+        };
+        return Err(
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "wrong_code", message)
+                .with_param("code"),
+        );
+    }
+    store::mark_verified(&state.db, &stored.id).await?;
+    let stored = load_or_404(state, &caller.account_id, &scope).await?;
+    Ok(Json(render_sender(state, stored, &scope).await?))
+}
+
+/// Create the account's sender address (replacing one it has) and email it a link and code.
+#[utoipa::path(post, path = "/v1/email-address", tag = "sender-address", request_body = CreateSender,
+    responses((status = 201, description = "The sender address", body = SenderAddress),
+              (status = 409, description = "The domain is verified by another account", body = ErrorBody),
+              (status = 429, description = "Too many verification emails to this address", body = ErrorBody)))]
+pub async fn create_sender(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<CreateSender>,
+) -> Result<(StatusCode, Json<SenderAddress>), ApiError> {
+    create(&state, &caller, Scope::Account, body).await
+}
+
+/// The account's sender address.
+#[utoipa::path(get, path = "/v1/email-address", tag = "sender-address",
+    responses((status = 200, description = "The sender address", body = SenderAddress)))]
+pub async fn get_sender(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SenderAddress>, ApiError> {
+    get(&state, &caller, Scope::Account).await
+}
+
+/// Delete the account's sender address.
+#[utoipa::path(delete, path = "/v1/email-address", tag = "sender-address",
+    responses((status = 200, description = "How many were deleted", body = Count)))]
+pub async fn delete_sender(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Count>, ApiError> {
+    delete(&state, &caller, Scope::Account).await
+}
+
+/// The two verification statuses of the account's sender address.
+#[utoipa::path(get, path = "/v1/email-address/status", tag = "sender-address",
+    responses((status = 200, description = "The statuses", body = SenderStatus)))]
+pub async fn sender_status(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SenderStatus>, ApiError> {
+    status(&state, &caller, Scope::Account).await
+}
+
+/// Send a new link and code (the old ones stop working): once a minute, ten times a day.
+#[utoipa::path(post, path = "/v1/email-address/resend-verification", tag = "sender-address",
+    responses((status = 200, description = "Sent", body = Success),
+              (status = 409, description = "Verified already", body = ErrorBody),
+              (status = 429, description = "Too soon; see Retry-After", body = ErrorBody)))]
+pub async fn resend_verification(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Success>, ApiError> {
+    resend(&state, &caller, Scope::Account).await
+}
+
+/// Verify the account's sender address with the code from the email.
+#[utoipa::path(post, path = "/v1/email-address/verify", tag = "sender-address", request_body = VerifyCode,
+    responses((status = 200, description = "Verified", body = SenderAddress),
+              (status = 409, description = "Verified already", body = ErrorBody),
+              (status = 410, description = "The code expired or is void", body = ErrorBody)))]
+pub async fn verify_by_code(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<VerifyCode>,
+) -> Result<Json<SenderAddress>, ApiError> {
+    verify_code(&state, &caller, Scope::Account, body).await
+}
+
+/// Create an organization's sender address (replacing one it has).
+#[utoipa::path(post, path = "/v1/organizations/{id}/email-address", tag = "sender-address", request_body = CreateSender,
+    params(("id" = String, Path, description = "The organization (entity)")),
+    responses((status = 201, description = "The sender address", body = SenderAddress),
+              (status = 409, description = "The domain is verified by another account", body = ErrorBody),
+              (status = 429, description = "Too many verification emails to this address", body = ErrorBody)))]
+pub async fn create_org_sender(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<CreateSender>,
+) -> Result<(StatusCode, Json<SenderAddress>), ApiError> {
+    let scope = organization(&state, &caller, id).await?;
+    create(&state, &caller, scope, body).await
+}
+
+/// An organization's sender address, with the address its mail is sent from now.
+#[utoipa::path(get, path = "/v1/organizations/{id}/email-address", tag = "sender-address",
+    params(("id" = String, Path, description = "The organization (entity)")),
+    responses((status = 200, description = "The sender address", body = SenderAddress)))]
+pub async fn get_org_sender(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SenderAddress>, ApiError> {
+    let scope = organization(&state, &caller, id).await?;
+    get(&state, &caller, scope).await
+}
+
+/// Delete an organization's sender address.
+#[utoipa::path(delete, path = "/v1/organizations/{id}/email-address", tag = "sender-address",
+    params(("id" = String, Path, description = "The organization (entity)")),
+    responses((status = 200, description = "How many were deleted", body = Count)))]
+pub async fn delete_org_sender(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Count>, ApiError> {
+    let scope = organization(&state, &caller, id).await?;
+    delete(&state, &caller, scope).await
+}
+
+/// The two verification statuses of an organization's sender address.
+#[utoipa::path(get, path = "/v1/organizations/{id}/email-address/status", tag = "sender-address",
+    params(("id" = String, Path, description = "The organization (entity)")),
+    responses((status = 200, description = "The statuses", body = SenderStatus)))]
+pub async fn org_sender_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SenderStatus>, ApiError> {
+    let scope = organization(&state, &caller, id).await?;
+    status(&state, &caller, scope).await
+}
+
+/// Send an organization's sender address a new link and code.
+#[utoipa::path(post, path = "/v1/organizations/{id}/email-address/resend-verification", tag = "sender-address",
+    params(("id" = String, Path, description = "The organization (entity)")),
+    responses((status = 200, description = "Sent", body = Success),
+              (status = 409, description = "Verified already", body = ErrorBody),
+              (status = 429, description = "Too soon; see Retry-After", body = ErrorBody)))]
+pub async fn resend_org_verification(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Success>, ApiError> {
+    let scope = organization(&state, &caller, id).await?;
+    resend(&state, &caller, scope).await
+}
+
+/// Verify an organization's sender address with the code from the email.
+#[utoipa::path(post, path = "/v1/organizations/{id}/email-address/verify", tag = "sender-address", request_body = VerifyCode,
+    params(("id" = String, Path, description = "The organization (entity)")),
+    responses((status = 200, description = "Verified", body = SenderAddress),
+              (status = 409, description = "Verified already", body = ErrorBody),
+              (status = 410, description = "The code expired or is void", body = ErrorBody)))]
+pub async fn verify_org_by_code(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<VerifyCode>,
+) -> Result<Json<SenderAddress>, ApiError> {
+    let scope = organization(&state, &caller, id).await?;
+    verify_code(&state, &caller, scope, body).await
+}

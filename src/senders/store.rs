@@ -1,0 +1,253 @@
+//! The `sender_addresses` and `verification_sends` tables.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::model::{DomainVerification, EmailVerification, Scope};
+use crate::domains::model::DomainStatus;
+use crate::store::{Db, Timestamp};
+use crate::types::EmailAddress;
+
+/// A stored sender address with its domain.
+pub struct Stored {
+    pub id: String,
+    pub account_id: String,
+    pub entity_id: Option<String>,
+    pub email: String,
+    pub domain_id: String,
+    pub domain: String,
+    pub domain_status: DomainStatus,
+    pub verified_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub code_hash: Option<String>,
+    pub code_failures: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const COLUMNS: &str = "s.id, s.account_id, s.entity_id, s.email, s.domain_id, d.name AS domain, \
+                       d.status AS domain_status, s.verified_at, s.expires_at, s.code_hash, s.code_failures, \
+                       s.created_at, s.updated_at";
+const FROM: &str = "FROM sender_addresses s JOIN domains d ON d.id = s.domain_id";
+
+impl sqlx::FromRow<'_, AnyRow> for Stored {
+    fn from_row(row: &AnyRow) -> sqlx::Result<Stored> {
+        let domain_status: String = row.try_get("domain_status")?;
+        Ok(Stored {
+            id: row.try_get("id")?,
+            account_id: row.try_get("account_id")?,
+            entity_id: row.try_get("entity_id")?,
+            email: row.try_get("email")?,
+            domain_id: row.try_get("domain_id")?,
+            domain: row.try_get("domain")?,
+            domain_status: DomainStatus::parse(&domain_status)
+                .map_err(|e| sqlx::Error::Decode(e.into()))?,
+            verified_at: row.try_get("verified_at")?,
+            expires_at: row.try_get("expires_at")?,
+            code_hash: row.try_get("code_hash")?,
+            code_failures: row.try_get("code_failures")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+impl Stored {
+    pub fn email_status(&self, now: Timestamp) -> EmailVerification {
+        match (self.verified_at, self.expires_at) {
+            (Some(_), _) => EmailVerification::Verified,
+            (None, Some(expires)) if expires < now.0 => EmailVerification::Expired,
+            _ => EmailVerification::Pending,
+        }
+    }
+
+    pub fn domain_status(&self) -> DomainVerification {
+        self.domain_status.into()
+    }
+
+    pub fn fully_verified(&self) -> bool {
+        self.verified_at.is_some() && self.domain_status == DomainStatus::Active
+    }
+}
+
+pub async fn load(db: &Db, account_id: &str, scope: &Scope) -> sqlx::Result<Option<Stored>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} {FROM} WHERE s.account_id = $1 AND COALESCE(s.entity_id, '') = $2"
+    ))
+    .bind(account_id)
+    .bind(scope.key())
+    .fetch_optional(&db.pool)
+    .await
+}
+
+/// The address a verification link's token (its digest) was issued for.
+pub async fn by_token(db: &Db, token_hash: &str) -> sqlx::Result<Option<Stored>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} {FROM} WHERE s.token_hash = $1"))
+        .bind(token_hash)
+        .fetch_optional(&db.pool)
+        .await
+}
+
+/// Deletes the scope's address; answers how many were deleted.
+pub async fn delete(
+    conn: &mut sqlx::AnyConnection,
+    account_id: &str,
+    scope: &Scope,
+) -> sqlx::Result<u64> {
+    let deleted = sqlx::query(
+        "DELETE FROM sender_addresses WHERE account_id = $1 AND COALESCE(entity_id, '') = $2",
+    )
+    .bind(account_id)
+    .bind(scope.key())
+    .execute(conn)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+pub async fn insert(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    account_id: &str,
+    scope: &Scope,
+    email: &str,
+    domain_id: &str,
+    now: Timestamp,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO sender_addresses (id, account_id, entity_id, email, domain_id, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(id)
+    .bind(account_id)
+    .bind(scope.entity_id())
+    .bind(email)
+    .bind(domain_id)
+    .bind(now.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Stores a new link and code (their digests) with their expiry, and counts the email.
+pub async fn issue_secrets(
+    conn: &mut sqlx::AnyConnection,
+    sender_id: &str,
+    email: &str,
+    (token_hash, code_hash): (&str, &str),
+    expires_at: i64,
+    now: Timestamp,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sender_addresses SET token_hash = $2, code_hash = $3, code_failures = 0, expires_at = $4, \
+         updated_at = $5 WHERE id = $1",
+    )
+    .bind(sender_id)
+    .bind(token_hash)
+    .bind(code_hash)
+    .bind(expires_at)
+    .bind(now.0)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO verification_sends (email, at) VALUES ($1, $2)")
+        .bind(email)
+        .bind(now.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Verification emails sent to `email` since `since`: how many, the first, the last.
+pub async fn sends_since(
+    db: &Db,
+    email: &str,
+    since: i64,
+) -> sqlx::Result<(i64, Option<i64>, Option<i64>)> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS sent, MIN(at) AS first, MAX(at) AS last FROM verification_sends \
+         WHERE email = $1 AND at > $2",
+    )
+    .bind(email)
+    .bind(since)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok((
+        row.try_get("sent")?,
+        row.try_get("first")?,
+        row.try_get("last")?,
+    ))
+}
+
+/// Counts a wrong code; `void` spends the code for good.
+pub async fn record_wrong_code(
+    db: &Db,
+    sender_id: &str,
+    failures: i64,
+    void: bool,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sender_addresses SET code_failures = $2, \
+         code_hash = CASE WHEN $3 = 1 THEN NULL ELSE code_hash END WHERE id = $1",
+    )
+    .bind(sender_id)
+    .bind(failures)
+    .bind(i64::from(void))
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks an address verified and spends its link and code; false when it was already.
+pub async fn mark_verified(db: &Db, sender_id: &str) -> sqlx::Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE sender_addresses SET verified_at = $2, token_hash = NULL, code_hash = NULL, updated_at = $2 \
+         WHERE id = $1 AND verified_at IS NULL",
+    )
+    .bind(sender_id)
+    .bind(db.now().0)
+    .execute(&db.pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// The fully verified sender of an entity (or, with `None`, of the account), falling back
+/// to the account's own.
+async fn verified_sender(
+    db: &Db,
+    account_id: &str,
+    entity_id: Option<&str>,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT s.email FROM sender_addresses s JOIN domains d ON d.id = s.domain_id \
+         WHERE s.account_id = $1 AND s.verified_at IS NOT NULL AND d.status = 'active' \
+         AND (s.entity_id IS NULL OR s.entity_id = $2) \
+         ORDER BY CASE WHEN s.entity_id IS NULL THEN 1 ELSE 0 END LIMIT 1",
+    )
+    .bind(account_id)
+    .bind(entity_id)
+    .fetch_optional(&db.pool)
+    .await
+}
+
+/// Whether a domain is the domain of a sender address.
+pub async fn exists_for_domain(db: &Db, domain_id: &str) -> sqlx::Result<bool> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM sender_addresses WHERE domain_id = $1")
+            .bind(domain_id)
+            .fetch_optional(&db.pool)
+            .await?;
+    Ok(found.is_some())
+}
+
+/// The From of mail sent for an entity (or, with `None`, for the account): the entity's
+/// sender when both its statuses are verified, else the account's when verified, else
+/// `system_from`.
+pub async fn effective_from(
+    db: &Db,
+    system_from: &str,
+    account_id: &str,
+    entity_id: Option<&str>,
+) -> anyhow::Result<EmailAddress> {
+    let found = verified_sender(db, account_id, entity_id).await?;
+    let address = found.as_deref().unwrap_or(system_from);
+    EmailAddress::parse(address).map_err(|e| anyhow::anyhow!("sender address {address}: {e}"))
+}

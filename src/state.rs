@@ -1,0 +1,30 @@
+//! The state every request handler shares, made once by the composition root (`app`)
+//! from the parts below it.
+
+use std::sync::Arc;
+
+use crate::config::Settings;
+use crate::dns::DnsResolver;
+use crate::identity::KeyCache;
+use crate::store::Db;
+use crate::store::crypto::MasterKey;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub settings: Arc<Settings>,
+    /// The base of links in emails.
+    pub public_url: Arc<str>,
+    pub resolver: DnsResolver,
+    pub master_key: MasterKey,
+    /// Rung after an email is queued, so that the delivery worker starts at once.
+    pub outbox_wakeup: Arc<tokio::sync::Notify>,
+    pub api_keys: Arc<KeyCache>,
+}
+
+impl AppState {
+    /// Call after committing a transaction that queued email.
+    pub fn wake_outbox(&self) {
+        self.outbox_wakeup.notify_one();
+    }
+}

@@ -1,0 +1,10 @@
+//! Value types built only by `parse`: a handler cannot hold an unchecked one.
+
+pub mod domain_name;
+pub mod email_address;
+pub mod local_part;
+pub mod text;
+
+pub use domain_name::DomainName;
+pub use email_address::EmailAddress;
+pub use local_part::LocalPart;
