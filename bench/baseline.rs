@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use mailroom::mailboxes::Mailbox;
+use mailroom::mailboxes::model::Mailbox;
 use mailroom::store::Db;
 use serde::Deserialize;
 use serde_json::{Value, json};

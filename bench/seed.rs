@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use mailroom::config::Settings;
-use mailroom::mail::EmailAddress;
 use mailroom::mail::outbox::{self, Outgoing};
 use mailroom::mail::templates::{Kind, render};
 use mailroom::store::crypto::MasterKey;
 use mailroom::store::{Db, Engine, Timestamp};
+use mailroom::types::EmailAddress;
 use rand::RngCore;
 use serde_json::json;
 use sqlx::Row;
@@ -42,7 +42,7 @@ pub async fn pending_domains(
 ) -> anyhow::Result<()> {
     let settings = settings()?;
     let db = open().await?;
-    let now = Timestamp::now().0;
+    let now = Timestamp::system_now().0;
     let mut zone = format!(
         "$TTL 300\n{suffix}. IN SOA ns.{suffix}. hostmaster.{suffix}. 1 3600 600 86400 300\n\
          {suffix}. IN NS ns.{suffix}.\nns.{suffix}. IN A 127.0.0.1\n"
@@ -98,7 +98,7 @@ fn like(suffix: &str) -> String {
 /// Makes the suffix's domains pending and due now, as if just added.
 pub async fn make_due(suffix: &str) -> anyhow::Result<()> {
     let db = open().await?;
-    let now = Timestamp::now().0;
+    let now = Timestamp::system_now().0;
     sqlx::query(
         "UPDATE domains SET status = 'pending', verified_by = NULL, verified_at = NULL, \
          status_changed_at = $1, next_check_at = $1, failed_checks = 0, lease_until = NULL, \
@@ -153,7 +153,7 @@ pub async fn sweep_done(suffix: &str, since: i64) -> anyhow::Result<()> {
 /// (mailbox n on domain n mod `domains`), all with one password hash.
 pub async fn mailboxes(account: &str, domains: i64, mailboxes: i64) -> anyhow::Result<()> {
     let db = open().await?;
-    let now = Timestamp::now().0;
+    let now = Timestamp::system_now().0;
     let numbers = match db.engine {
         Engine::Sqlite => {
             "(WITH RECURSIVE n(i) AS (SELECT $1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) SELECT i FROM n)"
@@ -204,7 +204,7 @@ pub async fn enqueue(from: &str, to: &str, count: usize) -> anyhow::Result<()> {
     let master_key = MasterKey::load(&settings)?;
     let from = EmailAddress::parse(from).map_err(|e| anyhow::anyhow!("{e}"))?;
     let to = EmailAddress::parse(to).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let queued_at = Timestamp::now().0;
+    let queued_at = db.now().0;
     let email = || {
         render(
             Kind::Test,
@@ -224,7 +224,7 @@ pub async fn enqueue(from: &str, to: &str, count: usize) -> anyhow::Result<()> {
                 to: &to,
                 email: email(),
             };
-            outbox::enqueue(&mut tx, &master_key, outgoing).await?;
+            outbox::enqueue(&mut tx, &master_key, outgoing, db.now()).await?;
         }
         tx.commit().await?;
     }
@@ -238,7 +238,13 @@ pub async fn enqueue(from: &str, to: &str, count: usize) -> anyhow::Result<()> {
         message_id: "<sample@bench.test>",
         date: queued_at,
     };
-    let composed = mailroom::mail::compose::compose(&db, &master_key, parts).await?;
+    let key = mailroom::domains::dkim::signing_key(&db, &master_key, from.domain())
+        .await?
+        .map(|(selector, private_der)| mailroom::mail::port::SigningKey {
+            selector,
+            private_der,
+        });
+    let composed = mailroom::mail::compose::compose(parts, key.as_ref())?;
     let signed = String::from_utf8_lossy(&composed.bytes).contains("DKIM-Signature:");
     println!(
         "{}",

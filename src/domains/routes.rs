@@ -186,25 +186,25 @@ pub async fn delete_domain(
 ) -> Result<Json<Deleted>, ApiError> {
     caller.require(Role::Editor)?;
     let row = find_domain(&state, &caller, &name).await?;
-    let in_use = |why: String| ApiError::conflict("domain_in_use", why);
-    if crate::relays::store::exists_for_domain(&state.db, &row.id).await? {
-        return Err(in_use(format!(
+    let in_use = store::in_use(&state.db, &row.id).await?;
+    let refuse = |why: String| Err(ApiError::conflict("domain_in_use", why));
+    if in_use.relays > 0 {
+        return refuse(format!(
             "{} still has SMTP settings; remove them first (DELETE /api/v2/email/settings?domain={})",
             row.name, row.name
-        )));
+        ));
     }
-    if crate::senders::store::exists_for_domain(&state.db, &row.id).await? {
-        return Err(in_use(format!(
+    if in_use.senders > 0 {
+        return refuse(format!(
             "{} is the domain of a sender address; delete that first (DELETE /v1/email-address)",
             row.name
-        )));
+        ));
     }
-    let mailboxes = crate::mailboxes::store::count_on_domain(&state.db, &row.id).await?;
-    if mailboxes > 0 {
-        return Err(in_use(format!(
-            "{} still has {mailboxes} mailbox(es); delete them first",
-            row.name
-        )));
+    if in_use.mailboxes > 0 {
+        return refuse(format!(
+            "{} still has {} mailbox(es); delete them first",
+            row.name, in_use.mailboxes
+        ));
     }
     if !store::delete(&state.db, &row.id, &caller.account_id).await? {
         return Err(ApiError::not_found("domain"));

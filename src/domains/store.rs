@@ -135,6 +135,29 @@ pub async fn find_or_add(
     }
 }
 
+/// What still refers to a domain, and so keeps it from being deleted.
+pub struct InUse {
+    pub relays: i64,
+    pub senders: i64,
+    pub mailboxes: i64,
+}
+
+pub async fn in_use(db: &Db, id: &str) -> sqlx::Result<InUse> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM smtp_settings WHERE domain_id = $1) AS relays, \
+                (SELECT COUNT(*) FROM sender_addresses WHERE domain_id = $1) AS senders, \
+                (SELECT COUNT(*) FROM mailboxes WHERE domain_id = $1) AS mailboxes",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(InUse {
+        relays: row.try_get("relays")?,
+        senders: row.try_get("senders")?,
+        mailboxes: row.try_get("mailboxes")?,
+    })
+}
+
 /// Deletes the account's domain with its keys, lookups and events.
 pub async fn delete(db: &Db, id: &str, account_id: &str) -> sqlx::Result<bool> {
     let deleted = sqlx::query("DELETE FROM domains WHERE id = $1 AND account_id = $2")

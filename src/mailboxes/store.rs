@@ -79,13 +79,6 @@ pub async fn address_taken(db: &Db, address: &str) -> sqlx::Result<bool> {
     Ok(found.is_some())
 }
 
-pub async fn count_on_domain(db: &Db, domain_id: &str) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM mailboxes WHERE domain_id = $1")
-        .bind(domain_id)
-        .fetch_one(&db.pool)
-        .await
-}
-
 /// A mailbox to insert; its password already hashed.
 pub struct NewMailbox<'a> {
     pub account_id: &'a str,

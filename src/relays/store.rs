@@ -144,14 +144,6 @@ pub async fn delete(db: &Db, id: &str, account_id: &str) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Whether a domain has SMTP settings.
-pub async fn exists_for_domain(db: &Db, domain_id: &str) -> sqlx::Result<bool> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM smtp_settings WHERE domain_id = $1")
-        .bind(domain_id)
-        .fetch_optional(&db.pool)
-        .await?;
-    Ok(found.is_some())
-}
 
 impl Stored {
     /// The relay these settings describe, with the password opened.

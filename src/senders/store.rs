@@ -228,15 +228,6 @@ async fn verified_sender(
     .await
 }
 
-/// Whether a domain is the domain of a sender address.
-pub async fn exists_for_domain(db: &Db, domain_id: &str) -> sqlx::Result<bool> {
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM sender_addresses WHERE domain_id = $1")
-            .bind(domain_id)
-            .fetch_optional(&db.pool)
-            .await?;
-    Ok(found.is_some())
-}
 
 /// The From of mail sent for an entity (or, with `None`, for the account): the entity's
 /// sender when both its statuses are verified, else the account's when verified, else
