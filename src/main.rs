@@ -127,7 +127,8 @@ async fn send_test_email(settings: &Settings, to: &str) -> anyhow::Result<()> {
     let to = EmailAddress::parse(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
     let db = open_db(settings).await?;
     let master_key = MasterKey::load(settings)?;
-    let delivery = mailroom::app::delivery(&std::sync::Arc::new(settings.clone()), &db, &master_key);
+    let delivery =
+        mailroom::app::delivery(&std::sync::Arc::new(settings.clone()), &db, &master_key);
     let (transport, outcome) = delivery.send_test_email(&to).await?;
     match outcome {
         Ok(reply) => {

@@ -18,9 +18,7 @@ use utoipa_axum::routes;
 
 use crate::http::{self, ApiError, MAX_BODY_BYTES, health, openapi};
 use crate::state::AppState;
-use crate::{
-    domains, invitations, mailboxes, messages, relays, senders, store, tenancy, users,
-};
+use crate::{domains, invitations, mailboxes, messages, relays, senders, store, tenancy, users};
 
 pub fn router(state: AppState) -> axum::Router {
     let (router, document) = OpenApiRouter::with_openapi(openapi::base())

@@ -128,29 +128,29 @@ impl Checker {
 
     /// The lookups and the decision, without touching the database.
     async fn examine(&self, due: Due) -> Checked {
-    let wanted = records::wanted(&due.name, &due.tokens, &self.settings);
-    let found = look_up_all(&self.resolver, &due.name, &wanted).await;
-    let outcome = outcome(&wanted, &found, &due.name, &self.settings);
-    let now = self.db.now().0;
-    let interval_ms = self.interval_ms();
-    let (mut after, mut reason) = decide(&due.before, outcome, now, interval_ms);
-    let activates =
-        after.status == DomainStatus::Active && due.before.status != DomainStatus::Active;
-    if activates && due.active_elsewhere {
-        // Proven here, but active in another account: it stays as it was.
-        after = Standing {
-            next_check_at: Some(now + interval_ms),
-            ..due.before.clone()
-        };
-        reason = None;
-    }
-    Checked {
-        due,
-        after,
-        reason,
-        lookups: wanted.into_iter().zip(found).collect(),
-        at: now,
-    }
+        let wanted = records::wanted(&due.name, &due.tokens, &self.settings);
+        let found = look_up_all(&self.resolver, &due.name, &wanted).await;
+        let outcome = outcome(&wanted, &found, &due.name, &self.settings);
+        let now = self.db.now().0;
+        let interval_ms = self.interval_ms();
+        let (mut after, mut reason) = decide(&due.before, outcome, now, interval_ms);
+        let activates =
+            after.status == DomainStatus::Active && due.before.status != DomainStatus::Active;
+        if activates && due.active_elsewhere {
+            // Proven here, but active in another account: it stays as it was.
+            after = Standing {
+                next_check_at: Some(now + interval_ms),
+                ..due.before.clone()
+            };
+            reason = None;
+        }
+        Checked {
+            due,
+            after,
+            reason,
+            lookups: wanted.into_iter().zip(found).collect(),
+            at: now,
+        }
     }
 }
 

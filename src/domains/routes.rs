@@ -123,7 +123,13 @@ pub async fn list_domains(
 ) -> Result<Json<DomainList>, ApiError> {
     caller.require(Role::Viewer)?;
     let (limit, offset) = page.parse()?;
-    let rows = store::list(&state.db, &caller.account_id, filter.status, (limit, offset)).await?;
+    let rows = store::list(
+        &state.db,
+        &caller.account_id,
+        filter.status,
+        (limit, offset),
+    )
+    .await?;
     let items = store::render(&state.db, &state.settings, rows).await?;
     Ok(Json(DomainList {
         items,

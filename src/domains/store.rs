@@ -110,6 +110,11 @@ pub async fn add(
     dkim::insert_keys(&mut tx, &id, &keys, master_key, now).await?;
     record_event(&mut tx, &id, None, DomainStatus::Pending, "added", now).await?;
     tx.commit().await?;
+    added(db, account_id, name).await
+}
+
+/// The domain just added, by this request or a concurrent one.
+async fn added(db: &Db, account_id: &str, name: &DomainName) -> Result<DomainRow, AddError> {
     find(db, account_id, name)
         .await?
         .ok_or_else(|| AddError::Failed(anyhow::anyhow!("{name} vanished as it was added")))
@@ -128,9 +133,7 @@ pub async fn find_or_add(
         return Ok(row);
     }
     match add(db, master_key, settings, account_id, name).await {
-        Err(AddError::Exists(_)) => find(db, account_id, name)
-            .await?
-            .ok_or_else(|| AddError::Failed(anyhow::anyhow!("{name} vanished as it was added"))),
+        Err(AddError::Exists(_)) => added(db, account_id, name).await,
         result => result,
     }
 }

@@ -54,9 +54,7 @@ impl From<Refusal> for ApiError {
                 "the X-Key header names another key or user than the credential sent",
             ),
             Refusal::UnknownEntity => ApiError::not_found("entity").with_param("x-entity-id"),
-            Refusal::NoMembership => {
-                ApiError::forbidden("this user is not a member of any entity")
-            }
+            Refusal::NoMembership => ApiError::forbidden("this user is not a member of any entity"),
             Refusal::Database(error) => error.into(),
         }
     }
@@ -102,9 +100,10 @@ impl Caller {
         self.scoped_entity.as_deref()
     }
 
-    /// The entity the request acts in: `x-entity-id`, else the credential's own entity,
-    /// else the account's first entity.
-    pub async fn entity_id(&self, db: &Db) -> Result<String, ApiError> {
+    /// The entity the request acts in — `x-entity-id`, else the credential's own entity,
+    /// else the account's first entity — once the caller's role is at least `role`.
+    pub async fn entity_id(&self, db: &Db, role: Role) -> Result<String, ApiError> {
+        self.require(role)?;
         identity::acting_entity(db, self)
             .await?
             .ok_or_else(|| ApiError::not_found("entity"))

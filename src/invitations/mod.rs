@@ -13,10 +13,7 @@ use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(
-            routes::create_invitation,
-            routes::list_invitations
-        ))
+        .routes(routes!(routes::create_invitation, routes::list_invitations))
         .routes(routes!(routes::get_invitation, routes::cancel_invitation))
         .routes(routes!(routes::resend_invitation))
         .routes(routes!(pages::accept_page, pages::accept_invitation))

@@ -31,7 +31,11 @@ async fn find(state: &AppState, entity_id: &str, id: &str) -> Result<store::Stor
 
 /// The From of the entity's mail. Looked up before a transaction: inside one, waiting for
 /// another pooled connection while SQLite's write lock is held could starve the pool.
-async fn from_of(state: &AppState, account_id: &str, entity_id: &str) -> anyhow::Result<EmailAddress> {
+async fn from_of(
+    state: &AppState,
+    account_id: &str,
+    entity_id: &str,
+) -> anyhow::Result<EmailAddress> {
     crate::senders::store::effective_from(
         &state.db,
         &state.settings.mail_from,
@@ -88,8 +92,7 @@ pub async fn create_invitation(
     caller: Caller,
     Json(body): Json<CreateInvitation>,
 ) -> Result<(StatusCode, Json<Invitation>), ApiError> {
-    caller.require(Role::Admin)?;
-    let entity_id = caller.entity_id(&state.db).await?;
+    let entity_id = caller.entity_id(&state.db, Role::Admin).await?;
     let email = EmailAddress::parse(&body.email).map_err(|e| ApiError::invalid("email", e))?;
     let name = match body
         .name
@@ -153,8 +156,7 @@ pub async fn list_invitations(
     caller: Caller,
     Query(filter): Query<StatusFilter>,
 ) -> Result<Json<List<Invitation>>, ApiError> {
-    caller.require(Role::Viewer)?;
-    let entity_id = caller.entity_id(&state.db).await?;
+    let entity_id = caller.entity_id(&state.db, Role::Viewer).await?;
     let data = store::list(&state.db, &entity_id)
         .await?
         .into_iter()
@@ -173,8 +175,7 @@ pub async fn get_invitation(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Invitation>, ApiError> {
-    caller.require(Role::Viewer)?;
-    let entity_id = caller.entity_id(&state.db).await?;
+    let entity_id = caller.entity_id(&state.db, Role::Viewer).await?;
     Ok(Json(find(&state, &entity_id, &id).await?.invitation))
 }
 
@@ -188,8 +189,7 @@ pub async fn cancel_invitation(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Cancelled>, ApiError> {
-    caller.require(Role::Admin)?;
-    let entity_id = caller.entity_id(&state.db).await?;
+    let entity_id = caller.entity_id(&state.db, Role::Admin).await?;
     let stored = find(&state, &entity_id, &id).await?;
     if !store::cancel(&state.db, &entity_id, &id).await? {
         return Err(ApiError::conflict(
@@ -216,8 +216,7 @@ pub async fn resend_invitation(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Resent>, ApiError> {
-    caller.require(Role::Admin)?;
-    let entity_id = caller.entity_id(&state.db).await?;
+    let entity_id = caller.entity_id(&state.db, Role::Admin).await?;
     let stored = find(&state, &entity_id, &id).await?;
     let now = state.db.now();
     match stored.invitation.status {
@@ -334,7 +333,14 @@ pub async fn accept(state: &AppState, token: &str, body: Acceptance) -> Result<A
                 )
             }))?;
     }
-    memberships::join(&mut tx, &invitation.entity_id, &user_id, invitation.role, now).await?;
+    memberships::join(
+        &mut tx,
+        &invitation.entity_id,
+        &user_id,
+        invitation.role,
+        now,
+    )
+    .await?;
     let (access_token, _) = tokens::issue(&mut tx, &user_id, now).await?;
     tx.commit().await?;
     Ok(Accepted {

@@ -192,7 +192,9 @@ impl Delivery {
         match outbox::depth(&self.db).await {
             Ok(depth) => {
                 let now = self.db.now().0;
-                let overdue_secs = depth.oldest_due.map_or(0, |due| ((now - due) / 1000).max(0));
+                let overdue_secs = depth
+                    .oldest_due
+                    .map_or(0, |due| ((now - due) / 1000).max(0));
                 tracing::info!(
                     queue_depth = depth.waiting,
                     oldest_due_overdue_secs = overdue_secs,

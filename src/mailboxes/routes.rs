@@ -307,4 +307,3 @@ pub async fn reset_password(
         note: NOTE,
     }))
 }
-

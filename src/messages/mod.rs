@@ -45,7 +45,13 @@ pub async fn list_messages(
 ) -> Result<Json<MessageList>, ApiError> {
     caller.require(Role::Viewer)?;
     let (limit, offset) = page.parse()?;
-    let items = outbox::list(&state.db, &caller.account_id, filter.status, (limit, offset)).await?;
+    let items = outbox::list(
+        &state.db,
+        &caller.account_id,
+        filter.status,
+        (limit, offset),
+    )
+    .await?;
     Ok(Json(MessageList {
         items,
         limit,

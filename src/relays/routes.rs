@@ -6,7 +6,7 @@ use axum::extract::State;
 use rand::RngCore;
 
 use super::model::{
-    DomainParam, Password, Removed, SettingsInput, SmtpSettings, TestReport, validate,
+    DomainParam, Password, Removed, SettingsInput, SmtpSettings, TestReport, Valid, validate,
 };
 use super::store::{self, seal_context};
 use crate::http::{ApiError, Caller, ErrorBody, Json, Query, on_unique};
@@ -19,7 +19,42 @@ fn no_settings(domain: &DomainName) -> ApiError {
     ApiError::not_found(&format!("SMTP settings for {domain}"))
 }
 
-async fn load(state: &AppState, caller: &Caller, domain: &DomainName) -> Result<store::Stored, ApiError> {
+/// The domain of the request, for an admin.
+fn domain_of(caller: &Caller, param: &DomainParam) -> Result<DomainName, ApiError> {
+    caller.require(Role::Admin)?;
+    param.parse()
+}
+
+/// Writes the settings and answers them as stored. `stored` is the password kept when
+/// the request keeps it.
+async fn save(
+    state: &AppState,
+    caller: &Caller,
+    (domain, domain_id, id): (&DomainName, &str, &str),
+    valid: &Valid,
+    stored: Option<String>,
+) -> Result<Json<SmtpSettings>, ApiError> {
+    let sealed = match &valid.password {
+        Password::Keep => stored,
+        Password::Remove => None,
+        Password::Set(pass) => Some(state.master_key.seal(pass.as_bytes(), &seal_context(id))),
+    };
+    store::save(&state.db, &caller.account_id, domain_id, id, valid, sealed)
+        .await
+        .map_err(on_unique(|| {
+            ApiError::conflict(
+                "settings_exist",
+                format!("{domain} has SMTP settings already"),
+            )
+        }))?;
+    Ok(Json(load(state, caller, domain).await?.into_settings()))
+}
+
+async fn load(
+    state: &AppState,
+    caller: &Caller,
+    domain: &DomainName,
+) -> Result<store::Stored, ApiError> {
     store::load(&state.db, &caller.account_id, domain)
         .await?
         .ok_or_else(|| no_settings(domain))
@@ -37,8 +72,7 @@ pub async fn get_settings(
     caller: Caller,
     Query(param): Query<DomainParam>,
 ) -> Result<Json<SmtpSettings>, ApiError> {
-    caller.require(Role::Admin)?;
-    let domain = param.parse()?;
+    let domain = domain_of(&caller, &param)?;
     let row = load(&state, &caller, &domain).await?;
     Ok(Json(row.into_settings()))
 }
@@ -56,8 +90,7 @@ pub async fn create_settings(
     Query(param): Query<DomainParam>,
     Json(input): Json<SettingsInput>,
 ) -> Result<Json<SmtpSettings>, ApiError> {
-    caller.require(Role::Admin)?;
-    let domain = param.parse()?;
+    let domain = domain_of(&caller, &param)?;
     let valid = validate(input, &domain)?;
     if store::load(&state.db, &caller.account_id, &domain)
         .await?
@@ -79,27 +112,14 @@ pub async fn create_settings(
     let mut bytes = [0u8; 12];
     rand::rng().fill_bytes(&mut bytes);
     let id = hex::encode(bytes);
-    let sealed = match &valid.password {
-        Password::Set(pass) => Some(state.master_key.seal(pass.as_bytes(), &seal_context(&id))),
-        Password::Keep | Password::Remove => None,
-    };
-    store::save(
-        &state.db,
-        &caller.account_id,
-        &domain_row.id,
-        &id,
+    save(
+        &state,
+        &caller,
+        (&domain, &domain_row.id, &id),
         &valid,
-        sealed,
+        None,
     )
     .await
-    .map_err(on_unique(|| {
-        ApiError::conflict(
-            "settings_exist",
-            format!("{domain} has SMTP settings already"),
-        )
-    }))?;
-    let row = load(&state, &caller, &domain).await?;
-    Ok(Json(row.into_settings()))
 }
 
 /// Replace the SMTP settings of a domain. A `pass` of `********` keeps the stored one.
@@ -115,30 +135,18 @@ pub async fn update_settings(
     Query(param): Query<DomainParam>,
     Json(input): Json<SettingsInput>,
 ) -> Result<Json<SmtpSettings>, ApiError> {
-    caller.require(Role::Admin)?;
-    let domain = param.parse()?;
+    let domain = domain_of(&caller, &param)?;
     let valid = validate(input, &domain)?;
     let row = load(&state, &caller, &domain).await?;
-    let sealed = match &valid.password {
-        Password::Keep => row.sealed_pass.clone(),
-        Password::Remove => None,
-        Password::Set(pass) => Some(
-            state
-                .master_key
-                .seal(pass.as_bytes(), &seal_context(&row.id)),
-        ),
-    };
-    store::save(
-        &state.db,
-        &caller.account_id,
-        &row.domain_id,
-        &row.id,
+    let stored = row.sealed_pass.clone();
+    save(
+        &state,
+        &caller,
+        (&domain, &row.domain_id, &row.id),
         &valid,
-        sealed,
+        stored,
     )
-    .await?;
-    let row = load(&state, &caller, &domain).await?;
-    Ok(Json(row.into_settings()))
+    .await
 }
 
 /// Delete the SMTP settings of a domain; its mail then leaves through the system relay.
@@ -153,8 +161,7 @@ pub async fn delete_settings(
     caller: Caller,
     Query(param): Query<DomainParam>,
 ) -> Result<Json<Removed>, ApiError> {
-    caller.require(Role::Admin)?;
-    let domain = param.parse()?;
+    let domain = domain_of(&caller, &param)?;
     let row = load(&state, &caller, &domain).await?;
     store::delete(&state.db, &row.id, &caller.account_id).await?;
     Ok(Json(Removed {
@@ -175,8 +182,7 @@ pub async fn test_settings(
     caller: Caller,
     Query(param): Query<DomainParam>,
 ) -> Result<Json<TestReport>, ApiError> {
-    caller.require(Role::Admin)?;
-    let domain = param.parse()?;
+    let domain = domain_of(&caller, &param)?;
     let row = load(&state, &caller, &domain).await?;
     let target = row.target(&state.master_key, Duration::from_secs(10))?;
     let steps = probe(&target).await;
@@ -185,4 +191,3 @@ pub async fn test_settings(
         steps,
     }))
 }
-

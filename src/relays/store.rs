@@ -7,8 +7,8 @@ use sqlx::any::AnyRow;
 
 use super::model::{AuthOutput, MASK, OptionsOutput, SmtpSettings, TlsOutput, Valid};
 use crate::mail::transport::{Security, SmtpTarget};
-use crate::store::crypto::MasterKey;
 use crate::store::Db;
+use crate::store::crypto::MasterKey;
 use crate::types::DomainName;
 
 /// A stored settings row.
@@ -144,7 +144,6 @@ pub async fn delete(db: &Db, id: &str, account_id: &str) -> sqlx::Result<()> {
     Ok(())
 }
 
-
 impl Stored {
     /// The relay these settings describe, with the password opened.
     pub fn target(&self, master_key: &MasterKey, timeout: Duration) -> anyhow::Result<SmtpTarget> {
@@ -154,7 +153,10 @@ impl Stored {
                     .open(sealed, &seal_context(&self.id))
                     .and_then(|pass| Ok(String::from_utf8(pass)?))
                     .map_err(|e| {
-                        anyhow::anyhow!("cannot open the stored SMTP password of {}: {e}", self.domain)
+                        anyhow::anyhow!(
+                            "cannot open the stored SMTP password of {}: {e}",
+                            self.domain
+                        )
                     })?;
                 Some((self.user.clone(), pass))
             }

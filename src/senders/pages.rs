@@ -33,15 +33,15 @@ async fn lookup(state: &AppState, token: Option<&str>) -> Result<Stored, Respons
         return Err(unknown());
     };
     let stored = store::by_token(&state.db, &digest(token))
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "cannot look up a verification token");
-                page(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Something went wrong",
-                    "<p class=\"error\">Please try again in a moment.</p>",
-                )
-            })?;
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "cannot look up a verification token");
+            page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "<p class=\"error\">Please try again in a moment.</p>",
+            )
+        })?;
     let stored = stored.ok_or_else(unknown)?;
     if stored
         .expires_at

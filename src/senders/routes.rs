@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use rand::Rng;
 
 use super::model::{
-    CnameRecord, Count, CreateSender, EmailVerification, SenderAddress, SenderStatus, Success,
-    VerifyCode, Scope,
+    CnameRecord, Count, CreateSender, EmailVerification, Scope, SenderAddress, SenderStatus,
+    Success, VerifyCode,
 };
 use super::store::{self, Stored};
 use crate::http::{ApiError, Caller, ErrorBody, Json};
@@ -31,7 +31,11 @@ async fn organization(state: &AppState, caller: &Caller, id: String) -> Result<S
     Ok(Scope::Organization(id))
 }
 
-async fn load_or_404(state: &AppState, account_id: &str, scope: &Scope) -> Result<Stored, ApiError> {
+async fn load_or_404(
+    state: &AppState,
+    account_id: &str,
+    scope: &Scope,
+) -> Result<Stored, ApiError> {
     store::load(&state.db, account_id, scope)
         .await?
         .ok_or_else(|| ApiError::not_found("sender address"))
@@ -185,8 +189,26 @@ async fn create(
     store::delete(&mut tx, &caller.account_id, &scope).await?;
     let now = state.db.now();
     let address = email.to_string();
-    store::insert(&mut tx, &id, &caller.account_id, &scope, &address, &domain.id, now).await?;
-    send_verification(state, &mut tx, &id, &email, &from, &scope, &caller.account_id).await?;
+    store::insert(
+        &mut tx,
+        &id,
+        &caller.account_id,
+        &scope,
+        &address,
+        &domain.id,
+        now,
+    )
+    .await?;
+    send_verification(
+        state,
+        &mut tx,
+        &id,
+        &email,
+        &from,
+        &scope,
+        &caller.account_id,
+    )
+    .await?;
     tx.commit().await?;
     state.wake_outbox();
     let stored = load_or_404(state, &caller.account_id, &scope).await?;
@@ -247,8 +269,16 @@ async fn resend(
     let email = EmailAddress::parse(&stored.email).map_err(ApiError::internal)?;
     let from = effective_from(state, &caller.account_id, scope.entity_id()).await?;
     let mut tx = state.db.begin().await?;
-    send_verification(state, &mut tx, &stored.id, &email, &from, &scope, &caller.account_id)
-        .await?;
+    send_verification(
+        state,
+        &mut tx,
+        &stored.id,
+        &email,
+        &from,
+        &scope,
+        &caller.account_id,
+    )
+    .await?;
     tx.commit().await?;
     state.wake_outbox();
     Ok(Json(Success { success: true }))

@@ -228,7 +228,6 @@ async fn verified_sender(
     .await
 }
 
-
 /// The From of mail sent for an entity (or, with `None`, for the account): the entity's
 /// sender when both its statuses are verified, else the account's when verified, else
 /// `system_from`.

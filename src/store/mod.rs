@@ -1,11 +1,11 @@
 //! The database: one `sqlx::Any` pool for both engines, migrations, ids and time.
 
+mod clock;
 pub mod crypto;
 pub mod groups;
 mod migrations;
 pub mod passwords;
 pub mod secrets;
-mod clock;
 
 pub use clock::{Clock, Timestamp};
 

@@ -99,8 +99,7 @@ pub async fn list_members(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<List<Member>>, ApiError> {
-    caller.require(Role::Viewer)?;
-    let entity_id = caller.entity_id(&state.db).await?;
+    let entity_id = caller.entity_id(&state.db, Role::Viewer).await?;
     let data = memberships::members(&state.db, &entity_id).await?;
     Ok(Json(List { data }))
 }
@@ -116,8 +115,7 @@ pub async fn change_role(
     Path(id): Path<String>,
     Json(body): Json<ChangeRole>,
 ) -> Result<Json<Member>, ApiError> {
-    caller.require(Role::Admin)?;
-    let entity_id = caller.entity_id(&state.db).await?;
+    let entity_id = caller.entity_id(&state.db, Role::Admin).await?;
     let current = member(&state.db, &entity_id, &id).await?;
     if body.role != Role::Admin {
         keep_an_admin(&state.db, &entity_id, &current).await?;
@@ -136,8 +134,7 @@ pub async fn remove_member(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
-    caller.require(Role::Admin)?;
-    let entity_id = caller.entity_id(&state.db).await?;
+    let entity_id = caller.entity_id(&state.db, Role::Admin).await?;
     let current = member(&state.db, &entity_id, &id).await?;
     keep_an_admin(&state.db, &entity_id, &current).await?;
     memberships::remove(&state.db, &entity_id, &id).await?;
