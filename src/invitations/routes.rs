@@ -14,7 +14,7 @@ use crate::mail::outbox::{Outgoing, enqueue};
 use crate::mail::templates::{Kind, render};
 use crate::state::AppState;
 use crate::store::secrets::{digest, new_secret};
-use crate::store::{new_id, passwords};
+use crate::store::{Timestamp, new_id, passwords};
 use crate::types::EmailAddress;
 use crate::types::text::parse_name;
 use crate::users::model::check_password;
@@ -250,7 +250,7 @@ pub async fn resend_invitation(
     let mut tx = state.db.begin().await?;
     store::reissue(&mut tx, &id, &digest(&token), expires_at, now).await?;
     let mut invitation = stored.invitation;
-    invitation.expires_at = crate::store::Timestamp(expires_at);
+    invitation.expires_at = Timestamp(expires_at);
     send_email(
         &state,
         &mut tx,

@@ -15,8 +15,8 @@ use crate::identity::Role;
 use crate::mail::outbox::{Outgoing, enqueue};
 use crate::mail::templates::{Kind, render};
 use crate::state::AppState;
-use crate::store::new_id;
 use crate::store::secrets::{digest, new_secret};
+use crate::store::{Timestamp, new_id};
 use crate::types::EmailAddress;
 
 const DAY: i64 = 24 * 3_600_000;
@@ -75,8 +75,8 @@ async fn render_sender(
         }
     };
     Ok(SenderAddress {
-        created_at: crate::store::Timestamp(stored.created_at),
-        updated_at: crate::store::Timestamp(stored.updated_at),
+        created_at: Timestamp(stored.created_at),
+        updated_at: Timestamp(stored.updated_at),
         email_verification_status: stored.email_status(state.db.now()),
         domain_verification_status: stored.domain_status(),
         id: stored.id,

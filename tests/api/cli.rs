@@ -141,13 +141,7 @@ async fn sigterm_finishes_requests_in_flight_and_exits_zero(engine: Engine) {
 
 async fn the_operator_activates_and_suspends_domains(engine: Engine) {
     let app = spawn_app(engine).await;
-    let created = app
-        .api(reqwest::Method::POST, "/v2/domains")
-        .json(&serde_json::json!({"domain": "internal.example"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    app.add_domain("internal.example").await;
     let admin = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_mailroom"))
             .arg("admin")

@@ -13,7 +13,6 @@ use rsa::pkcs1v15::{SigningKey, VerifyingKey};
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use rsa::signature::{Signer, Verifier};
 use rsa::traits::PublicKeyParts;
-use serde_json::json;
 
 use crate::both_engines;
 use crate::helpers::{Engine, spawn_app_with};
@@ -61,13 +60,7 @@ async fn the_published_key_verifies_signatures_made_with_the_stored_key(engine: 
     })
     .await;
     let server = app.dns_address.expect("mailroom's DNS server runs");
-    let created = app
-        .api(Method::POST, "/v2/domains")
-        .json(&json!({"domain": "customer.com"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    app.add_domain("customer.com").await;
 
     let master_key = MasterKey::load(&app.settings).unwrap();
     let keys: Vec<(String, String)> =

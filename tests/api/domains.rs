@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use crate::both_engines;
 use crate::helpers::dns::TestDns;
+use crate::helpers::domains::required;
 use crate::helpers::{Engine, TestApp, error_code, spawn_app, spawn_app_with};
 
 both_engines!(
@@ -28,61 +29,9 @@ async fn app_with_dns(engine: Engine) -> (TestApp, TestDns) {
     (app, dns)
 }
 
-async fn add(app: &TestApp, domain: &str) -> Value {
-    let response = app
-        .api(Method::POST, "/v2/domains")
-        .json(&json!({"domain": domain}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    response.json::<Value>().await.unwrap()["domain"].clone()
-}
-
-async fn verify(app: &TestApp, domain: &str) -> Value {
-    let response = app
-        .api(Method::POST, &format!("/v2/domains/{domain}/verify"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    response.json::<Value>().await.unwrap()["domain"].clone()
-}
-
-fn required(domain: &Value) -> Vec<Value> {
-    domain["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["required"] == true)
-        .cloned()
-        .collect()
-}
-
-/// Publishes every required CNAME exactly as asked.
-fn publish(dns: &TestDns, domain: &Value) {
-    for record in required(domain) {
-        dns.cname(
-            record["name"].as_str().unwrap(),
-            record["value"].as_str().unwrap(),
-        );
-    }
-}
-
-async fn events(app: &TestApp, domain: &str) -> Vec<(String, String)> {
-    sqlx::query_as(
-        "SELECT e.to_status, e.reason FROM domain_events e JOIN domains d ON d.id = e.domain_id \
-         WHERE d.name = $1 ORDER BY e.at, e.to_status",
-    )
-    .bind(domain)
-    .fetch_all(&app.db.pool)
-    .await
-    .unwrap()
-}
-
 async fn a_new_domain_is_pending_with_the_records_to_publish(engine: Engine) {
     let (app, _dns) = app_with_dns(engine).await;
-    let domain = add(&app, "Customer.com").await;
+    let domain = app.add_domain("Customer.com").await;
     assert_eq!(domain["domain"], "customer.com");
     assert_eq!(domain["status"], "pending");
     assert!(domain["verified_at"].is_null() && domain["last_checked_at"].is_null());
@@ -111,7 +60,7 @@ async fn a_new_domain_is_pending_with_the_records_to_publish(engine: Engine) {
     );
     assert!(advisory.iter().any(|r| r["name"] == "_dmarc.customer.com"));
 
-    let checked = verify(&app, "customer.com").await;
+    let checked = app.verify_domain("customer.com").await;
     assert_eq!(checked["status"], "pending");
     assert!(checked["last_checked_at"].is_string());
     for record in required(&checked) {
@@ -122,7 +71,7 @@ async fn a_new_domain_is_pending_with_the_records_to_publish(engine: Engine) {
 
 async fn what_dns_holds_is_shown_record_by_record(engine: Engine) {
     let (app, dns) = app_with_dns(engine).await;
-    let domain = add(&app, "customer.com").await;
+    let domain = app.add_domain("customer.com").await;
     let cnames = required(&domain);
     let (first, second, third) = (&cnames[0], &cnames[1], &cnames[2]);
     dns.cname(first["name"].as_str().unwrap(), "somewhere.else.example");
@@ -136,7 +85,7 @@ async fn what_dns_holds_is_shown_record_by_record(engine: Engine) {
         &format!("{}.customer.com", third["value"].as_str().unwrap()),
     );
 
-    let checked = verify(&app, "customer.com").await;
+    let checked = app.verify_domain("customer.com").await;
     assert_eq!(checked["status"], "pending");
     let records = required(&checked);
     assert_eq!(records[0]["status"], "mismatch");
@@ -160,8 +109,8 @@ async fn what_dns_holds_is_shown_record_by_record(engine: Engine) {
 
 async fn correct_records_activate_a_domain_on_verify(engine: Engine) {
     let (app, dns) = app_with_dns(engine).await;
-    let domain = add(&app, "customer.com").await;
-    publish(&dns, &domain);
+    let domain = app.add_domain("customer.com").await;
+    dns.publish(&domain);
     dns.txt(
         "customer.com",
         &[
@@ -170,7 +119,7 @@ async fn correct_records_activate_a_domain_on_verify(engine: Engine) {
         ],
     );
 
-    let checked = verify(&app, "customer.com").await;
+    let checked = app.verify_domain("customer.com").await;
     assert_eq!(checked["status"], "active");
     assert!(checked["verified_at"].is_string());
     for record in required(&checked) {
@@ -199,7 +148,7 @@ async fn correct_records_activate_a_domain_on_verify(engine: Engine) {
         .unwrap();
     assert_eq!(got["domain"]["status"], "active");
     assert_eq!(
-        events(&app, "customer.com").await.last().unwrap().0,
+        app.domain_events("customer.com").await.last().unwrap().0,
         "active"
     );
 }
@@ -211,8 +160,8 @@ async fn the_background_verifier_activates_a_domain(engine: Engine) {
         s.dns_check_interval = 1;
     })
     .await;
-    let domain = add(&app, "customer.com").await;
-    publish(&dns, &domain);
+    let domain = app.add_domain("customer.com").await;
+    dns.publish(&domain);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got: Value = app
@@ -245,8 +194,8 @@ async fn two_instances_never_check_one_domain_twice(engine: Engine) {
     app.another_instance().await;
     let mut first_records = Vec::new();
     for i in 0..12 {
-        let domain = add(&app, &format!("customer{i}.com")).await;
-        publish(&dns, &domain);
+        let domain = app.add_domain(&format!("customer{i}.com")).await;
+        dns.publish(&domain);
         first_records.push(required(&domain)[0]["name"].as_str().unwrap().to_string());
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -274,26 +223,22 @@ async fn two_instances_never_check_one_domain_twice(engine: Engine) {
 
 async fn a_lost_proof_demotes_only_after_the_grace(engine: Engine) {
     let (app, dns) = app_with_dns(engine).await;
-    let domain = add(&app, "customer.com").await;
-    publish(&dns, &domain);
-    assert_eq!(verify(&app, "customer.com").await["status"], "active");
+    let domain = app.add_domain("customer.com").await;
+    dns.publish(&domain);
+    assert_eq!(app.verify_domain("customer.com").await["status"], "active");
 
     for record in required(&domain) {
         dns.remove(record["name"].as_str().unwrap());
     }
-    let within_grace = verify(&app, "customer.com").await;
+    let within_grace = app.verify_domain("customer.com").await;
     assert_eq!(within_grace["status"], "active", "a day of grace");
     assert_eq!(required(&within_grace)[0]["status"], "not_found");
 
     // The proof has now been missing for 25 hours.
-    let long_ago = mailroom::store::Timestamp::now().0 - 25 * 3_600_000;
-    sqlx::query("UPDATE domains SET proof_missing_since = $1 WHERE name = 'customer.com'")
-        .bind(long_ago)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(verify(&app, "customer.com").await["status"], "pending");
-    let statuses: Vec<String> = events(&app, "customer.com")
+    app.advance_clock(Duration::from_secs(25 * 3600));
+    assert_eq!(app.verify_domain("customer.com").await["status"], "pending");
+    let statuses: Vec<String> = app
+        .domain_events("customer.com")
         .await
         .into_iter()
         .map(|(s, _)| s)
@@ -303,17 +248,19 @@ async fn a_lost_proof_demotes_only_after_the_grace(engine: Engine) {
 
 async fn a_failed_lookup_changes_nothing(engine: Engine) {
     let (app, dns) = app_with_dns(engine).await;
-    let domain = add(&app, "customer.com").await;
-    publish(&dns, &domain);
-    assert_eq!(verify(&app, "customer.com").await["status"], "active");
+    let domain = app.add_domain("customer.com").await;
+    dns.publish(&domain);
+    assert_eq!(app.verify_domain("customer.com").await["status"], "active");
 
+    // One record goes missing: the proof is missing from now on.
     let first = required(&domain)[0]["name"].as_str().unwrap().to_string();
+    dns.remove(&first);
+    let missing = app.verify_domain("customer.com").await;
+    assert_eq!(required(&missing)[0]["status"], "not_found");
+    // Its lookup then fails, long after the day of grace ran out.
     dns.fail(&first);
-    sqlx::query("UPDATE domains SET proof_missing_since = 0 WHERE name = 'customer.com'")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
-    let checked = verify(&app, "customer.com").await;
+    app.advance_clock(Duration::from_secs(25 * 3600));
+    let checked = app.verify_domain("customer.com").await;
     assert_eq!(
         checked["status"], "active",
         "SERVFAIL never flips an active domain"
@@ -327,26 +274,22 @@ async fn a_failed_lookup_changes_nothing(engine: Engine) {
         failed["found"][0].as_str().unwrap().contains("no answer"),
         "{failed}"
     );
+    dns.publish(&domain);
     dns.recover(&first);
     assert_eq!(
-        required(&verify(&app, "customer.com").await)[0]["status"],
+        required(&app.verify_domain("customer.com").await)[0]["status"],
         "verified"
     );
 }
 
 async fn a_pending_domain_fails_after_72_hours(engine: Engine) {
     let (app, dns) = app_with_dns(engine).await;
-    let domain = add(&app, "customer.com").await;
-    let three_days_ago = mailroom::store::Timestamp::now().0 - 73 * 3_600_000;
-    sqlx::query("UPDATE domains SET status_changed_at = $1 WHERE name = 'customer.com'")
-        .bind(three_days_ago)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(verify(&app, "customer.com").await["status"], "failed");
+    let domain = app.add_domain("customer.com").await;
+    app.advance_clock(Duration::from_secs(73 * 3600));
+    assert_eq!(app.verify_domain("customer.com").await["status"], "failed");
     // The records can still come, and a verify then activates it.
-    publish(&dns, &domain);
-    assert_eq!(verify(&app, "customer.com").await["status"], "active");
+    dns.publish(&domain);
+    assert_eq!(app.verify_domain("customer.com").await["status"], "active");
 }
 
 async fn names_are_checked_and_normalised(engine: Engine) {
@@ -371,7 +314,7 @@ async fn names_are_checked_and_normalised(engine: Engine) {
             "{bad}: {error}"
         );
     }
-    let idn = add(&app, "Bücher.de.").await;
+    let idn = app.add_domain("Bücher.de.").await;
     assert_eq!(idn["domain"], "xn--bcher-kva.de");
     let by_unicode = app
         .api(Method::GET, "/v2/domains/b%C3%BCcher.de")
@@ -417,7 +360,7 @@ async fn a_domain_belongs_to_one_account(engine: Engine) {
         .unwrap();
     assert_eq!(theirs_first.status(), 201, "a pending claim blocks nobody");
 
-    let domain = add(&app, "customer.com").await;
+    let domain = app.add_domain("customer.com").await;
     for path in [
         "/v2/domains/customer.com",
         "/v2/domains/customer.com/verify",
@@ -434,8 +377,8 @@ async fn a_domain_belongs_to_one_account(engine: Engine) {
             .unwrap();
         assert_eq!(response.status(), 200, "each account sees its own claim");
     }
-    publish(&dns, &domain);
-    assert_eq!(verify(&app, "customer.com").await["status"], "active");
+    dns.publish(&domain);
+    assert_eq!(app.verify_domain("customer.com").await["status"], "active");
 
     // The other account's claim cannot become active, and a third account cannot add it.
     let theirs: Value = app
@@ -465,7 +408,7 @@ async fn a_domain_belongs_to_one_account(engine: Engine) {
         "never says who owns it"
     );
 
-    add(&app, "private.org").await;
+    app.add_domain("private.org").await;
     for (method, path) in [
         (Method::GET, "/v2/domains/private.org"),
         (Method::POST, "/v2/domains/private.org/verify"),
@@ -500,7 +443,7 @@ async fn a_domain_belongs_to_one_account(engine: Engine) {
 async fn domains_are_listed_in_pages(engine: Engine) {
     let app = spawn_app(engine).await;
     for name in ["c.com", "a.com", "b.com"] {
-        add(&app, name).await;
+        app.add_domain(name).await;
     }
     let page: Value = app
         .api(Method::GET, "/v2/domains?limit=2&offset=1")
@@ -561,7 +504,7 @@ async fn domains_are_listed_in_pages(engine: Engine) {
 
 async fn deleting_a_domain_removes_its_keys(engine: Engine) {
     let app = spawn_app(engine).await;
-    add(&app, "customer.com").await;
+    app.add_domain("customer.com").await;
     let deleted = app
         .api(Method::DELETE, "/v2/domains/customer.com")
         .send()

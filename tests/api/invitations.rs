@@ -7,8 +7,7 @@ use serde_json::{Value, json};
 
 use crate::both_engines;
 use crate::helpers::browser::Browser;
-use crate::helpers::smtp::{Encryption, TestSmtp};
-use crate::helpers::{Engine, TestApp, error_code, spawn_app_with};
+use crate::helpers::{Engine, error_code, spawn_app_with_relay, token_of};
 
 both_engines!(
     an_invitation_is_accepted_in_a_real_browser,
@@ -22,68 +21,9 @@ both_engines!(
     invitations_stay_inside_their_entity,
 );
 
-async fn app(engine: Engine) -> (TestApp, TestSmtp) {
-    let relay = TestSmtp::start(Encryption::Plain, None).await;
-    let app = spawn_app_with(engine, |s| {
-        s.smtp_url = Some(mailroom::config::Secret::new(format!(
-            "smtp://127.0.0.1:{}?tls=none",
-            relay.port
-        )));
-    })
-    .await;
-    (app, relay)
-}
-
-async fn invite(app: &TestApp, email: &str, role: &str) -> Value {
-    let response = app
-        .api(Method::POST, "/entities/invitations")
-        .json(&json!({"email": email, "role": role, "name": "Jo"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    response.json().await.unwrap()
-}
-
-/// The accept link in the newest email to `to`.
-async fn link_for(relay: &TestSmtp, to: &str, count: usize) -> String {
-    let received = relay.wait_for(count, Duration::from_secs(20)).await;
-    let email = received
-        .iter()
-        .rev()
-        .find(|r| r.to == vec![to.to_string()])
-        .expect("an invitation email");
-    let text = email.data.replace("=\r\n", "").replace("=3D", "=");
-    text.split_whitespace()
-        .find(|w| w.contains("/invitations/accept?token="))
-        .unwrap()
-        .trim_matches(['"', '<', '>'])
-        .to_string()
-}
-
-fn token_of(link: &str) -> String {
-    link.split("token=")
-        .nth(1)
-        .unwrap()
-        .split(['"', '&'])
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-async fn accept(app: &TestApp, token: &str, name: &str, password: &str) -> reqwest::Response {
-    crate::helpers::record_secret(password);
-    app.client
-        .post(format!("{}/invitations/accept?token={token}", app.address))
-        .json(&json!({"name": name, "password": password}))
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn an_invitation_is_accepted_in_a_real_browser(engine: Engine) {
-    let (app, relay) = app(engine).await;
-    let invitation = invite(&app, "newuser@example.com", "editor").await;
+    let (app, relay) = spawn_app_with_relay(engine, |_| {}).await;
+    let invitation = app.invite("newuser@example.com", "editor").await;
     let id = invitation["id"].as_str().unwrap();
     assert!(id.starts_with("einv_") && id.len() == 29, "{id}");
     for field in [
@@ -109,7 +49,7 @@ async fn an_invitation_is_accepted_in_a_real_browser(engine: Engine) {
             .unwrap()
             .starts_with("key_")
     );
-    let link = link_for(&relay, "newuser@example.com", 1).await;
+    let link = relay.invitation_link("newuser@example.com", 1).await;
     assert!(
         link.starts_with(&format!("{}/invitations/accept?token=", app.address)),
         "{link}"
@@ -156,10 +96,10 @@ async fn an_invitation_is_accepted_in_a_real_browser(engine: Engine) {
 }
 
 async fn the_accepted_role_is_the_limit(engine: Engine) {
-    let (app, relay) = app(engine).await;
-    invite(&app, "ed@example.com", "editor").await;
-    let token = token_of(&link_for(&relay, "ed@example.com", 1).await);
-    let accepted = accept(&app, &token, "Ed", "editor password").await;
+    let (app, relay) = spawn_app_with_relay(engine, |_| {}).await;
+    app.invite("ed@example.com", "editor").await;
+    let token = token_of(&relay.invitation_link("ed@example.com", 1).await);
+    let accepted = app.accept_invitation(&token, "Ed", "editor password").await;
     assert_eq!(accepted.status(), 200);
     let accepted: Value = accepted.json().await.unwrap();
     assert_eq!(accepted["message"], "Invitation accepted");
@@ -234,41 +174,40 @@ async fn the_accepted_role_is_the_limit(engine: Engine) {
 }
 
 async fn resending_replaces_the_link(engine: Engine) {
-    let (app, relay) = app(engine).await;
-    let invitation = invite(&app, "jo@example.com", "viewer").await;
+    let (app, relay) = spawn_app_with_relay(engine, |_| {}).await;
+    let invitation = app.invite("jo@example.com", "viewer").await;
     let id = invitation["id"].as_str().unwrap();
-    let old = token_of(&link_for(&relay, "jo@example.com", 1).await);
+    let old = token_of(&relay.invitation_link("jo@example.com", 1).await);
     let resend = || app.api(Method::POST, &format!("/entities/invitations/{id}/resend"));
 
     let too_soon = resend().send().await.unwrap();
     assert!(too_soon.headers().contains_key("retry-after"));
     error_code(too_soon, 429).await;
-    sqlx::query("UPDATE invitations SET last_sent_at = last_sent_at - 61000")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    app.advance_clock(Duration::from_secs(61));
     let resent = resend().send().await.unwrap();
     assert_eq!(resent.status(), 200);
     let resent: Value = resent.json().await.unwrap();
     assert_eq!(resent["message"], "Invitation resent");
     assert!(resent["expires_at"].is_string());
-    let new = token_of(&link_for(&relay, "jo@example.com", 2).await);
+    let new = token_of(&relay.invitation_link("jo@example.com", 2).await);
     assert_ne!(old, new);
-    error_code(accept(&app, &old, "Jo", "jo's password 1").await, 404).await;
+    error_code(
+        app.accept_invitation(&old, "Jo", "jo's password 1").await,
+        404,
+    )
+    .await;
     assert_eq!(
-        accept(&app, &new, "Jo", "jo's password 1").await.status(),
+        app.accept_invitation(&new, "Jo", "jo's password 1")
+            .await
+            .status(),
         200
     );
     let closed = resend().send().await.unwrap();
     error_code(closed, 409).await;
 
     // An invitation over 30 days old is not resent: invite again.
-    let old_one = invite(&app, "late@example.com", "viewer").await;
-    sqlx::query("UPDATE invitations SET created_at = created_at - 2678400000, last_sent_at = last_sent_at - 2678400000 WHERE id = $1")
-        .bind(old_one["id"].as_str().unwrap())
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    let old_one = app.invite("late@example.com", "viewer").await;
+    app.advance_clock(Duration::from_secs(31 * 24 * 3600));
     let refused = app
         .api(
             Method::POST,
@@ -289,12 +228,12 @@ async fn resending_replaces_the_link(engine: Engine) {
 }
 
 async fn two_concurrent_accepts_make_one_user(engine: Engine) {
-    let (app, relay) = app(engine).await;
-    invite(&app, "race@example.com", "viewer").await;
-    let token = token_of(&link_for(&relay, "race@example.com", 1).await);
+    let (app, relay) = spawn_app_with_relay(engine, |_| {}).await;
+    app.invite("race@example.com", "viewer").await;
+    let token = token_of(&relay.invitation_link("race@example.com", 1).await);
     let (a, b) = tokio::join!(
-        accept(&app, &token, "A", "password number one"),
-        accept(&app, &token, "B", "password number two")
+        app.accept_invitation(&token, "A", "password number one"),
+        app.accept_invitation(&token, "B", "password number two")
     );
     let mut statuses = vec![a.status().as_u16(), b.status().as_u16()];
     statuses.sort();
@@ -311,14 +250,17 @@ async fn two_concurrent_accepts_make_one_user(engine: Engine) {
 }
 
 async fn expired_and_cancelled_invitations(engine: Engine) {
-    let (app, relay) = app(engine).await;
-    let expiring = invite(&app, "late@example.com", "viewer").await;
-    let token = token_of(&link_for(&relay, "late@example.com", 1).await);
-    sqlx::query("UPDATE invitations SET expires_at = 1")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
-    error_code(accept(&app, &token, "Late", "a late password").await, 410).await;
+    let (app, relay) = spawn_app_with_relay(engine, |_| {}).await;
+    let expiring = app.invite("late@example.com", "viewer").await;
+    let token = token_of(&relay.invitation_link("late@example.com", 1).await);
+    // A day past its seven days (and so long after it was last sent).
+    app.advance_clock(Duration::from_secs(8 * 24 * 3600));
+    error_code(
+        app.accept_invitation(&token, "Late", "a late password")
+            .await,
+        410,
+    )
+    .await;
     let listed: Value = app
         .api(Method::GET, "/entities/invitations?status=expired")
         .send()
@@ -328,10 +270,6 @@ async fn expired_and_cancelled_invitations(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(listed["data"][0]["id"], expiring["id"]);
-    sqlx::query("UPDATE invitations SET last_sent_at = 1")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
     let revived = app
         .api(
             Method::POST,
@@ -345,8 +283,8 @@ async fn expired_and_cancelled_invitations(engine: Engine) {
         .unwrap();
     assert_eq!(revived.status(), 200, "an expired invitation can be resent");
 
-    let cancelled = invite(&app, "gone@example.com", "viewer").await;
-    let token = token_of(&link_for(&relay, "gone@example.com", 3).await);
+    let cancelled = app.invite("gone@example.com", "viewer").await;
+    let token = token_of(&relay.invitation_link("gone@example.com", 3).await);
     let path = format!(
         "/entities/invitations/{}",
         cancelled["id"].as_str().unwrap()
@@ -356,16 +294,22 @@ async fn expired_and_cancelled_invitations(engine: Engine) {
         response.json::<Value>().await.unwrap(),
         json!({"message": "Invitation cancelled"})
     );
-    error_code(accept(&app, &token, "Gone", "a gone password").await, 404).await;
+    error_code(
+        app.accept_invitation(&token, "Gone", "a gone password")
+            .await,
+        404,
+    )
+    .await;
     error_code(app.api(Method::DELETE, &path).send().await.unwrap(), 409).await;
     error_code(
-        accept(&app, "inv_unknown", "X", "some password here").await,
+        app.accept_invitation("inv_unknown", "X", "some password here")
+            .await,
         404,
     )
     .await;
 
     // One pending invitation per email; bad input is refused.
-    invite(&app, "twice@example.com", "viewer").await;
+    app.invite("twice@example.com", "viewer").await;
     let twice = app
         .api(Method::POST, "/entities/invitations")
         .json(&json!({"email": "twice@example.com", "role": "viewer"}))
@@ -393,12 +337,12 @@ async fn expired_and_cancelled_invitations(engine: Engine) {
             .unwrap();
         assert_eq!(error_code(response, 422).await["param"], param);
     }
-    let accepted = invite(&app, "done@example.com", "viewer").await;
-    let token = token_of(&link_for(&relay, "done@example.com", 5).await);
-    let short = accept(&app, &token, "Done", "short").await;
+    let accepted = app.invite("done@example.com", "viewer").await;
+    let token = token_of(&relay.invitation_link("done@example.com", 5).await);
+    let short = app.accept_invitation(&token, "Done", "short").await;
     assert_eq!(error_code(short, 422).await["param"], "password");
     assert_eq!(
-        accept(&app, &token, "Done", "long enough password")
+        app.accept_invitation(&token, "Done", "long enough password")
             .await
             .status(),
         200
@@ -415,11 +359,11 @@ async fn expired_and_cancelled_invitations(engine: Engine) {
 }
 
 async fn an_existing_user_joins_with_their_password(engine: Engine) {
-    let (app, relay) = app(engine).await;
-    invite(&app, "sam@example.com", "viewer").await;
-    let first = token_of(&link_for(&relay, "sam@example.com", 1).await);
+    let (app, relay) = spawn_app_with_relay(engine, |_| {}).await;
+    app.invite("sam@example.com", "viewer").await;
+    let first = token_of(&relay.invitation_link("sam@example.com", 1).await);
     assert_eq!(
-        accept(&app, &first, "Sam", "sam's real password")
+        app.accept_invitation(&first, "Sam", "sam's real password")
             .await
             .status(),
         200
@@ -443,13 +387,16 @@ async fn an_existing_user_joins_with_their_password(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
-    let token = token_of(&link_for(&relay, "sam@example.com", 2).await);
+    let token = token_of(&relay.invitation_link("sam@example.com", 2).await);
     error_code(
-        accept(&app, &token, "Impostor", "not sam's password").await,
+        app.accept_invitation(&token, "Impostor", "not sam's password")
+            .await,
         401,
     )
     .await;
-    let joined = accept(&app, &token, "Ignored", "sam's real password").await;
+    let joined = app
+        .accept_invitation(&token, "Ignored", "sam's real password")
+        .await;
     assert_eq!(joined.status(), 200);
     let joined: Value = joined.json().await.unwrap();
     assert_eq!(joined["entity_id"], second_id);
@@ -493,10 +440,11 @@ async fn an_existing_user_joins_with_their_password(engine: Engine) {
 }
 
 async fn login_works_and_is_rate_limited(engine: Engine) {
-    let (app, relay) = app(engine).await;
-    invite(&app, "lee@example.com", "viewer").await;
-    let token = token_of(&link_for(&relay, "lee@example.com", 1).await);
-    let accepted: Value = accept(&app, &token, "Lee", "lee's own password")
+    let (app, relay) = spawn_app_with_relay(engine, |_| {}).await;
+    app.invite("lee@example.com", "viewer").await;
+    let token = token_of(&relay.invitation_link("lee@example.com", 1).await);
+    let accepted: Value = app
+        .accept_invitation(&token, "Lee", "lee's own password")
         .await
         .json()
         .await
@@ -539,10 +487,11 @@ async fn login_works_and_is_rate_limited(engine: Engine) {
 }
 
 async fn an_entity_keeps_its_last_admin(engine: Engine) {
-    let (app, relay) = app(engine).await;
-    invite(&app, "first@example.com", "admin").await;
-    let token = token_of(&link_for(&relay, "first@example.com", 1).await);
-    let first: Value = accept(&app, &token, "First", "first admin password")
+    let (app, relay) = spawn_app_with_relay(engine, |_| {}).await;
+    app.invite("first@example.com", "admin").await;
+    let token = token_of(&relay.invitation_link("first@example.com", 1).await);
+    let first: Value = app
+        .accept_invitation(&token, "First", "first admin password")
         .await
         .json()
         .await
@@ -560,9 +509,10 @@ async fn an_entity_keeps_its_last_admin(engine: Engine) {
     .await;
     error_code(app.api(Method::DELETE, &path).send().await.unwrap(), 409).await;
 
-    invite(&app, "second@example.com", "admin").await;
-    let token = token_of(&link_for(&relay, "second@example.com", 2).await);
-    let second: Value = accept(&app, &token, "Second", "second admin password")
+    app.invite("second@example.com", "admin").await;
+    let token = token_of(&relay.invitation_link("second@example.com", 2).await);
+    let second: Value = app
+        .accept_invitation(&token, "Second", "second admin password")
         .await
         .json()
         .await
@@ -607,8 +557,8 @@ async fn an_entity_keeps_its_last_admin(engine: Engine) {
 }
 
 async fn invitations_stay_inside_their_entity(engine: Engine) {
-    let (app, _relay) = app(engine).await;
-    let invitation = invite(&app, "pat@example.com", "viewer").await;
+    let (app, _relay) = spawn_app_with_relay(engine, |_| {}).await;
+    let invitation = app.invite("pat@example.com", "viewer").await;
     let path = format!(
         "/entities/invitations/{}",
         invitation["id"].as_str().unwrap()

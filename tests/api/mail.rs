@@ -3,17 +3,17 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use mailroom::mail::EmailAddress;
 use mailroom::mail::outbox::{Outgoing, enqueue};
 use mailroom::mail::templates::{Kind, render};
 use mailroom::store::crypto::MasterKey;
+use mailroom::types::EmailAddress;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both_engines;
 use crate::helpers::dns::TestDns;
 use crate::helpers::smtp::{Encryption, TestSmtp};
-use crate::helpers::{Engine, ServerProcess, TestApp, error_code, free_port, spawn_app_with};
+use crate::helpers::{Engine, ServerProcess, TestApp, error_code, free_port, spawn_app_with_relay};
 
 both_engines!(
     the_settings_api_works_as_documented,
@@ -95,6 +95,7 @@ async fn a_killed_worker_loses_nothing_and_no_password_leaks(engine: Engine) {
                 ],
             ),
         },
+        db.now(),
     )
     .await
     .unwrap();
@@ -155,19 +156,13 @@ async fn a_killed_worker_loses_nothing_and_no_password_leaks(engine: Engine) {
     }
 }
 
-/// An app whose system relay is a plain SMTP server of the test's.
+/// An app whose system relay is a plain SMTP server of the test's, retrying after a second.
 async fn app_with_system_relay(engine: Engine) -> (TestApp, TestSmtp) {
-    let system = TestSmtp::start(Encryption::Plain, None).await;
-    let app = spawn_app_with(engine, |s| {
-        s.smtp_url = Some(mailroom::config::Secret::new(format!(
-            "smtp://127.0.0.1:{}?tls=none",
-            system.port
-        )));
+    spawn_app_with_relay(engine, |s| {
         s.mail_retry_seconds = 1;
         s.smtp_timeout = 5;
     })
-    .await;
-    (app, system)
+    .await
 }
 
 fn settings_body(
@@ -188,70 +183,6 @@ fn settings_body(
             "auth": {"user": user, "pass": pass}
         }
     })
-}
-
-async fn set_relay(app: &TestApp, domain: &str, body: Value) -> Value {
-    let response = app
-        .api(
-            Method::POST,
-            &format!("/api/v2/email/settings?domain={domain}"),
-        )
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    response.json().await.unwrap()
-}
-
-/// Queues an email of the app's first account, as the senders and invitations do.
-async fn queue(app: &TestApp, from: &str, to: &str) -> String {
-    let master_key = MasterKey::load(&app.settings).unwrap();
-    let mut conn = app.db.pool.acquire().await.unwrap();
-    let from = EmailAddress::parse(from).unwrap();
-    let to = EmailAddress::parse(to).unwrap();
-    let email = render(
-        Kind::Test,
-        &[
-            ("from", &from.to_string()),
-            ("to", &to.to_string()),
-            ("sent_at", "now"),
-        ],
-    );
-    enqueue(
-        &mut conn,
-        &master_key,
-        Outgoing {
-            account_id: Some(&app.admin.account_id),
-            from: &from,
-            to: &to,
-            email,
-        },
-    )
-    .await
-    .unwrap()
-}
-
-async fn message(app: &TestApp, id: &str) -> Value {
-    app.api(Method::GET, &format!("/v2/messages/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn wait_for_status(app: &TestApp, id: &str, status: &str, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let current = message(app, id).await;
-        if current["status"] == status {
-            return current;
-        }
-        assert!(Instant::now() < deadline, "not {status}: {current}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn the_settings_api_works_as_documented(engine: Engine) {
@@ -505,8 +436,7 @@ async fn the_settings_api_works_as_documented(engine: Engine) {
 async fn each_domain_leaves_through_its_own_relay(engine: Engine) {
     let (app, system) = app_with_system_relay(engine).await;
     let relay = TestSmtp::start(Encryption::StartTls, Some(("relay-user", "relay-secret"))).await;
-    set_relay(
-        &app,
+    app.set_relay(
         "customer.com",
         settings_body(
             relay.port,
@@ -517,10 +447,15 @@ async fn each_domain_leaves_through_its_own_relay(engine: Engine) {
     )
     .await;
 
-    let own = queue(&app, "billing@customer.com", "client@example.org").await;
-    let other = queue(&app, "news@other.org", "client@example.org").await;
-    let own = wait_for_status(&app, &own, "sent", Duration::from_secs(20)).await;
-    wait_for_status(&app, &other, "sent", Duration::from_secs(20)).await;
+    let own = app
+        .queue("billing@customer.com", "client@example.org")
+        .await;
+    let other = app.queue("news@other.org", "client@example.org").await;
+    let own = app
+        .wait_for_status(&own, "sent", Duration::from_secs(20))
+        .await;
+    app.wait_for_status(&other, "sent", Duration::from_secs(20))
+        .await;
 
     let through_relay = relay.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(through_relay.len(), 1);
@@ -574,14 +509,11 @@ async fn each_domain_leaves_through_its_own_relay(engine: Engine) {
 async fn implicit_tls_and_certificate_checks_are_honoured(engine: Engine) {
     let (app, _system) = app_with_system_relay(engine).await;
     let relay = TestSmtp::start(Encryption::Implicit, None).await;
-    set_relay(
-        &app,
-        "customer.com",
-        settings_body(relay.port, true, false, None),
-    )
-    .await;
-    let accepted = queue(&app, "a@customer.com", "b@example.org").await;
-    wait_for_status(&app, &accepted, "sent", Duration::from_secs(20)).await;
+    app.set_relay("customer.com", settings_body(relay.port, true, false, None))
+        .await;
+    let accepted = app.queue("a@customer.com", "b@example.org").await;
+    app.wait_for_status(&accepted, "sent", Duration::from_secs(20))
+        .await;
     assert!(relay.wait_for(1, Duration::from_secs(5)).await[0].tls);
 
     // With rejectUnauthorized the self-signed certificate is refused.
@@ -591,10 +523,10 @@ async fn implicit_tls_and_certificate_checks_are_honoured(engine: Engine) {
         .send()
         .await
         .unwrap();
-    let refused = queue(&app, "a@customer.com", "b@example.org").await;
+    let refused = app.queue("a@customer.com", "b@example.org").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let failed = loop {
-        let current = message(&app, &refused).await;
+        let current = app.message(&refused).await;
         if current["last_error"].is_string() {
             break current;
         }
@@ -620,8 +552,10 @@ async fn implicit_tls_and_certificate_checks_are_honoured(engine: Engine) {
 async fn temporary_failures_retry_and_permanent_ones_stop(engine: Engine) {
     let (app, system) = app_with_system_relay(engine).await;
     system.reply_next("451 4.3.0 Mailbox busy, try later");
-    let retried = queue(&app, "a@other.org", "b@example.org").await;
-    let sent = wait_for_status(&app, &retried, "sent", Duration::from_secs(30)).await;
+    let retried = app.queue("a@other.org", "b@example.org").await;
+    let sent = app
+        .wait_for_status(&retried, "sent", Duration::from_secs(30))
+        .await;
     assert_eq!(sent["attempts"], 2);
     let attempts: Vec<(String, String)> = sqlx::query_as(
         "SELECT outcome, detail FROM delivery_attempts WHERE message_id = $1 ORDER BY attempt",
@@ -636,8 +570,10 @@ async fn temporary_failures_retry_and_permanent_ones_stop(engine: Engine) {
     assert_eq!(attempts[1].0, "sent");
 
     system.reply_next("550 5.1.1 No such user here");
-    let refused = queue(&app, "a@other.org", "nobody@example.org").await;
-    let failed = wait_for_status(&app, &refused, "failed", Duration::from_secs(20)).await;
+    let refused = app.queue("a@other.org", "nobody@example.org").await;
+    let failed = app
+        .wait_for_status(&refused, "failed", Duration::from_secs(20))
+        .await;
     assert_eq!(failed["attempts"], 1, "a 5xx is final");
     assert!(
         failed["last_error"]
@@ -660,16 +596,12 @@ async fn temporary_failures_retry_and_permanent_ones_stop(engine: Engine) {
 async fn a_relay_that_is_down_gets_the_message_once_up(engine: Engine) {
     let (app, _system) = app_with_system_relay(engine).await;
     let port = free_port();
-    set_relay(
-        &app,
-        "customer.com",
-        settings_body(port, false, false, None),
-    )
-    .await;
-    let id = queue(&app, "a@customer.com", "b@example.org").await;
+    app.set_relay("customer.com", settings_body(port, false, false, None))
+        .await;
+    let id = app.queue("a@customer.com", "b@example.org").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let current = message(&app, &id).await;
+        let current = app.message(&id).await;
         if current["attempts"].as_i64() >= Some(1) && current["status"] == "queued" {
             assert!(
                 current["last_error"].as_str().unwrap().contains("connect"),
@@ -681,7 +613,8 @@ async fn a_relay_that_is_down_gets_the_message_once_up(engine: Engine) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let relay = TestSmtp::start_on(port, Encryption::Plain, None).await;
-    wait_for_status(&app, &id, "sent", Duration::from_secs(30)).await;
+    app.wait_for_status(&id, "sent", Duration::from_secs(30))
+        .await;
     assert_eq!(relay.received().len(), 1);
 }
 
@@ -690,7 +623,10 @@ async fn two_instances_deliver_each_message_once(engine: Engine) {
     app.another_instance().await;
     let mut ids = Vec::new();
     for i in 0..40 {
-        ids.push(queue(&app, "a@other.org", &format!("user{i}@example.org")).await);
+        ids.push(
+            app.queue("a@other.org", &format!("user{i}@example.org"))
+                .await,
+        );
     }
     let received = system.wait_for(40, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -714,47 +650,19 @@ async fn two_instances_deliver_each_message_once(engine: Engine) {
 
 async fn signed_mail_verifies_through_the_dns_chain(engine: Engine) {
     let dns = TestDns::start().await;
-    let system = TestSmtp::start(Encryption::Plain, None).await;
-    let app = spawn_app_with(engine, |s| {
+    let (app, system) = spawn_app_with_relay(engine, |s| {
         s.dns_nameservers = vec![dns.address];
         s.dns_listen = Some("127.0.0.1:0".parse().unwrap());
-        s.smtp_url = Some(mailroom::config::Secret::new(format!(
-            "smtp://127.0.0.1:{}?tls=none",
-            system.port
-        )));
     })
     .await;
     dns.delegate("dkim.mailroom.test", app.dns_address.unwrap());
-    let created = app
-        .api(Method::POST, "/v2/domains")
-        .json(&json!({"domain": "customer.com"}))
-        .send()
-        .await
-        .unwrap();
-    let created: Value = created.json().await.unwrap();
-    for record in created["domain"]["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["required"] == true)
-    {
-        dns.cname(
-            record["name"].as_str().unwrap(),
-            record["value"].as_str().unwrap(),
-        );
-    }
-    let verified: Value = app
-        .api(Method::POST, "/v2/domains/customer.com/verify")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(verified["domain"]["status"], "active");
+    let domain = app.add_domain("customer.com").await;
+    dns.publish(&domain);
+    assert_eq!(app.verify_domain("customer.com").await["status"], "active");
 
-    queue(&app, "billing@customer.com", "client@example.org").await;
-    queue(&app, "news@unmanaged.org", "client@example.org").await;
+    app.queue("billing@customer.com", "client@example.org")
+        .await;
+    app.queue("news@unmanaged.org", "client@example.org").await;
     let received = system.wait_for(2, Duration::from_secs(20)).await;
     let signed = received
         .iter()
@@ -765,7 +673,7 @@ async fn signed_mail_verifies_through_the_dns_chain(engine: Engine) {
         .find(|r| r.from == "news@unmanaged.org")
         .unwrap();
     let signature = signed.header("DKIM-Signature").expect("signed");
-    let first_token = created["domain"]["records"][0]["name"]
+    let first_token = domain["records"][0]["name"]
         .as_str()
         .unwrap()
         .split('.')
@@ -819,8 +727,7 @@ async fn signed_mail_verifies_through_the_dns_chain(engine: Engine) {
 async fn the_settings_test_reports_each_step(engine: Engine) {
     let (app, _system) = app_with_system_relay(engine).await;
     let relay = TestSmtp::start(Encryption::StartTls, Some(("user", "right-password"))).await;
-    set_relay(
-        &app,
+    app.set_relay(
         "customer.com",
         settings_body(relay.port, false, false, Some(("user", "right-password"))),
     )

@@ -5,14 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mailroom::domains::{DomainName, DomainStatus, set_status_by_operator};
+use mailroom::domains::model::DomainStatus;
+use mailroom::domains::store::set_status_by_operator;
+use mailroom::types::DomainName;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::both_engines;
 use crate::helpers::{Engine, TestApp, free_port, spawn_app_with};
-use crate::mailboxes::{active_domain, create};
 
 both_engines!(dovecot_and_postfix_serve_what_the_api_says);
 
@@ -297,8 +298,8 @@ async fn dovecot_and_postfix_serve_what_the_api_says(engine: Engine) {
         s.vmail_gid = 8;
     })
     .await;
-    active_domain(&app, "customer.com").await;
-    let created = create(&app, json!({"domain": "customer.com", "local_part": "support", "user_id": "u1", "quota_mb": 100})).await;
+    app.active_domain("customer.com").await;
+    let created = app.create_mailbox(json!({"domain": "customer.com", "local_part": "support", "user_id": "u1", "quota_mb": 100})).await;
     let id = created["account"]["id"].as_i64().unwrap();
     let password = created["password"].as_str().unwrap().to_string();
     let source = source(&app, engine).await;

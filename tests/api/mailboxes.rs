@@ -2,12 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use mailroom::domains::{DomainName, DomainStatus, set_status_by_operator};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both_engines;
-use crate::helpers::{Engine, TestApp, error_code, spawn_app};
+use crate::helpers::{Engine, error_code, spawn_app};
 
 both_engines!(
     mailboxes_are_created_and_read_as_documented,
@@ -18,48 +17,10 @@ both_engines!(
     a_burst_of_creates_does_not_stall_reads,
 );
 
-/// Adds `domain` to the app's account and activates it as the operator would.
-pub async fn active_domain(app: &TestApp, domain: &str) {
-    let created = app
-        .api(Method::POST, "/v2/domains")
-        .json(&json!({"domain": domain}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    set_status_by_operator(
-        &app.db,
-        &DomainName::parse(domain).unwrap(),
-        None,
-        DomainStatus::Active,
-    )
-    .await
-    .unwrap();
-}
-
-pub async fn create(app: &TestApp, body: Value) -> Value {
-    let response = app
-        .api(Method::POST, "/v2/email-accounts/create")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    let created: Value = response.json().await.unwrap();
-    crate::helpers::record_secret(created["password"].as_str().unwrap());
-    created
-}
-
-async fn get(app: &TestApp, path: &str) -> Value {
-    let response = app.api(Method::GET, path).send().await.unwrap();
-    assert_eq!(response.status(), 200, "{path}");
-    response.json().await.unwrap()
-}
-
 async fn mailboxes_are_created_and_read_as_documented(engine: Engine) {
     let app = spawn_app(engine).await;
-    active_domain(&app, "customer.com").await;
-    let created = create(&app, json!({"domain": "customer.com", "local_part": "Billing", "display_name": "Billing", "user_id": "user_123"})).await;
+    app.active_domain("customer.com").await;
+    let created = app.create_mailbox(json!({"domain": "customer.com", "local_part": "Billing", "display_name": "Billing", "user_id": "user_123"})).await;
     let account = &created["account"];
     for field in [
         "id",
@@ -101,7 +62,9 @@ async fn mailboxes_are_created_and_read_as_documented(engine: Engine) {
     );
     assert!(!stored.contains(password));
 
-    let fetched = get(&app, &format!("/v2/email-accounts/{id}?user_id=user_123")).await;
+    let fetched = app
+        .get_json(&format!("/v2/email-accounts/{id}?user_id=user_123"))
+        .await;
     assert_eq!(fetched["account"]["address"], "billing@customer.com");
     assert_eq!(fetched["account"]["user_id"], "user_123");
     assert!(
@@ -109,12 +72,10 @@ async fn mailboxes_are_created_and_read_as_documented(engine: Engine) {
         "never shown again"
     );
 
-    create(&app, json!({"domain": "customer.com", "local_part": "support", "user_id": "user_456", "password": "a long enough secret"})).await;
-    let by_domain = get(
-        &app,
-        "/v2/domains/customer.com/email-accounts?user_id=user_123&limit=50",
-    )
-    .await;
+    app.create_mailbox(json!({"domain": "customer.com", "local_part": "support", "user_id": "user_456", "password": "a long enough secret"})).await;
+    let by_domain = app
+        .get_json("/v2/domains/customer.com/email-accounts?user_id=user_123&limit=50")
+        .await;
     assert_eq!(
         by_domain["domain"],
         json!({"domain": "customer.com", "status": "active"})
@@ -125,37 +86,40 @@ async fn mailboxes_are_created_and_read_as_documented(engine: Engine) {
         (Some(50), Some(0))
     );
 
-    let listed = get(&app, "/v2/email-accounts?domain=customer.com").await;
+    let listed = app.get_json("/v2/email-accounts?domain=customer.com").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 2);
-    let page = get(&app, "/v2/email-accounts?limit=1&offset=1").await;
+    let page = app.get_json("/v2/email-accounts?limit=1&offset=1").await;
     assert_eq!(page["items"][0]["local_part"], "support");
-    let theirs = get(&app, "/v2/email-accounts?user_id=user_456").await;
+    let theirs = app.get_json("/v2/email-accounts?user_id=user_456").await;
     assert_eq!(theirs["items"].as_array().unwrap().len(), 1);
     assert_eq!(
-        get(&app, "/v2/email-accounts?domain=other.org").await["items"],
+        app.get_json("/v2/email-accounts?domain=other.org").await["items"],
         json!([])
     );
 
     // Paging by position: each page's next_after leads to the next, the last has none.
-    let first = get(&app, "/v2/email-accounts?limit=1").await;
+    let first = app.get_json("/v2/email-accounts?limit=1").await;
     assert_eq!(first["items"][0]["local_part"], "billing");
     let after = first["next_after"].as_i64().expect("a next page");
-    let second = get(&app, &format!("/v2/email-accounts?limit=1&after={after}")).await;
+    let second = app
+        .get_json(&format!("/v2/email-accounts?limit=1&after={after}"))
+        .await;
     assert_eq!(second["items"][0]["local_part"], "support");
-    let last = get(
-        &app,
-        &format!("/v2/email-accounts?limit=1&after={}", second["next_after"]),
-    )
-    .await;
+    let last = app
+        .get_json(&format!(
+            "/v2/email-accounts?limit=1&after={}",
+            second["next_after"]
+        ))
+        .await;
     assert_eq!(
         (last["items"].clone(), last["next_after"].clone()),
         (json!([]), json!(null))
     );
-    let on_domain = get(
-        &app,
-        &format!("/v2/domains/customer.com/email-accounts?after={after}"),
-    )
-    .await;
+    let on_domain = app
+        .get_json(&format!(
+            "/v2/domains/customer.com/email-accounts?after={after}"
+        ))
+        .await;
     assert_eq!(on_domain["items"].as_array().unwrap().len(), 1);
     assert_eq!(on_domain["next_after"], json!(null));
     for query in [
@@ -179,19 +143,10 @@ async fn mailboxes_are_created_and_read_as_documented(engine: Engine) {
 
 async fn bad_mailbox_input_is_refused_with_reasons(engine: Engine) {
     let app = spawn_app(engine).await;
-    active_domain(&app, "customer.com").await;
-    let pending = app
-        .api(Method::POST, "/v2/domains")
-        .json(&json!({"domain": "pending.org"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(pending.status(), 201);
-    create(
-        &app,
-        json!({"domain": "customer.com", "local_part": "taken"}),
-    )
-    .await;
+    app.active_domain("customer.com").await;
+    app.add_domain("pending.org").await;
+    app.create_mailbox(json!({"domain": "customer.com", "local_part": "taken"}))
+        .await;
 
     for (body, status, param, words) in [
         (
@@ -291,27 +246,19 @@ async fn bad_mailbox_input_is_refused_with_reasons(engine: Engine) {
 
 async fn a_users_first_mailbox_is_the_default(engine: Engine) {
     let app = spawn_app(engine).await;
-    active_domain(&app, "customer.com").await;
-    let first = create(
-        &app,
-        json!({"domain": "customer.com", "local_part": "first", "user_id": "u1"}),
-    )
-    .await;
-    let second = create(
-        &app,
-        json!({"domain": "customer.com", "local_part": "second", "user_id": "u1"}),
-    )
-    .await;
-    let third = create(
-        &app,
-        json!({"domain": "customer.com", "local_part": "third", "user_id": "u1"}),
-    )
-    .await;
-    let other = create(
-        &app,
-        json!({"domain": "customer.com", "local_part": "other", "user_id": "u2"}),
-    )
-    .await;
+    app.active_domain("customer.com").await;
+    let first = app
+        .create_mailbox(json!({"domain": "customer.com", "local_part": "first", "user_id": "u1"}))
+        .await;
+    let second = app
+        .create_mailbox(json!({"domain": "customer.com", "local_part": "second", "user_id": "u1"}))
+        .await;
+    let third = app
+        .create_mailbox(json!({"domain": "customer.com", "local_part": "third", "user_id": "u1"}))
+        .await;
+    let other = app
+        .create_mailbox(json!({"domain": "customer.com", "local_part": "other", "user_id": "u2"}))
+        .await;
     assert_eq!(first["account"]["isDefault"], true);
     assert_eq!(second["account"]["isDefault"], false);
     assert_eq!(third["account"]["isDefault"], false);
@@ -329,7 +276,7 @@ async fn a_users_first_mailbox_is_the_default(engine: Engine) {
         deleted,
         json!({"ok": true, "deleted": {"id": first["account"]["id"], "address": "first@customer.com"}})
     );
-    let remaining = get(&app, "/v2/email-accounts?user_id=u1").await;
+    let remaining = app.get_json("/v2/email-accounts?user_id=u1").await;
     let defaults: Vec<(&str, bool)> = remaining["items"]
         .as_array()
         .unwrap()
@@ -350,8 +297,8 @@ async fn a_users_first_mailbox_is_the_default(engine: Engine) {
 
 async fn mailboxes_are_changed_reset_and_deleted(engine: Engine) {
     let app = spawn_app(engine).await;
-    active_domain(&app, "customer.com").await;
-    let created = create(&app, json!({"domain": "customer.com", "local_part": "billing", "user_id": "user_123", "quota_mb": 500})).await;
+    app.active_domain("customer.com").await;
+    let created = app.create_mailbox(json!({"domain": "customer.com", "local_part": "billing", "user_id": "user_123", "quota_mb": 500})).await;
     let id = created["account"]["id"].as_i64().unwrap();
     assert_eq!(created["account"]["quota_mb"], 500);
 
@@ -464,12 +411,12 @@ async fn mailboxes_are_changed_reset_and_deleted(engine: Engine) {
 
 async fn other_owners_and_accounts_see_only_404(engine: Engine) {
     let app = spawn_app(engine).await;
-    active_domain(&app, "customer.com").await;
-    let created = create(
-        &app,
-        json!({"domain": "customer.com", "local_part": "billing", "user_id": "user_123"}),
-    )
-    .await;
+    app.active_domain("customer.com").await;
+    let created = app
+        .create_mailbox(
+            json!({"domain": "customer.com", "local_part": "billing", "user_id": "user_123"}),
+        )
+        .await;
     let id = created["account"]["id"].as_i64().unwrap();
     let other = app.other_account().await;
     let requests = |key: String, user: Option<&str>| {
@@ -527,7 +474,7 @@ async fn other_owners_and_accounts_see_only_404(engine: Engine) {
         .await
         .unwrap();
     error_code(creating, 404).await;
-    let still = get(&app, &format!("/v2/email-accounts/{id}")).await;
+    let still = app.get_json(&format!("/v2/email-accounts/{id}")).await;
     assert_eq!(still["account"]["status"], "active", "nothing changed");
     let viewer = app.create_key(json!({"name": "v", "role": "viewer"})).await;
     let refused = app
@@ -541,12 +488,10 @@ async fn other_owners_and_accounts_see_only_404(engine: Engine) {
 
 async fn a_burst_of_creates_does_not_stall_reads(engine: Engine) {
     let app = spawn_app(engine).await;
-    active_domain(&app, "customer.com").await;
-    let first = create(
-        &app,
-        json!({"domain": "customer.com", "local_part": "first"}),
-    )
-    .await;
+    app.active_domain("customer.com").await;
+    let first = app
+        .create_mailbox(json!({"domain": "customer.com", "local_part": "first"}))
+        .await;
     let path = format!("/v2/email-accounts/{}", first["account"]["id"]);
 
     let started = Instant::now();

@@ -1,10 +1,10 @@
 //! Property tests of the parsers: whatever the input, no panic; what they accept keeps
 //! its meaning when parsed again; over-long and control-character input is refused.
 
-use mailroom::domains::DomainName;
 use mailroom::http::Page;
-use mailroom::mail::EmailAddress;
-use mailroom::mailboxes::LocalPart;
+use mailroom::types::DomainName;
+use mailroom::types::EmailAddress;
+use mailroom::types::LocalPart;
 use proptest::prelude::*;
 
 fn label() -> impl Strategy<Value = String> {

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use crate::both_engines;
 use crate::helpers::browser::Browser;
 use crate::helpers::dns::TestDns;
-use crate::helpers::smtp::{Encryption, Received, TestSmtp};
-use crate::helpers::{Engine, TestApp, error_code, spawn_app_with};
+use crate::helpers::smtp::TestSmtp;
+use crate::helpers::{Engine, TestApp, error_code, spawn_app_with_relay, token_of};
 
 both_engines!(
     a_link_verifies_only_when_its_page_is_confirmed,
@@ -22,13 +22,8 @@ both_engines!(
 );
 
 async fn app(engine: Engine) -> (TestApp, TestSmtp, TestDns) {
-    let relay = TestSmtp::start(Encryption::Plain, None).await;
     let dns = TestDns::start().await;
-    let app = spawn_app_with(engine, |s| {
-        s.smtp_url = Some(mailroom::config::Secret::new(format!(
-            "smtp://127.0.0.1:{}?tls=none",
-            relay.port
-        )));
+    let (app, relay) = spawn_app_with_relay(engine, |s| {
         s.dns_nameservers = vec![dns.address];
         s.mail_from = "noreply@mailroom.example".into();
     })
@@ -36,70 +31,11 @@ async fn app(engine: Engine) -> (TestApp, TestSmtp, TestDns) {
     (app, relay, dns)
 }
 
-/// The text part of a received email, quoted-printable decoded.
-fn text_of(received: &Received) -> String {
-    let unfolded = received.data.replace("=\r\n", "");
-    let mut out = Vec::new();
-    let bytes = unfolded.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'='
-            && i + 2 < bytes.len()
-            && bytes[i + 1].is_ascii_hexdigit()
-            && bytes[i + 2].is_ascii_hexdigit()
-        {
-            out.push(u8::from_str_radix(&unfolded[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The link and the code of the newest verification email to `to`.
-async fn link_and_code(relay: &TestSmtp, to: &str, count: usize) -> (String, String) {
-    let received = relay.wait_for(count, Duration::from_secs(20)).await;
-    let email = received
-        .iter()
-        .rev()
-        .find(|r| r.to == vec![to.to_string()])
-        .expect("a verification email");
-    let text = text_of(email);
-    let link = text
-        .split_whitespace()
-        .find(|w| w.starts_with("http://") && w.contains("/v1/email-address/verify?token="))
-        .unwrap()
-        .to_string();
-    let code = text.split("enter this code: ").nth(1).unwrap()[..6].to_string();
-    (link, code)
-}
-
-async fn add(app: &TestApp, path: &str, email: &str) -> Value {
-    let response = app
-        .api(Method::POST, path)
-        .json(&json!({"email": email}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    response.json().await.unwrap()
-}
-
-async fn get(app: &TestApp, path: &str) -> Value {
-    app.api(Method::GET, path)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn a_link_verifies_only_when_its_page_is_confirmed(engine: Engine) {
     let (app, relay, _dns) = app(engine).await;
-    let created = add(&app, "/v1/email-address", "Billing@Customer.com").await;
+    let created = app
+        .add_sender("/v1/email-address", "Billing@Customer.com")
+        .await;
     for field in [
         "createdAt",
         "updatedAt",
@@ -126,7 +62,9 @@ async fn a_link_verifies_only_when_its_page_is_confirmed(engine: Engine) {
         json!({"type": "CNAME", "name": format!("{token}._domainkey.customer.com"), "value": format!("{token}.dkim.mailroom.test")})
     );
 
-    let (link, _code) = link_and_code(&relay, "Billing@customer.com", 1).await;
+    let (link, _code) = relay
+        .verification_link_and_code("Billing@customer.com", 1)
+        .await;
     assert!(link.starts_with(&app.address), "{link}");
     let email = &relay.received()[0];
     assert_eq!(
@@ -140,7 +78,7 @@ async fn a_link_verifies_only_when_its_page_is_confirmed(engine: Engine) {
     assert_eq!(scanned.headers()["referrer-policy"], "no-referrer");
     assert!(scanned.text().await.unwrap().contains("<button"));
     assert_eq!(
-        get(&app, "/v1/email-address/status").await["emailVerificationStatus"],
+        app.get_json("/v1/email-address/status").await["emailVerificationStatus"],
         "pending"
     );
 
@@ -152,7 +90,7 @@ async fn a_link_verifies_only_when_its_page_is_confirmed(engine: Engine) {
     browser.click("#confirm").await;
     let result = browser.wait_for("#result").await;
     assert!(result.contains("confirmed"), "{result}");
-    let status = get(&app, "/v1/email-address/status").await;
+    let status = app.get_json("/v1/email-address/status").await;
     assert_eq!(
         status,
         json!({"emailVerificationStatus": "verified", "domainVerificationStatus": "pending"})
@@ -165,8 +103,11 @@ async fn a_link_verifies_only_when_its_page_is_confirmed(engine: Engine) {
 
 async fn a_code_verifies_and_wrong_codes_run_out(engine: Engine) {
     let (app, relay, _dns) = app(engine).await;
-    add(&app, "/v1/email-address", "billing@customer.com").await;
-    let (_link, code) = link_and_code(&relay, "billing@customer.com", 1).await;
+    app.add_sender("/v1/email-address", "billing@customer.com")
+        .await;
+    let (_link, code) = relay
+        .verification_link_and_code("billing@customer.com", 1)
+        .await;
     let wrong = if code == "000000" { "111111" } else { "000000" };
     let attempt = |code: &str| {
         app.api(Method::POST, "/v1/email-address/verify")
@@ -188,8 +129,11 @@ async fn a_code_verifies_and_wrong_codes_run_out(engine: Engine) {
     error_code(attempt(&code).send().await.unwrap(), 409).await;
 
     // Five wrong codes void the code: even the right one fails after.
-    add(&app, "/v1/email-address", "sales@customer.com").await;
-    let (_link, code) = link_and_code(&relay, "sales@customer.com", 2).await;
+    app.add_sender("/v1/email-address", "sales@customer.com")
+        .await;
+    let (_link, code) = relay
+        .verification_link_and_code("sales@customer.com", 2)
+        .await;
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for _ in 0..4 {
         error_code(attempt(wrong).send().await.unwrap(), 422).await;
@@ -207,15 +151,15 @@ async fn a_code_verifies_and_wrong_codes_run_out(engine: Engine) {
 
 async fn expired_and_reused_secrets_fail_clearly(engine: Engine) {
     let (app, relay, _dns) = app(engine).await;
-    add(&app, "/v1/email-address", "billing@customer.com").await;
-    let (link, code) = link_and_code(&relay, "billing@customer.com", 1).await;
-    sqlx::query("UPDATE sender_addresses SET expires_at = $1")
-        .bind(mailroom::store::Timestamp::now().0 - 1000)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    app.add_sender("/v1/email-address", "billing@customer.com")
+        .await;
+    let (link, code) = relay
+        .verification_link_and_code("billing@customer.com", 1)
+        .await;
+    // A day passes, and a minute: the link and the code have expired.
+    app.advance_clock(Duration::from_secs(24 * 3600 + 60));
     assert_eq!(
-        get(&app, "/v1/email-address").await["emailVerificationStatus"],
+        app.get_json("/v1/email-address").await["emailVerificationStatus"],
         "expired"
     );
     let page = reqwest::get(&link).await.unwrap();
@@ -229,13 +173,13 @@ async fn expired_and_reused_secrets_fail_clearly(engine: Engine) {
         .unwrap();
     assert_eq!(error_code(by_code, 410).await["code"], "code_expired");
 
-    let token = link.split("token=").nth(1).unwrap();
+    let token = token_of(&link);
     let confirm = |token: &str| {
         reqwest::Client::new()
             .post(format!("{}/v1/email-address/verify/confirm", app.address))
             .form(&[("token", token)])
     };
-    assert_eq!(confirm(token).send().await.unwrap().status(), 410);
+    assert_eq!(confirm(&token).send().await.unwrap().status(), 410);
     let unknown = confirm("ev_0000").send().await.unwrap();
     assert_eq!(unknown.status(), 404);
     assert!(
@@ -246,18 +190,16 @@ async fn expired_and_reused_secrets_fail_clearly(engine: Engine) {
     );
 
     // A fresh link works once; the second use is refused.
-    sqlx::query("DELETE FROM verification_sends")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
     app.api(Method::POST, "/v1/email-address/resend-verification")
         .send()
         .await
         .unwrap();
-    let (link, _) = link_and_code(&relay, "billing@customer.com", 2).await;
-    let token = link.split("token=").nth(1).unwrap();
-    assert_eq!(confirm(token).send().await.unwrap().status(), 200);
-    assert_eq!(confirm(token).send().await.unwrap().status(), 404);
+    let (link, _) = relay
+        .verification_link_and_code("billing@customer.com", 2)
+        .await;
+    let token = token_of(&link);
+    assert_eq!(confirm(&token).send().await.unwrap().status(), 200);
+    assert_eq!(confirm(&token).send().await.unwrap().status(), 404);
     let stored: Vec<Option<String>> = sqlx::query_scalar("SELECT token_hash FROM sender_addresses")
         .fetch_all(&app.db.pool)
         .await
@@ -267,8 +209,11 @@ async fn expired_and_reused_secrets_fail_clearly(engine: Engine) {
 
 async fn resending_is_limited(engine: Engine) {
     let (app, relay, _dns) = app(engine).await;
-    add(&app, "/v1/email-address", "billing@customer.com").await;
-    let (first_link, _) = link_and_code(&relay, "billing@customer.com", 1).await;
+    app.add_sender("/v1/email-address", "billing@customer.com")
+        .await;
+    let (first_link, _) = relay
+        .verification_link_and_code("billing@customer.com", 1)
+        .await;
     let resend = || app.api(Method::POST, "/v1/email-address/resend-verification");
 
     let too_soon = resend().send().await.unwrap();
@@ -282,19 +227,16 @@ async fn resending_is_limited(engine: Engine) {
     );
     error_code(too_soon, 429).await;
 
-    let minute_ago = mailroom::store::Timestamp::now().0 - 61_000;
-    sqlx::query("UPDATE verification_sends SET at = $1")
-        .bind(minute_ago)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    app.advance_clock(Duration::from_secs(61));
     let resent = resend().send().await.unwrap();
     assert_eq!(resent.status(), 200);
     assert_eq!(
         resent.json::<Value>().await.unwrap(),
         json!({"success": true})
     );
-    let (second_link, _) = link_and_code(&relay, "billing@customer.com", 2).await;
+    let (second_link, _) = relay
+        .verification_link_and_code("billing@customer.com", 2)
+        .await;
     assert_ne!(first_link, second_link);
     assert_eq!(
         reqwest::get(&first_link).await.unwrap().status(),
@@ -303,21 +245,18 @@ async fn resending_is_limited(engine: Engine) {
     );
     assert_eq!(reqwest::get(&second_link).await.unwrap().status(), 200);
 
-    // Ten a day.
+    // Ten a day: eight more were sent earlier today, and the last over a minute ago.
+    let earlier = app.db.now().0;
     for _ in 0..8 {
         sqlx::query(
             "INSERT INTO verification_sends (email, at) VALUES ('billing@customer.com', $1)",
         )
-        .bind(minute_ago)
+        .bind(earlier)
         .execute(&app.db.pool)
         .await
         .unwrap();
     }
-    sqlx::query("UPDATE verification_sends SET at = $1")
-        .bind(minute_ago)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    app.advance_clock(Duration::from_secs(61));
     let capped = resend().send().await.unwrap();
     assert!(
         error_code(capped, 429).await["message"]
@@ -335,24 +274,18 @@ async fn resending_is_limited(engine: Engine) {
 
 async fn the_domain_status_follows_dns(engine: Engine) {
     let (app, _relay, dns) = app(engine).await;
-    let created = add(&app, "/v1/email-address", "billing@customer.com").await;
+    let created = app
+        .add_sender("/v1/email-address", "billing@customer.com")
+        .await;
     for record in created["dnsRecords"].as_array().unwrap() {
         dns.cname(
             record["name"].as_str().unwrap(),
             record["value"].as_str().unwrap(),
         );
     }
-    let domain: Value = app
-        .api(Method::POST, "/v2/domains/customer.com/verify")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(domain["domain"]["status"], "active");
+    assert_eq!(app.verify_domain("customer.com").await["status"], "active");
     assert_eq!(
-        get(&app, "/v1/email-address/status").await["domainVerificationStatus"],
+        app.get_json("/v1/email-address/status").await["domainVerificationStatus"],
         "verified"
     );
     let in_use = app
@@ -367,36 +300,38 @@ async fn organizations_fall_back_to_their_account_then_the_system(engine: Engine
     let (app, relay, dns) = app(engine).await;
     let org = app.admin.entity_id.clone();
     let org_path = format!("/v1/organizations/{org}/email-address");
-    let created = add(&app, &org_path, "team@customer.com").await;
+    let created = app.add_sender(&org_path, "team@customer.com").await;
     assert_eq!(created["organizationId"], org.as_str());
     assert_eq!(created["effective"], false);
     assert_eq!(created["effectiveSender"], "noreply@mailroom.example");
 
-    add(&app, "/v1/email-address", "office@customer.com").await;
+    app.add_sender("/v1/email-address", "office@customer.com")
+        .await;
     for record in created["dnsRecords"].as_array().unwrap() {
         dns.cname(
             record["name"].as_str().unwrap(),
             record["value"].as_str().unwrap(),
         );
     }
-    app.api(Method::POST, "/v2/domains/customer.com/verify")
-        .send()
-        .await
-        .unwrap();
-    let (_, account_code) = link_and_code(&relay, "office@customer.com", 2).await;
+    app.verify_domain("customer.com").await;
+    let (_, account_code) = relay
+        .verification_link_and_code("office@customer.com", 2)
+        .await;
     app.api(Method::POST, "/v1/email-address/verify")
         .json(&json!({"code": account_code}))
         .send()
         .await
         .unwrap();
-    let org_sender = get(&app, &org_path).await;
+    let org_sender = app.get_json(&org_path).await;
     assert_eq!(org_sender["effective"], false);
     assert_eq!(
         org_sender["effectiveSender"], "office@customer.com",
         "the account's verified address"
     );
 
-    let (_, org_code) = link_and_code(&relay, "team@customer.com", 2).await;
+    let (_, org_code) = relay
+        .verification_link_and_code("team@customer.com", 2)
+        .await;
     let verified = app
         .api(Method::POST, &format!("{org_path}/verify"))
         .json(&json!({"code": org_code}))
@@ -404,16 +339,16 @@ async fn organizations_fall_back_to_their_account_then_the_system(engine: Engine
         .await
         .unwrap();
     assert_eq!(verified.status(), 200);
-    let org_sender = get(&app, &org_path).await;
+    let org_sender = app.get_json(&org_path).await;
     assert_eq!(org_sender["effective"], true);
     assert_eq!(org_sender["effectiveSender"], "team@customer.com");
     assert_eq!(
-        get(&app, &format!("{org_path}/status")).await,
+        app.get_json(&format!("{org_path}/status")).await,
         json!({"emailVerificationStatus": "verified", "domainVerificationStatus": "verified"})
     );
 
     // Replacing keeps one per scope; deleting answers the count.
-    let replaced = add(&app, &org_path, "crew@customer.com").await;
+    let replaced = app.add_sender(&org_path, "crew@customer.com").await;
     assert_eq!(replaced["email"], "crew@customer.com");
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sender_addresses")
         .fetch_one(&app.db.pool)

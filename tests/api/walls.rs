@@ -6,7 +6,6 @@ use serde_json::{Value, json};
 
 use crate::both_engines;
 use crate::helpers::{Engine, TestApp, spawn_app};
-use crate::mailboxes::{active_domain, create};
 
 both_engines!(no_route_reaches_another_tenants_objects);
 
@@ -31,22 +30,12 @@ async fn set_up(app: &TestApp) -> Owned {
         .json()
         .await
         .unwrap();
-    active_domain(app, "walls.example").await;
-    let mailbox = create(
-        app,
-        json!({"domain": "walls.example", "local_part": "owner", "user_id": "u1"}),
-    )
-    .await;
+    app.active_domain("walls.example").await;
+    let mailbox = app
+        .create_mailbox(json!({"domain": "walls.example", "local_part": "owner", "user_id": "u1"}))
+        .await;
     let settings = json!({"provider": "smtp", "options": {"host": "smtp.walls.example", "port": 587, "auth": {"user": "u", "pass": "owner-relay-pass"}}});
-    assert_eq!(
-        app.api(Method::POST, "/api/v2/email/settings?domain=walls.example")
-            .json(&settings)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    app.set_relay("walls.example", settings).await;
     for path in [
         "/v1/email-address".to_string(),
         format!("/v1/organizations/{first_entity}/email-address"),
@@ -56,25 +45,9 @@ async fn set_up(app: &TestApp) -> Owned {
         } else {
             "office@walls.example"
         };
-        assert_eq!(
-            app.api(Method::POST, &path)
-                .json(&json!({"email": email}))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            201
-        );
+        app.add_sender(&path, email).await;
     }
-    let invitation: Value = app
-        .api(Method::POST, "/entities/invitations")
-        .json(&json!({"email": "invitee@walls.example", "role": "viewer"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let invitation = app.invite("invitee@walls.example", "viewer").await;
     let member = "user_0123456789abcdef01234567".to_string();
     sqlx::query("INSERT INTO users (id, email, name, password_hash, created_at, updated_at) VALUES ($1, 'member@walls.example', 'Member', 'x', 0, 0)")
         .bind(&member)

@@ -1,8 +1,15 @@
 //! The harness: `spawn_app` runs the real server on port 0 with a fresh database of the
-//! chosen engine; `ServerProcess` runs the built binary for what only a process can show.
+//! chosen engine, and `TestApp` carries what the tests do with it (the per-resource
+//! helpers are in this folder's files, one per area); `ServerProcess` runs the built
+//! binary for what only a process can show.
 
 pub mod browser;
 pub mod dns;
+pub mod domains;
+pub mod invitations;
+pub mod mail;
+pub mod mailboxes;
+pub mod senders;
 pub mod smtp;
 
 use std::io::{BufRead, BufReader};
@@ -181,7 +188,37 @@ pub async fn spawn_app_with(engine: Engine, configure: impl FnOnce(&mut Settings
     }
 }
 
+/// `spawn_app_with`, the system relay being a plain SMTP server of the test's.
+pub async fn spawn_app_with_relay(
+    engine: Engine,
+    configure: impl FnOnce(&mut Settings),
+) -> (TestApp, smtp::TestSmtp) {
+    let relay = smtp::TestSmtp::start(smtp::Encryption::Plain, None).await;
+    let app = spawn_app_with(engine, |s| {
+        s.smtp_url = Some(Secret::new(format!(
+            "smtp://127.0.0.1:{}?tls=none",
+            relay.port
+        )));
+        configure(s);
+    })
+    .await;
+    (app, relay)
+}
+
 impl TestApp {
+    /// Moves the app's clock forward by `by`: every rule that depends on time (the
+    /// server's, its background workers', and the tests' reads of `db.now()`) sees it.
+    pub fn advance_clock(&self, by: Duration) {
+        self.db.clock.advance(by);
+    }
+
+    /// A GET with the admin key that must answer 200; answers the JSON body.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self.api(Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap()
+    }
+
     /// A request with the admin key as a bearer token.
     pub fn api(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.with_key(&self.admin.api_key, method, path)
@@ -352,6 +389,17 @@ fn answers_ready(address: &str) -> bool {
     stream.write_all(request.as_bytes()).is_ok()
         && stream.read_to_string(&mut answer).is_ok()
         && answer.starts_with("HTTP/1.1 200")
+}
+
+/// The `token=` of a link an email carried.
+pub fn token_of(link: &str) -> String {
+    link.split("token=")
+        .nth(1)
+        .unwrap()
+        .split(['"', '&'])
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// The API key printed on a first start.

@@ -45,6 +45,28 @@ impl Received {
         }
         Some(value)
     }
+
+    /// The message quoted-printable decoded: its text as a reader sees it.
+    pub fn text(&self) -> String {
+        let unfolded = self.data.replace("=\r\n", "");
+        let mut out = Vec::new();
+        let bytes = unfolded.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'='
+                && i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit()
+            {
+                out.push(u8::from_str_radix(&unfolded[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
 }
 
 #[derive(Default)]
@@ -146,6 +168,16 @@ impl TestSmtp {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The newest email to `to` (its only recipient) once `count` emails came.
+    pub async fn newest_to(&self, to: &str, count: usize) -> Received {
+        self.wait_for(count, Duration::from_secs(20))
+            .await
+            .into_iter()
+            .rev()
+            .find(|r| r.to == vec![to.to_string()])
+            .unwrap_or_else(|| panic!("no email to {to}"))
     }
 }
 
