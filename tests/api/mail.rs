@@ -24,6 +24,7 @@ both_engines!(
     two_instances_deliver_each_message_once,
     signed_mail_verifies_through_the_dns_chain,
     the_settings_test_reports_each_step,
+    a_relay_that_cannot_be_used_says_why,
 );
 
 both_engines!(a_killed_worker_loses_nothing_and_no_password_leaks);
@@ -808,4 +809,51 @@ async fn the_settings_test_reports_each_step(engine: Engine) {
         404,
     )
     .await;
+}
+
+async fn a_relay_that_cannot_be_used_says_why(engine: Engine) {
+    let (app, system) = app_with_system_relay(engine).await;
+    let stored = app
+        .set_relay(
+            "customer.com",
+            settings_body(
+                system.port,
+                false,
+                true,
+                Some(("relay-user", "relay-password-1")),
+            ),
+        )
+        .await;
+    // The master key changed since the password was stored: it no longer opens.
+    let other_key = MasterKey::from_hex(&"77".repeat(32)).unwrap();
+    let id = stored["_id"].as_str().unwrap();
+    sqlx::query("UPDATE smtp_settings SET auth_pass = $1 WHERE id = $2")
+        .bind(other_key.seal(b"relay-password-1", &format!("smtp:{id}")))
+        .bind(id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+
+    let queued = app
+        .queue("billing@customer.com", "client@example.org")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let attempted = loop {
+        let current = app.message(&queued).await;
+        if current["attempts"].as_i64().unwrap() >= 1 && current["status"] == "queued" {
+            break current;
+        }
+        assert!(Instant::now() < deadline, "no attempt: {current}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = attempted["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot open the stored SMTP password of customer.com")
+            && error.contains("wrong master key"),
+        "the cause, not a generic error: {error}"
+    );
+    assert!(
+        system.received().is_empty(),
+        "the domain's mail never falls back to the system relay"
+    );
 }
