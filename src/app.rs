@@ -13,7 +13,6 @@ use tokio::net::TcpListener;
 use crate::config::Settings;
 use crate::dns::DnsResolver;
 use crate::dns::server::{DnsServer, Records};
-use crate::domains::check::Checker;
 use crate::mail::port::{Directory, SigningKey};
 use crate::mail::transport::SmtpTarget;
 use crate::mail::worker::Delivery;
@@ -94,12 +93,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let checker = Checker {
-            db: self.state.db.clone(),
-            resolver: self.state.resolver.clone(),
-            settings: self.state.settings.clone(),
-        };
-        let verifier = tokio::spawn(checker.run(stopped.clone()));
+        let verifier = tokio::spawn(domains::checker(&self.state).run(stopped.clone()));
         let delivery = tokio::spawn(self.delivery.run(stopped));
 
         tracing::info!(address = %self.address, "listening");

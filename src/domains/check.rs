@@ -152,6 +152,51 @@ impl Checker {
             at: now,
         }
     }
+
+    /// The background verifier: checks due domains until `stop` changes.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        const BATCH: i64 = 128;
+        const CONCURRENCY: usize = 16;
+        let idle = Duration::from_secs(self.settings.dns_check_interval.clamp(1, 30));
+        tracing::info!("domain verifier started");
+        while !*stop.borrow() {
+            let claimed = match store::claim_due(&self.db, BATCH).await {
+                Ok(ids) => ids,
+                Err(error) => {
+                    tracing::error!(%error, "domain verifier cannot claim domains");
+                    Vec::new()
+                }
+            };
+            let full_batch = claimed.len() as i64 == BATCH;
+            let due = match store::load_due(&self.db, &claimed).await {
+                Ok(due) => due,
+                Err(error) => {
+                    tracing::error!(%error, "domain verifier cannot read the claimed domains");
+                    Vec::new()
+                }
+            };
+            let examine = |due: Due| {
+                let checker = self.clone();
+                async move { checker.examine(due).await }
+            };
+            let save = |checks: Vec<Checked>| {
+                let db = self.db.clone();
+                async move {
+                    if let Err(error) = store::save_checks(&db, &checks).await {
+                        tracing::error!(%error, domains = checks.len(), "cannot save domain checks");
+                    }
+                }
+            };
+            run_in_groups(due, CONCURRENCY, examine, save).await;
+            if !full_batch {
+                tokio::select! {
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        tracing::info!("domain verifier stopped");
+    }
 }
 
 fn outcome(wanted: &[Wanted], found: &[Found], domain: &str, settings: &Settings) -> Outcome {
@@ -221,53 +266,6 @@ async fn look_up(resolver: &DnsResolver, domain: &str, record: &Wanted) -> Found
             }
         }
         Answer::Nothing => Found::default(),
-    }
-}
-
-impl Checker {
-    /// The background verifier: checks due domains until `stop` changes.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        const BATCH: i64 = 128;
-        const CONCURRENCY: usize = 16;
-        let idle = Duration::from_secs(self.settings.dns_check_interval.clamp(1, 30));
-        tracing::info!("domain verifier started");
-        while !*stop.borrow() {
-            let claimed = match store::claim_due(&self.db, BATCH).await {
-                Ok(ids) => ids,
-                Err(error) => {
-                    tracing::error!(%error, "domain verifier cannot claim domains");
-                    Vec::new()
-                }
-            };
-            let full_batch = claimed.len() as i64 == BATCH;
-            let due = match store::load_due(&self.db, &claimed).await {
-                Ok(due) => due,
-                Err(error) => {
-                    tracing::error!(%error, "domain verifier cannot read the claimed domains");
-                    Vec::new()
-                }
-            };
-            let examine = |due: Due| {
-                let checker = self.clone();
-                async move { checker.examine(due).await }
-            };
-            let save = |checks: Vec<Checked>| {
-                let db = self.db.clone();
-                async move {
-                    if let Err(error) = store::save_checks(&db, &checks).await {
-                        tracing::error!(%error, domains = checks.len(), "cannot save domain checks");
-                    }
-                }
-            };
-            run_in_groups(due, CONCURRENCY, examine, save).await;
-            if !full_batch {
-                tokio::select! {
-                    _ = tokio::time::sleep(idle) => {}
-                    _ = stop.changed() => {}
-                }
-            }
-        }
-        tracing::info!("domain verifier stopped");
     }
 }
 

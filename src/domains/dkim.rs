@@ -76,7 +76,7 @@ pub async fn insert_keys(
 }
 
 /// The DKIM TXT value for a public key, as mailroom publishes it.
-pub fn record_value(public_key_base64: &str) -> String {
+fn record_value(public_key_base64: &str) -> String {
     format!("v=DKIM1; k=rsa; p={public_key_base64}")
 }
 

@@ -12,6 +12,15 @@ use utoipa_axum::routes;
 
 use crate::state::AppState;
 
+/// The domain checks, with the parts of the shared state they use.
+pub fn checker(state: &AppState) -> check::Checker {
+    check::Checker {
+        db: state.db.clone(),
+        resolver: state.resolver.clone(),
+        settings: state.settings.clone(),
+    }
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(routes::create_domain, routes::list_domains))

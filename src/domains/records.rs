@@ -67,9 +67,10 @@ pub struct DnsRecord {
     pub hint: Option<String>,
 }
 
-pub fn wanted(domain: &str, tokens: &[String], settings: &Settings) -> Vec<Wanted> {
+/// The DKIM CNAMEs that prove a domain: one per token, into mailroom's zone.
+pub fn dkim_cnames(domain: &str, tokens: &[String], settings: &Settings) -> Vec<Wanted> {
     let zone = settings.dkim_zone.trim_end_matches('.');
-    let mut records: Vec<Wanted> = tokens
+    tokens
         .iter()
         .map(|token| Wanted {
             purpose: Purpose::Dkim,
@@ -78,7 +79,11 @@ pub fn wanted(domain: &str, tokens: &[String], settings: &Settings) -> Vec<Wante
             value: format!("{token}.{zone}"),
             required: true,
         })
-        .collect();
+        .collect()
+}
+
+pub fn wanted(domain: &str, tokens: &[String], settings: &Settings) -> Vec<Wanted> {
+    let mut records = dkim_cnames(domain, tokens, settings);
     records.push(Wanted {
         purpose: Purpose::Spf,
         record_type: "TXT",

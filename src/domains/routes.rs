@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::check::Checker;
 use super::model::{Domain, DomainRow, DomainStatus};
 use super::store::{self, AddError};
 use crate::http::{ApiError, Caller, ErrorBody, Json, Page, Query};
@@ -170,12 +169,7 @@ pub async fn verify_domain(
             format!("{} is suspended by the operator", row.name),
         ));
     }
-    let checker = Checker {
-        db: state.db.clone(),
-        resolver: state.resolver.clone(),
-        settings: state.settings.clone(),
-    };
-    checker.check_now(&row.id).await?;
+    super::checker(&state).check_now(&row.id).await?;
     let row = find_domain(&state, &caller, &row.name).await?;
     envelope(&state, row).await
 }

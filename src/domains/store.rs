@@ -237,7 +237,7 @@ pub async fn render(
         .collect())
 }
 
-pub async fn record_event(
+async fn record_event(
     conn: &mut sqlx::AnyConnection,
     domain_id: &str,
     from: Option<DomainStatus>,

@@ -57,10 +57,15 @@ pub async fn resolve(
     named: Option<&str>,
     entity: Option<&str>,
 ) -> Result<Credential, Refusal> {
-    if secret.starts_with(&format!("{}_", tokens::TOKEN_PREFIX)) {
+    let has_prefix = |prefix: &str| {
+        secret
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('_'))
+    };
+    if has_prefix(tokens::TOKEN_PREFIX) {
         return resolve_user(db, secret, named, entity).await;
     }
-    if !secret.starts_with(&format!("{}_", api_keys::KEY_PREFIX)) {
+    if !has_prefix(api_keys::KEY_PREFIX) {
         return Err(Refusal::Invalid);
     }
     let key = api_keys::authenticate(db, keys, secret)

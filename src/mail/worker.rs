@@ -59,7 +59,7 @@ impl Delivery {
         self.system_transport()
     }
 
-    pub fn system_transport(&self) -> anyhow::Result<Transport> {
+    fn system_transport(&self) -> anyhow::Result<Transport> {
         Ok(match &self.settings.smtp_url {
             Some(url) => Transport::Smtp(SmtpTarget::from_url(url.expose(), self.smtp_timeout())?),
             None => Transport::Files(self.settings.data_dir.join("mail")),

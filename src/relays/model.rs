@@ -223,7 +223,7 @@ pub fn validate(input: SettingsInput, domain: &DomainName) -> Result<Valid, ApiE
 }
 
 /// A host name (one label or more) or an IP address.
-pub fn parse_host(input: &str) -> Result<String, String> {
+fn parse_host(input: &str) -> Result<String, String> {
     let host = input.trim().trim_end_matches('.').to_ascii_lowercase();
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if bare.parse::<std::net::IpAddr>().is_ok() {

@@ -10,6 +10,7 @@ use super::model::{
     Success, VerifyCode,
 };
 use super::store::{self, Stored};
+use crate::domains::records::dkim_cnames;
 use crate::http::{ApiError, Caller, ErrorBody, Json};
 use crate::identity::Role;
 use crate::mail::outbox::{Outgoing, enqueue};
@@ -55,13 +56,12 @@ async fn render_sender(
     scope: &Scope,
 ) -> Result<SenderAddress, ApiError> {
     let tokens = crate::domains::dkim::tokens(&state.db, &stored.domain_id).await?;
-    let zone = state.settings.dkim_zone.trim_end_matches('.');
-    let dns_records = tokens
-        .iter()
-        .map(|token| CnameRecord {
-            record_type: "CNAME",
-            name: format!("{token}._domainkey.{}", stored.domain),
-            value: format!("{token}.{zone}"),
+    let dns_records = dkim_cnames(&stored.domain, &tokens, &state.settings)
+        .into_iter()
+        .map(|record| CnameRecord {
+            record_type: record.record_type,
+            name: record.name,
+            value: record.value,
         })
         .collect();
     let (effective, effective_sender) = match scope {

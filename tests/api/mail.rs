@@ -837,15 +837,11 @@ async fn a_relay_that_cannot_be_used_says_why(engine: Engine) {
     let queued = app
         .queue("billing@customer.com", "client@example.org")
         .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let attempted = loop {
-        let current = app.message(&queued).await;
-        if current["attempts"].as_i64().unwrap() >= 1 && current["status"] == "queued" {
-            break current;
-        }
-        assert!(Instant::now() < deadline, "no attempt: {current}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let attempted = app
+        .wait_for_message(&queued, Duration::from_secs(20), |message| {
+            message["attempts"].as_i64() >= Some(1) && message["status"] == "queued"
+        })
+        .await;
     let error = attempted["last_error"].as_str().unwrap();
     assert!(
         error.contains("cannot open the stored SMTP password of customer.com")

@@ -71,13 +71,24 @@ impl TestApp {
 
     /// Waits up to `limit` for message `id` to reach `status`; answers its entry then.
     pub async fn wait_for_status(&self, id: &str, status: &str, limit: Duration) -> Value {
+        self.wait_for_message(id, limit, |message| message["status"] == status)
+            .await
+    }
+
+    /// Waits up to `limit` until message `id`'s entry satisfies `done`; answers it then.
+    pub async fn wait_for_message(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + limit;
         loop {
             let current = self.message(id).await;
-            if current["status"] == status {
+            if done(&current) {
                 return current;
             }
-            assert!(Instant::now() < deadline, "not {status}: {current}");
+            assert!(Instant::now() < deadline, "still {current}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
