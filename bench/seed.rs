@@ -170,7 +170,11 @@ pub async fn mailboxes(account: &str, domains: i64, mailboxes: i64) -> anyhow::R
     .bind(now)
     .execute(&db.pool)
     .await?;
-    let hash = mailroom::store::passwords::hash("a scale password").await?;
+    let hash = mailroom::store::passwords::hash(
+        "a scale password",
+        mailroom::store::passwords::Priority::Authenticated,
+    )
+    .await?;
     const CHUNK: i64 = 100_000;
     for start in (0..mailboxes).step_by(CHUNK as usize) {
         let end = (start + CHUNK).min(mailboxes) - 1;
@@ -213,6 +217,7 @@ pub async fn enqueue(from: &str, to: &str, count: usize) -> anyhow::Result<()> {
                 ("from", &from.to_string()),
                 ("to", &to.to_string()),
             ],
+            &[],
         )
     };
     for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
@@ -222,13 +227,13 @@ pub async fn enqueue(from: &str, to: &str, count: usize) -> anyhow::Result<()> {
                 account_id: None,
                 from: &from,
                 to: &to,
-                email: email(),
+                email: email()?,
             };
             outbox::enqueue(&mut tx, &master_key, outgoing, db.now()).await?;
         }
         tx.commit().await?;
     }
-    let sample = email();
+    let sample = email()?;
     let parts = mailroom::mail::compose::Parts {
         from: &from.to_string(),
         to: &to.to_string(),
@@ -238,7 +243,7 @@ pub async fn enqueue(from: &str, to: &str, count: usize) -> anyhow::Result<()> {
         message_id: "<sample@bench.test>",
         date: queued_at,
     };
-    let key = mailroom::domains::dkim::signing_key(&db, &master_key, from.domain())
+    let key = mailroom::domains::dkim::signing_key(&db, &master_key, None, from.domain())
         .await?
         .map(|(selector, private_der)| mailroom::mail::port::SigningKey {
             selector,

@@ -13,8 +13,10 @@ use tokio::net::TcpListener;
 use crate::config::Settings;
 use crate::dns::DnsResolver;
 use crate::dns::server::{DnsServer, Records};
+use crate::http::server::Limits;
+use crate::mail::destination::Policy;
 use crate::mail::port::{Directory, SigningKey};
-use crate::mail::transport::SmtpTarget;
+use crate::mail::transport::{self, SmtpTarget};
 use crate::mail::worker::Delivery;
 use crate::state::AppState;
 use crate::store::Db;
@@ -46,6 +48,8 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let address = listener.local_addr()?;
         let master_key = MasterKey::load(settings)?;
+        // A mistake in the relay policy stops the start, rather than every delivery.
+        Policy::from_settings(settings)?;
         let settings = Arc::new(settings.clone());
         let delivery = delivery(&settings, &db, &master_key);
         let state = AppState {
@@ -60,7 +64,9 @@ impl Application {
         let dns = match state.settings.dns_listen {
             Some(address) => {
                 let records = Box::new(PublishedKeys { db });
-                Some(DnsServer::start(address, &state.settings.dkim_zone, records).await?)
+                let zone = &state.settings.dkim_zone;
+                let rate_limit = state.settings.dns_rate_limit;
+                Some(DnsServer::start(address, zone, records, rate_limit).await?)
             }
             None => None,
         };
@@ -96,14 +102,15 @@ impl Application {
         let verifier = tokio::spawn(domains::checker(&self.state).run(stopped.clone()));
         let delivery = tokio::spawn(self.delivery.run(stopped));
 
-        tracing::info!(address = %self.address, "listening");
+        let settings = &self.state.settings;
+        let limits = Limits {
+            max_connections: connection_cap(settings.max_connections),
+            header_timeout: Duration::from_secs(settings.http_header_timeout.max(1)),
+            idle_timeout: Duration::from_secs(settings.http_idle_timeout.max(1)),
+        };
+        tracing::info!(address = %self.address, max_connections = limits.max_connections, "listening");
         let router = crate::router::router(self.state);
-        let served = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        crate::http::server::serve(self.listener, router, limits, shutdown).await;
         let _ = stop.send(true);
         let _ = verifier.await;
         let _ = delivery.await;
@@ -111,8 +118,50 @@ impl Application {
             dns.shutdown().await;
         }
         tracing::info!("stopped");
-        Ok(served?)
+        Ok(())
     }
+}
+
+/// File descriptors kept free of connections, for the database, DNS, SMTP and logs.
+const RESERVED_FILES: u64 = 128;
+
+/// Raises the soft limit on open files to the hard one: each connection holds a file
+/// descriptor, and the usual soft limit (1024) is far below what the system allows.
+pub fn raise_open_file_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current == limit.maximum {
+            return;
+        }
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(files = ?limit.maximum, "raised the open file limit"),
+            Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
+        }
+    }
+}
+
+/// The connection cap: the setting, lowered when the open file limit leaves less room.
+fn connection_cap(wanted: u64) -> usize {
+    let mut cap = wanted.max(1);
+    #[cfg(target_os = "linux")]
+    if let Some(files) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        let room = files.saturating_sub(RESERVED_FILES).max(1);
+        if cap > room {
+            tracing::warn!(
+                max_connections = cap,
+                open_file_limit = files,
+                "the open file limit leaves room for {room} connections only"
+            );
+            cap = room;
+        }
+    }
+    usize::try_from(cap).unwrap_or(usize::MAX)
 }
 
 /// Delivery wired to the relays' and the domains' stores; also what `send-test-email` uses.
@@ -124,17 +173,18 @@ pub fn delivery(settings: &Arc<Settings>, db: &Db, master_key: &MasterKey) -> De
         directory: Arc::new(Tenants {
             db: db.clone(),
             master_key: master_key.clone(),
-            smtp_timeout: Duration::from_secs(settings.smtp_timeout.max(1)),
+            settings: settings.clone(),
         }),
         wakeup: Arc::default(),
     }
 }
 
-/// What delivery asks about tenants, answered from their stores.
+/// What delivery asks about tenants, answered from their stores: a domain's relay and
+/// key serve only the account where the domain is active.
 struct Tenants {
     db: Db,
     master_key: MasterKey,
-    smtp_timeout: Duration,
+    settings: Arc<Settings>,
 }
 
 #[async_trait::async_trait]
@@ -144,18 +194,18 @@ impl Directory for Tenants {
         account_id: &str,
         domain: &DomainName,
     ) -> anyhow::Result<Option<SmtpTarget>> {
-        relays::store::relay_for(
-            &self.db,
-            &self.master_key,
-            account_id,
-            domain,
-            self.smtp_timeout,
-        )
-        .await
+        // A tenant's relay reaches only where the destination policy lets it.
+        let limits = transport::Limits::tenant(&self.settings)?;
+        relays::store::relay_for(&self.db, &self.master_key, account_id, domain, limits).await
     }
 
-    async fn signing_key(&self, domain: &DomainName) -> anyhow::Result<Option<SigningKey>> {
-        let key = domains::dkim::signing_key(&self.db, &self.master_key, domain).await?;
+    async fn signing_key(
+        &self,
+        account_id: Option<&str>,
+        domain: &DomainName,
+    ) -> anyhow::Result<Option<SigningKey>> {
+        let key =
+            domains::dkim::signing_key(&self.db, &self.master_key, account_id, domain).await?;
         Ok(key.map(|(selector, private_der)| SigningKey {
             selector,
             private_der,

@@ -45,6 +45,18 @@ pub struct Settings {
     /// Seconds an SMTP conversation may take before it counts as a temporary failure.
     #[serde(deserialize_with = "number")]
     pub smtp_timeout: u64,
+    /// Seconds to connect to a relay and receive its greeting (TLS included on port 465):
+    /// a relay that accepts and never speaks gives up its delivery slot this soon.
+    #[serde(deserialize_with = "number")]
+    pub smtp_connect_timeout: u64,
+    /// Deliveries at once through one account's own relays, on each instance: the rest of
+    /// that account's mail waits its turn (queued, not failed) while others' goes on.
+    #[serde(deserialize_with = "number")]
+    pub relay_concurrency: u64,
+    /// Address ranges (`10.0.0.0/8`, `fd00::/8`; comma-separated) that tenants' relays may
+    /// reach on any port, besides public addresses on ports 25, 465, 587 and 2525.
+    #[serde(deserialize_with = "string_list")]
+    pub destination_allow: Vec<String>,
     /// Seconds before the first retry of a temporary failure (doubling after, with jitter).
     #[serde(deserialize_with = "number")]
     pub mail_retry_seconds: u64,
@@ -55,6 +67,29 @@ pub struct Settings {
     pub vmail_uid: u64,
     #[serde(deserialize_with = "number")]
     pub vmail_gid: u64,
+    /// Connections the HTTP API serves at once; more wait until one closes.
+    #[serde(deserialize_with = "number")]
+    pub max_connections: u64,
+    /// Seconds a client has to send a request's headers, counted from when the connection
+    /// opens or the previous response was sent (so an idle connection closes after it too).
+    #[serde(deserialize_with = "number")]
+    pub http_header_timeout: u64,
+    /// Seconds a connection may wait for its next byte while a request body is read or a
+    /// response written.
+    #[serde(deserialize_with = "number")]
+    pub http_idle_timeout: u64,
+    /// Domains one account may have.
+    #[serde(deserialize_with = "number")]
+    pub max_domains_per_account: u64,
+    /// New domains that may wait for DKIM key generation while every key thread is busy;
+    /// more are refused with 503 and `Retry-After`.
+    #[serde(deserialize_with = "number")]
+    pub keygen_queue: u64,
+    /// Answers per second mailroom's DNS server sends over UDP to one source network (a
+    /// /24, or a /56 in IPv6); beyond it answers are truncated, so that clients ask again
+    /// over TCP. 0: no limit.
+    #[serde(deserialize_with = "number")]
+    pub dns_rate_limit: u64,
 }
 
 impl Default for Settings {
@@ -75,10 +110,19 @@ impl Default for Settings {
             smtp_url: None,
             mail_from: "noreply@mailroom.test".to_string(),
             smtp_timeout: 60,
+            smtp_connect_timeout: 10,
+            relay_concurrency: 4,
+            destination_allow: Vec::new(),
             mail_retry_seconds: 30,
             vmail_root: "/var/vmail".to_string(),
             vmail_uid: 5000,
             vmail_gid: 5000,
+            max_connections: 1024,
+            http_header_timeout: 10,
+            http_idle_timeout: 30,
+            max_domains_per_account: 100,
+            keygen_queue: 16,
+            dns_rate_limit: 20,
         }
     }
 }
@@ -186,6 +230,25 @@ fn socket_list<'de, D: serde::Deserializer<'de>>(
         .collect()
 }
 
+/// Words, as a TOML array or comma-separated text.
+fn string_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match ListOrText::deserialize(deserializer)? {
+        ListOrText::List(items) => items,
+        ListOrText::Text(text) => text.split(',').map(str::to_string).collect(),
+    };
+    Ok(items
+        .iter()
+        .map(|item| item.trim().to_string())
+        .filter(|item| !item.is_empty())
+        .collect())
+}
+
 fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the settings file {}", path.display()))?;
@@ -263,6 +326,15 @@ mod tests {
         .unwrap();
         assert_eq!(loaded.settings.dns_check_interval, 15);
         assert_eq!(loaded.settings.dns_nameservers.len(), 2);
+        let loaded = Settings::load(
+            None,
+            env(&[("MAILROOM_DESTINATION_ALLOW", "127.0.0.0/8, ::1/128,")]),
+        )
+        .unwrap();
+        assert_eq!(
+            loaded.settings.destination_allow,
+            vec!["127.0.0.0/8", "::1/128"]
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("mailroom.toml");

@@ -50,6 +50,13 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create an admin API key for the whole account (when its last one was deleted).
+    CreateApiKey {
+        #[arg(long)]
+        account: String,
+        #[arg(long, default_value = "admin (from the command line)")]
+        name: String,
+    },
     /// Mark a domain active without DNS proof (for the operator's own domains).
     ActivateDomain {
         domain: String,
@@ -115,6 +122,17 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin {
+            command: AdminCommand::CreateApiKey { account, name },
+        } => {
+            let name = mailroom::types::text::parse_name(&name, 100)
+                .map_err(|e| anyhow::anyhow!("--name {e}"))?;
+            let db = open_db(&settings).await?;
+            let key = tenancy::accounts::create_admin_key(&db, &account, &name).await?;
+            println!("key: {}", key.key.id);
+            println!("admin API key (shown once, keep it safe): {}", key.api_key);
+            Ok(())
+        }
+        Command::Admin {
             command: AdminCommand::ActivateDomain { domain, account },
         } => set_domain_status(&settings, &domain, account, DomainStatus::Active).await,
         Command::Admin {
@@ -159,6 +177,7 @@ async fn open_db(settings: &Settings) -> anyhow::Result<Db> {
 }
 
 async fn serve(settings: &Settings) -> anyhow::Result<()> {
+    mailroom::app::raise_open_file_limit();
     let db = open_db(settings).await?;
     let app = Application::with_db(settings, db).await?;
     if let Some(account) = tenancy::accounts::bootstrap(app.db()).await? {

@@ -18,6 +18,7 @@ use utoipa_axum::routes;
 
 use crate::http::{self, ApiError, MAX_BODY_BYTES, health, openapi};
 use crate::state::AppState;
+use crate::types::text::Escaped;
 use crate::{domains, invitations, mailboxes, messages, relays, senders, store, tenancy, users};
 
 pub fn router(state: AppState) -> axum::Router {
@@ -56,12 +57,22 @@ pub fn router(state: AppState) -> axum::Router {
                         .unwrap_or_default();
                     // The path only: query strings can carry one-time tokens.
                     tracing::info_span!("request", method = %request.method(),
-                        path = %request.uri().path(), request_id = %id)
+                        path = %request.uri().path(), request_id = %Escaped(id))
                 })
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
         .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
+        .layer(middleware::map_response(nosniff))
         .with_state(state)
+}
+
+/// Every answer, error or page, is what its `Content-Type` says: browsers must not guess.
+async fn nosniff(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 #[derive(Clone)]

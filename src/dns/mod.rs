@@ -1,6 +1,7 @@
 //! DNS: the resolver that checks tenants' records, and the authoritative server that
 //! publishes their DKIM keys.
 
+mod rate_limit;
 pub mod resolver;
 pub mod server;
 

@@ -10,10 +10,12 @@ use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::{NS, SOA, TXT};
-use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
+
+use super::rate_limit::RateLimit;
 
 const TTL: u32 = 300;
 
@@ -31,15 +33,18 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
-    /// Answers on UDP and TCP at `address` for `zone`.
+    /// Answers on UDP and TCP at `address` for `zone`, over UDP at most `rate_limit`
+    /// answers a second to one source network (0: no limit).
     pub async fn start(
         address: SocketAddr,
         zone: &str,
         records: Box<dyn Records>,
+        rate_limit: u64,
     ) -> anyhow::Result<DnsServer> {
         let (udp, tcp) = bind_both(address).await?;
         let address = udp.local_addr()?;
-        let mut server = hickory_server::Server::new(DkimZone::new(zone, records)?);
+        let handler = DkimZone::new(zone, records, RateLimit::new(rate_limit))?;
+        let mut server = hickory_server::Server::new(handler);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
         tracing::info!(%address, zone, "DNS server listening");
@@ -78,10 +83,15 @@ pub struct DkimZone {
     zone: String,
     soa: Record,
     ns: Record,
+    udp_answers: RateLimit,
 }
 
 impl DkimZone {
-    fn new(zone: &str, records: Box<dyn Records>) -> anyhow::Result<DkimZone> {
+    fn new(
+        zone: &str,
+        records: Box<dyn Records>,
+        udp_answers: RateLimit,
+    ) -> anyhow::Result<DkimZone> {
         let zone = zone.trim_end_matches('.').to_ascii_lowercase();
         let origin = Name::from_ascii(format!("{zone}."))?;
         let nameserver = Name::from_ascii(format!("ns.{zone}."))?;
@@ -99,6 +109,7 @@ impl DkimZone {
             zone,
             soa: Record::from_rdata(origin.clone(), TTL, RData::SOA(soa)),
             ns: Record::from_rdata(origin, TTL, RData::NS(NS(nameserver))),
+            udp_answers,
         })
     }
 
@@ -155,6 +166,16 @@ impl RequestHandler for DkimZone {
     ) -> ResponseInfo {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         let builder = MessageResponseBuilder::from_message_request(request);
+        if request.protocol() == Protocol::Udp && !self.udp_answers.allow(request.src().ip()) {
+            // Over the source's rate: an empty answer flagged truncated, no larger than the
+            // question, tells a real client to ask again over TCP.
+            metadata.truncation = true;
+            let message = builder.build_no_records(metadata);
+            return response_handle
+                .send_response(message)
+                .await
+                .unwrap_or_else(|_| failed(metadata));
+        }
         let query = match request.request_info() {
             Ok(info) if request.metadata.op_code == OpCode::Query => info.query,
             Ok(_) => {
@@ -164,6 +185,11 @@ impl RequestHandler for DkimZone {
                 return send_error(response_handle, builder, metadata, ResponseCode::FormErr).await;
             }
         };
+        // The zone is Internet-class data only (CHAOS questions such as `version.bind`
+        // included).
+        if query.query_class() != DNSClass::IN {
+            return send_error(response_handle, builder, metadata, ResponseCode::Refused).await;
+        }
         let (code, answers) = self
             .answer(&query.name().to_string(), query.query_type())
             .await;

@@ -3,6 +3,8 @@
 //! half is sealed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -10,6 +12,7 @@ use rand::RngCore;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use rsa::rand_core::OsRng;
 use sqlx::Row;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::store::crypto::MasterKey;
 use crate::store::{Db, Timestamp, placeholders};
@@ -32,9 +35,69 @@ fn new_token() -> String {
     hex::encode(bytes)
 }
 
-/// Generates a domain's keys on a blocking thread: RSA key generation takes a while.
-pub async fn generate_keys() -> anyhow::Result<Vec<NewKey>> {
-    tokio::task::spawn_blocking(|| (0..KEYS_PER_DOMAIN).map(|_| generate_key()).collect()).await?
+/// Why a domain's keys were not made.
+#[derive(Debug)]
+pub enum KeygenError {
+    /// Every key thread is busy and `queue` others already wait: try again shortly.
+    Busy,
+    Failed(anyhow::Error),
+}
+
+/// One domain's keys at a time per core: RSA key generation holds a core for a while.
+fn key_threads() -> &'static Arc<Semaphore> {
+    static THREADS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    THREADS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(Semaphore::new(cores))
+    })
+}
+
+/// Domains waiting for a key thread, in this process.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// A place among the waiting; given back when dropped, even by a request that went away.
+struct Waiting;
+
+impl Waiting {
+    fn join(queue: usize) -> Option<Waiting> {
+        if WAITING.fetch_add(1, Ordering::SeqCst) < queue {
+            Some(Waiting)
+        } else {
+            WAITING.fetch_sub(1, Ordering::SeqCst);
+            None
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Generates a domain's keys on a blocking thread, at most one domain per core at once;
+/// when all are busy, waits among at most `queue` others, or answers `Busy` at once
+/// rather than let a burst of new domains pile up behind the cores.
+pub async fn generate_keys(queue: usize) -> Result<Vec<NewKey>, KeygenError> {
+    let turn: OwnedSemaphorePermit = match key_threads().clone().try_acquire_owned() {
+        Ok(turn) => turn,
+        Err(_) => {
+            let waiting = Waiting::join(queue).ok_or(KeygenError::Busy)?;
+            let turn = key_threads().clone().acquire_owned().await;
+            drop(waiting);
+            turn.map_err(|e| KeygenError::Failed(e.into()))?
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        // Held until the keys are made, even when the request that asked is gone.
+        let _turn = turn;
+        (0..KEYS_PER_DOMAIN)
+            .map(|_| generate_key())
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .await
+    .map_err(|e| KeygenError::Failed(e.into()))?
+    .map_err(KeygenError::Failed)
 }
 
 fn generate_key() -> anyhow::Result<NewKey> {
@@ -90,18 +153,22 @@ pub async fn published(db: &Db, token: &str) -> sqlx::Result<Option<String>> {
     Ok(key.as_deref().map(record_value))
 }
 
-/// The selector and private key (PKCS#8 DER) that sign mail From `domain`, when it is an
-/// active managed domain.
+/// The selector and private key (PKCS#8 DER) that sign mail of `account_id` From
+/// `domain`, when the domain is active in that account. With `None` (the operator's own
+/// mail) the key of the account where the domain is active, if any (one at most).
 pub async fn signing_key(
     db: &Db,
     master_key: &MasterKey,
+    account_id: Option<&str>,
     domain: &DomainName,
 ) -> anyhow::Result<Option<(String, Vec<u8>)>> {
     let key: Option<(String, String)> = sqlx::query_as(
         "SELECT k.token, k.private_key FROM dkim_keys k JOIN domains d ON d.id = k.domain_id \
-         WHERE d.name = $1 AND d.status = 'active' ORDER BY k.position LIMIT 1",
+         WHERE d.name = $1 AND d.status = 'active' AND ($2 IS NULL OR d.account_id = $2) \
+         ORDER BY k.position LIMIT 1",
     )
     .bind(domain.as_str())
+    .bind(account_id)
     .fetch_optional(&db.pool)
     .await?;
     let Some((token, sealed)) = key else {

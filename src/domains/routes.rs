@@ -59,6 +59,17 @@ impl From<AddError> for ApiError {
                 "domain_taken",
                 format!("{name} is already verified by another account"),
             ),
+            AddError::TooMany(limit) => ApiError::conflict(
+                "domain_limit_reached",
+                format!(
+                    "the account has {limit} domains, as many as it may; delete one to add another"
+                ),
+            ),
+            AddError::Busy => ApiError::unavailable(
+                "busy",
+                "the server is busy making other domains' DKIM keys; try again in a moment",
+                2,
+            ),
             AddError::Failed(error) => error.into(),
         }
     }
@@ -83,13 +94,14 @@ async fn find_domain(state: &AppState, caller: &Caller, name: &str) -> Result<Do
 #[utoipa::path(post, path = "/v2/domains", tag = "domains",
     request_body = CreateDomain,
     responses((status = 201, description = "The new domain and the records to publish", body = DomainEnvelope),
-              (status = 409, description = "Already added, or active in another account", body = ErrorBody)))]
+              (status = 409, description = "Already added, active in another account, or the account's domain limit reached", body = ErrorBody),
+              (status = 503, description = "Busy making DKIM keys; see Retry-After", body = ErrorBody)))]
 pub async fn create_domain(
     State(state): State<AppState>,
     caller: Caller,
     Json(body): Json<CreateDomain>,
 ) -> Result<(StatusCode, Json<DomainEnvelope>), ApiError> {
-    caller.require(Role::Editor)?;
+    caller.require_account(Role::Editor)?;
     let name = DomainName::parse(&body.domain).map_err(|e| ApiError::invalid("domain", e))?;
     if store::find(&state.db, &caller.account_id, &name)
         .await?
@@ -120,7 +132,7 @@ pub async fn list_domains(
     Query(page): Query<Page>,
     Query(filter): Query<DomainFilter>,
 ) -> Result<Json<DomainList>, ApiError> {
-    caller.require(Role::Viewer)?;
+    caller.require_account(Role::Viewer)?;
     let (limit, offset) = page.parse()?;
     let rows = store::list(
         &state.db,
@@ -146,7 +158,7 @@ pub async fn get_domain(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<DomainEnvelope>, ApiError> {
-    caller.require(Role::Viewer)?;
+    caller.require_account(Role::Viewer)?;
     let row = find_domain(&state, &caller, &name).await?;
     envelope(&state, row).await
 }
@@ -161,7 +173,7 @@ pub async fn verify_domain(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<DomainEnvelope>, ApiError> {
-    caller.require(Role::Editor)?;
+    caller.require_account(Role::Editor)?;
     let row = find_domain(&state, &caller, &name).await?;
     if row.status == DomainStatus::Suspended {
         return Err(ApiError::conflict(
@@ -184,7 +196,7 @@ pub async fn delete_domain(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
-    caller.require(Role::Editor)?;
+    caller.require_account(Role::Editor)?;
     let row = find_domain(&state, &caller, &name).await?;
     let in_use = store::in_use(&state.db, &row.id).await?;
     let refuse = |why: String| Err(ApiError::conflict("domain_in_use", why));

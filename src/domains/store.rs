@@ -24,7 +24,20 @@ pub enum AddError {
     Exists(DomainName),
     /// Another account has it active.
     ActiveElsewhere(DomainName),
+    /// The account has as many domains as it may (the limit).
+    TooMany(u64),
+    /// Key generation is busy: try again shortly.
+    Busy,
     Failed(anyhow::Error),
+}
+
+impl From<dkim::KeygenError> for AddError {
+    fn from(error: dkim::KeygenError) -> AddError {
+        match error {
+            dkim::KeygenError::Busy => AddError::Busy,
+            dkim::KeygenError::Failed(error) => AddError::Failed(error),
+        }
+    }
 }
 
 impl From<sqlx::Error> for AddError {
@@ -69,7 +82,16 @@ pub async fn list(
     .await
 }
 
-/// Adds a domain to an account as `pending`, with its DKIM keys.
+/// How many domains the account has, counted in `conn`.
+async fn count(conn: &mut sqlx::AnyConnection, account_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM domains WHERE account_id = $1")
+        .bind(account_id)
+        .fetch_one(conn)
+        .await
+}
+
+/// Adds a domain to an account as `pending`, with its DKIM keys, unless the account has
+/// `settings.max_domains_per_account` already.
 pub async fn add(
     db: &Db,
     master_key: &MasterKey,
@@ -85,11 +107,29 @@ pub async fn add(
     if active_elsewhere.is_some() {
         return Err(AddError::ActiveElsewhere(name.clone()));
     }
-    let keys = dkim::generate_keys().await?;
+    let limit = settings.max_domains_per_account;
+    let at_limit = |count: i64| u64::try_from(count).unwrap_or(0) >= limit;
+    // Checked before the keys are made, so that an account at its limit costs no CPU...
+    if at_limit(count(&mut *db.pool.acquire().await?, account_id).await?) {
+        return Err(AddError::TooMany(limit));
+    }
+    let queue = usize::try_from(settings.keygen_queue).unwrap_or(usize::MAX);
+    let keys = dkim::generate_keys(queue).await?;
     let now = db.now();
     let interval_ms = (settings.dns_check_interval.max(1) as i64).saturating_mul(1000);
     let id = new_id("dom");
     let mut tx = db.begin().await?;
+    // ...and again in the transaction that adds, so that concurrent adds cannot pass it
+    // together: SQLite has one writer at a time, PostgreSQL waits on the account's row.
+    if db.engine == Engine::Postgres {
+        sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(account_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if at_limit(count(&mut tx, account_id).await?) {
+        return Err(AddError::TooMany(limit));
+    }
     let inserted = sqlx::query(
         "INSERT INTO domains (id, account_id, name, status, created_at, status_changed_at, next_check_at) \
          VALUES ($1, $2, $3, 'pending', $4, $4, $5)",

@@ -74,12 +74,15 @@ impl Caller {
         }
     }
 
-    /// 403 unless the caller is an admin of the whole account, not of one entity.
-    pub fn require_account_admin(&self) -> Result<(), ApiError> {
-        self.require(Role::Admin)?;
+    /// 403 unless the caller acts for the whole account — an API key not limited to an
+    /// entity — with at least `role`. Account-scoped resources (domains, mailboxes, SMTP
+    /// settings, the account's sender address, the delivery log) need it.
+    pub fn require_account(&self, role: Role) -> Result<(), ApiError> {
+        self.require(role)?;
         if self.scoped_entity.is_some() {
             return Err(ApiError::forbidden(
-                "this needs a credential for the whole account; this one is limited to one entity",
+                "this needs a credential for the whole account (an API key not limited to an \
+                 entity); this one acts only inside its entity",
             ));
         }
         Ok(())
@@ -108,6 +111,26 @@ impl Caller {
             .await?
             .ok_or_else(|| ApiError::not_found("entity"))
     }
+}
+
+/// The user a request is signed in as, when it carries a credential at all: for endpoints
+/// anyone may call but a signed-in user calls differently (accepting an invitation). An
+/// API key is refused: it is nobody's person.
+pub async fn signed_in_user(db: &Db, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let secret = match credential(headers) {
+        Ok(secret) => secret,
+        Err(error) if error.code == "missing_credentials" => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    if !secret.starts_with(&format!("{}_", identity::tokens::TOKEN_PREFIX)) {
+        return Err(ApiError::forbidden(
+            "this needs a user's access token, not an API key",
+        ));
+    }
+    identity::tokens::user_of_token(db, &secret)
+        .await?
+        .map(Some)
+        .ok_or_else(|| Refusal::Invalid.into())
 }
 
 /// The secret from `Authorization: Bearer <t>`, `Authorization: <t>`, `x-api-key: <t>` or

@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::types::text::Escaped;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -91,12 +93,38 @@ impl ApiError {
     }
 
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
-        tracing::error!(%cause, "request failed");
+        // The cause may quote outside input (a value, a peer's answer): spelled out.
+        let cause = cause.to_string();
+        tracing::error!(cause = %Escaped(&cause), "request failed");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
             "something went wrong on our side; the request id in x-request-id helps us find it",
         )
+    }
+
+    /// 503 for work the server has no room for now, with `Retry-After`.
+    pub fn unavailable(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after_secs: u64,
+    ) -> ApiError {
+        let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
+        error.retry_after_secs = Some(retry_after_secs);
+        error
+    }
+
+    /// The JSON body of this error, for answers written below the router.
+    pub fn json(&self) -> String {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind(),
+                code: self.code,
+                message: self.message.clone(),
+                param: self.param.clone(),
+            },
+        };
+        serde_json::to_string(&body).expect("an error body serializes")
     }
 
     fn kind(&self) -> &'static str {
@@ -160,6 +188,12 @@ pub fn on_unique(conflict: impl FnOnce() -> ApiError) -> impl FnOnce(sqlx::Error
 
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> ApiError {
+        if let Some(busy) = error.downcast_ref::<crate::store::passwords::Busy>() {
+            let mut error =
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", busy.to_string());
+            error.retry_after_secs = Some(1);
+            return error;
+        }
         ApiError::internal(format!("{error:#}"))
     }
 }

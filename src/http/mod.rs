@@ -7,6 +7,7 @@ mod extract;
 pub mod health;
 pub mod openapi;
 pub mod pages;
+pub mod server;
 
 pub use auth::Caller;
 pub use error::{

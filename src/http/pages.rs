@@ -1,6 +1,6 @@
 //! The few HTML pages people open from links in emails: server-rendered, no scripts.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::types::text::escape_html;
@@ -34,4 +34,12 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
         HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
     );
     response
+}
+
+/// Whether a request is a submitted HTML form (pages post forms; API clients send JSON).
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
 }

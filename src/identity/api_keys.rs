@@ -27,6 +27,11 @@ pub struct ApiKey {
     pub entity_id: Option<String>,
     /// The first characters of the secret, to tell keys apart.
     pub prefix: String,
+    /// Who created it: a user's id, another key's id, or `cli`.
+    pub created_by: String,
+    /// The user who created it, when a user did; the key is revoked when that user
+    /// leaves the entity or stops being its admin.
+    pub created_by_user_id: Option<String>,
     pub created_at: Timestamp,
 }
 
@@ -38,6 +43,8 @@ impl sqlx::FromRow<'_, AnyRow> for ApiKey {
             role: Role::from_row(row)?,
             entity_id: row.try_get("entity_id")?,
             prefix: row.try_get("prefix")?,
+            created_by: row.try_get("created_by")?,
+            created_by_user_id: row.try_get("created_by_user_id")?,
             created_at: Timestamp(row.try_get("created_at")?),
         })
     }
@@ -61,12 +68,27 @@ pub struct KeyRecord {
     pub role: Role,
 }
 
+/// Who creates a key: `principal` is a user's or a key's id, or `cli`.
+#[derive(Debug, Clone, Copy)]
+pub struct Creator<'a> {
+    pub principal: &'a str,
+    pub user_id: Option<&'a str>,
+}
+
+impl Creator<'static> {
+    pub const CLI: Creator<'static> = Creator {
+        principal: "cli",
+        user_id: None,
+    };
+}
+
 pub async fn insert(
     conn: &mut sqlx::AnyConnection,
     account_id: &str,
     entity_id: Option<&str>,
     name: &str,
     role: Role,
+    created_by: Creator<'_>,
     now: Timestamp,
 ) -> sqlx::Result<NewApiKey> {
     let secret = new_secret(KEY_PREFIX);
@@ -76,11 +98,13 @@ pub async fn insert(
         role,
         entity_id: entity_id.map(str::to_string),
         prefix: secret[..KEY_PREFIX.len() + 9].to_string(),
+        created_by: created_by.principal.to_string(),
+        created_by_user_id: created_by.user_id.map(str::to_string),
         created_at: now,
     };
     sqlx::query(
-        "INSERT INTO api_keys (id, account_id, entity_id, name, role, secret_hash, prefix, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO api_keys (id, account_id, entity_id, name, role, secret_hash, prefix, \
+         created_by, created_by_user_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&key.id)
     .bind(account_id)
@@ -89,6 +113,8 @@ pub async fn insert(
     .bind(role.as_str())
     .bind(digest(&secret))
     .bind(&key.prefix)
+    .bind(&key.created_by)
+    .bind(&key.created_by_user_id)
     .bind(key.created_at.0)
     .execute(conn)
     .await?;
@@ -101,7 +127,8 @@ pub async fn insert(
 /// The account's keys, or only those of `entity_id` when given.
 pub async fn list(db: &Db, account_id: &str, entity_id: Option<&str>) -> sqlx::Result<Vec<ApiKey>> {
     sqlx::query_as(
-        "SELECT id, name, role, entity_id, prefix, created_at FROM api_keys \
+        "SELECT id, name, role, entity_id, prefix, created_by, created_by_user_id, created_at \
+         FROM api_keys \
          WHERE account_id = $1 AND ($2 IS NULL OR entity_id = $2) ORDER BY created_at, id",
     )
     .bind(account_id)
@@ -126,6 +153,16 @@ pub async fn delete(
     .execute(&db.pool)
     .await?;
     Ok(deleted.rows_affected() > 0)
+}
+
+/// Deletes the keys user `user_id` created in entity `entity_id`.
+pub async fn revoke_created_by(db: &Db, entity_id: &str, user_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM api_keys WHERE entity_id = $1 AND created_by_user_id = $2")
+        .bind(entity_id)
+        .bind(user_id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
 }
 
 /// The keys that answered lately, by digest, so that a request costs one query fewer.

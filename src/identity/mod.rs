@@ -22,6 +22,8 @@ pub struct Credential {
     pub principal: String,
     /// Set when a user (an access token) is calling.
     pub user_id: Option<String>,
+    /// The digest of the access token a user is calling with (what signing out revokes).
+    pub session: Option<String>,
     /// Set when the credential is limited to one entity (a user always is, per request).
     pub scoped_entity: Option<String>,
     /// The entity the request named, already checked to be the caller's.
@@ -88,6 +90,7 @@ pub async fn resolve(
         role: key.role,
         principal: key.id,
         user_id: None,
+        session: None,
         scoped_entity: key.entity_id,
         requested_entity: entity.map(str::to_string),
     })
@@ -118,6 +121,7 @@ async fn resolve_user(
         role: membership.role,
         principal: user_id.clone(),
         user_id: Some(user_id),
+        session: Some(crate::store::secrets::digest(secret)),
         scoped_entity: Some(membership.entity_id.clone()),
         requested_entity: Some(membership.entity_id),
     })

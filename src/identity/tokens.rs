@@ -36,3 +36,27 @@ pub async fn issue(
         .await?;
     Ok((token, expires_at))
 }
+
+/// Revokes one token (signing out).
+pub async fn revoke(db: &Db, token_hash: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM access_tokens WHERE token_hash = $1")
+        .bind(token_hash)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Revokes every token of a user but `keep` (the one changing the password, if any),
+/// inside the caller's transaction.
+pub async fn revoke_all(
+    conn: &mut sqlx::AnyConnection,
+    user_id: &str,
+    keep: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND token_hash <> COALESCE($2, '')")
+        .bind(user_id)
+        .bind(keep)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -80,14 +80,16 @@ pub struct Resent {
     pub expires_at: Timestamp,
 }
 
+/// What a new user sends to accept. A user who exists already sends nothing but their
+/// access token (`Authorization: Bearer mrt_…`).
 #[derive(Deserialize, ToSchema)]
 pub struct Acceptance {
-    /// Your name (for a new user).
+    /// Your name (a new user).
     #[serde(default)]
     pub name: Option<String>,
-    /// A new password (12 to 128 characters), or, when the email has a user already,
-    /// that user's password.
-    pub password: String,
+    /// A password of 12 to 128 characters (a new user).
+    #[serde(default)]
+    pub password: Option<String>,
     /// The token, when not in `?token=`.
     #[serde(default)]
     pub token: Option<String>,

@@ -13,11 +13,13 @@ use crate::identity::{Role, memberships, tokens};
 use crate::mail::outbox::{Outgoing, enqueue};
 use crate::mail::templates::{Kind, render};
 use crate::state::AppState;
+use crate::store::passwords::{self, Priority};
 use crate::store::secrets::{digest, new_secret};
-use crate::store::{Timestamp, new_id, passwords};
+use crate::store::{Timestamp, new_id};
 use crate::types::EmailAddress;
 use crate::types::text::parse_name;
 use crate::users::model::check_password;
+use crate::users::store as users;
 
 const RESEND_GAP: i64 = 60_000;
 /// An invitation older than this cannot be resent: invite again.
@@ -68,11 +70,11 @@ async fn send_email(
             ("inviter", &entity),
             ("entity", &entity),
             ("role", invitation.role.as_str()),
-            ("link", &link),
             ("greeting", &greeting),
             ("expires_at", &invitation.expires_at.rfc3339()),
         ],
-    );
+        &[("link", &link)],
+    )?;
     let outgoing = Outgoing {
         account_id: Some(account_id),
         from,
@@ -268,10 +270,24 @@ pub async fn resend_invitation(
     }))
 }
 
-/// Accepts an invitation: creates the user (or checks an existing one's password) and the
-/// membership, and claims the invitation in the same transaction, so that of two
-/// concurrent accepts exactly one wins.
-pub async fn accept(state: &AppState, token: &str, body: Acceptance) -> Result<Accepted, ApiError> {
+fn sign_in_required() -> ApiError {
+    ApiError::unauthorized(
+        "sign_in_required",
+        "this email has a user: sign in as that user (POST /auth/login, or the sign-in form \
+         of the invitation page) and accept with its access token",
+    )
+}
+
+/// Accepts an invitation: creates the user, or — for an email that has a user already —
+/// takes the user it is signed in as, and the membership, claiming the invitation in the
+/// same transaction, so that of two concurrent accepts exactly one wins. No password of an
+/// existing user is ever tried here: holding the token does not make one a guesser.
+pub async fn accept(
+    state: &AppState,
+    token: &str,
+    body: Acceptance,
+    signed_in: Option<String>,
+) -> Result<Accepted, ApiError> {
     let Some(stored) = store::by_token(&state.db, &digest(token)).await? else {
         return Err(ApiError::not_found("invitation"));
     };
@@ -293,25 +309,33 @@ pub async fn accept(state: &AppState, token: &str, body: Acceptance) -> Result<A
         InvitationStatus::Pending => {}
     }
     let invitation = stored.invitation;
-    let existing = crate::users::store::by_email(&state.db, &invitation.email).await?;
-    let (user_id, new_user) = match existing {
-        Some((user_id, hash)) => {
-            if !passwords::verify(&body.password, &hash).await? {
-                return Err(ApiError::unauthorized(
-                    "wrong_password",
-                    "this email has an account already: enter its password",
+    let (user_id, new_user) = match signed_in {
+        Some(user_id) => {
+            let (email, _) = users::by_id(&state.db, &user_id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("user"))?;
+            if users::email_key(&email) != users::email_key(&invitation.email) {
+                return Err(ApiError::forbidden(
+                    "this invitation is for another email address: sign in as the user it was \
+                     sent to",
                 ));
             }
             (user_id, None)
         }
         None => {
+            // The new user's fields are checked first, whoever the email belongs to.
             let name = parse_name(body.name.as_deref().unwrap_or(""), 200)
                 .map_err(|e| ApiError::invalid("name", e))?;
-            check_password(&body.password).map_err(|e| ApiError::invalid("password", e))?;
-            (
-                new_id("user"),
-                Some((name, passwords::hash(&body.password).await?)),
-            )
+            let password = body.password.unwrap_or_default();
+            check_password(&password).map_err(|e| ApiError::invalid("password", e))?;
+            if users::by_email(&state.db, &invitation.email)
+                .await?
+                .is_some()
+            {
+                return Err(sign_in_required());
+            }
+            let hash = passwords::hash(&password, Priority::Anonymous).await?;
+            (new_id("user"), Some((name, hash)))
         }
     };
 
@@ -326,12 +350,7 @@ pub async fn accept(state: &AppState, token: &str, body: Acceptance) -> Result<A
     if let Some((name, hash)) = new_user {
         crate::users::store::insert(&mut tx, &user_id, &invitation.email, &name, &hash, now)
             .await
-            .map_err(on_unique(|| {
-                ApiError::conflict(
-                    "user_exists",
-                    "this email got an account a moment ago: accept again with its password",
-                )
-            }))?;
+            .map_err(on_unique(sign_in_required))?;
     }
     memberships::join(
         &mut tx,

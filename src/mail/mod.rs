@@ -2,6 +2,7 @@
 //! the worker. It knows the tenants only through the `port::Directory` it is given.
 
 pub mod compose;
+pub mod destination;
 pub mod dkim;
 pub mod outbox;
 pub mod port;

@@ -240,6 +240,47 @@ pub async fn claim_due(db: &Db, limit: i64, lease_ms: i64) -> sqlx::Result<Vec<C
         .collect()
 }
 
+impl Claimed {
+    /// The lease's end, in milliseconds since the epoch.
+    pub fn lease_until(&self) -> i64 {
+        self.lease_until
+    }
+}
+
+/// Gives a claimed message back untried, as if it had never been claimed: it waited for a
+/// delivery slot, not for a retry. It is due again at `due_at`.
+pub async fn release(db: &Db, message: &Claimed, due_at: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET status = 'queued', attempts = attempts - 1, lease_until = NULL, \
+         next_attempt_at = $2, updated_at = $3 WHERE id = $1 AND lease_until = $4",
+    )
+    .bind(&message.id)
+    .bind(due_at)
+    .bind(db.now().0)
+    .bind(message.lease_until)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Extends the lease on a message that waited for a slot, so that no other instance takes
+/// it while it is sent; false when the lease is another's by now.
+pub async fn renew(db: &Db, message: &mut Claimed, lease_until: i64) -> sqlx::Result<bool> {
+    let renewed = sqlx::query(
+        "UPDATE outbox SET lease_until = $2 WHERE id = $1 AND status = 'sending' AND lease_until = $3",
+    )
+    .bind(&message.id)
+    .bind(lease_until)
+    .bind(message.lease_until)
+    .execute(&db.pool)
+    .await?;
+    if renewed.rows_affected() == 0 {
+        return Ok(false);
+    }
+    message.lease_until = lease_until;
+    Ok(true)
+}
+
 /// How an attempt ended, as the delivery log records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -1,6 +1,10 @@
 //! What delivery needs to know about the tenants, and nothing more: which relay carries
-//! an account's mail from a domain, and which key signs a domain's mail. The composition
-//! root answers these from the relays' and the domains' stores.
+//! an account's mail from a domain, and which key signs it. The composition root answers
+//! these from the relays' and the domains' stores.
+//!
+//! Both belong to the account where the domain is **active**, and to no other: an account
+//! that merely added a name (pending), or set SMTP settings for it, neither receives nor
+//! signs mail From it.
 
 use super::transport::SmtpTarget;
 use crate::types::DomainName;
@@ -14,14 +18,21 @@ pub struct SigningKey {
 
 #[async_trait::async_trait]
 pub trait Directory: Send + Sync + 'static {
-    /// The relay of `domain` for mail of `account_id`, when the account has set one.
-    /// An error says why the relay cannot be used (it becomes the message's `last_error`).
+    /// The relay of `domain` for mail of `account_id`: the account's SMTP settings for the
+    /// domain, when the domain is active in that account. An error says why the relay
+    /// cannot be used (it becomes the message's `last_error`).
     async fn relay(
         &self,
         account_id: &str,
         domain: &DomainName,
     ) -> anyhow::Result<Option<SmtpTarget>>;
 
-    /// The key that signs mail From `domain`, when it is an active managed domain.
-    async fn signing_key(&self, domain: &DomainName) -> anyhow::Result<Option<SigningKey>>;
+    /// The key that signs mail of `account_id` From `domain`, when the domain is active in
+    /// that account. `None` is the operator's own mail (From the system sender): it is
+    /// signed with the key of the account where the domain is active, if one is.
+    async fn signing_key(
+        &self,
+        account_id: Option<&str>,
+        domain: &DomainName,
+    ) -> anyhow::Result<Option<SigningKey>>;
 }

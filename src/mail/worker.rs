@@ -1,27 +1,42 @@
 //! The delivery worker: claims due messages (one instance each), sends them through the
 //! right transport, records every attempt, and retries temporary failures with backoff.
+//!
+//! Messages go independently: the slot a message frees is filled at once, so a relay that
+//! never answers holds the slots of its own messages only, never a whole batch. The mail
+//! of one account's own relays takes at most `MAILROOM_RELAY_CONCURRENCY` slots; the rest
+//! of it waits its turn (in memory, or back in the queue — never failed) while other
+//! accounts' mail goes on.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use super::compose::{Parts, compose};
+use super::compose::{Composed, Parts, compose};
 use super::outbox::{self, Attempt, Claimed, MessageStatus, Outcome};
 use super::port::Directory;
 use super::templates::{Kind, render};
-use super::transport::{Failure, SmtpTarget, Transport, deliver};
+use super::transport::{Failure, Limits, SmtpTarget, Transport, deliver};
 use crate::config::Settings;
 use crate::store::crypto::MasterKey;
-use crate::store::groups::run_in_groups;
 use crate::store::{Db, new_id};
+use crate::types::text::Escaped;
 use crate::types::{DomainName, EmailAddress};
 
 /// Attempts before a message is given up: with the default 30 s first retry, doubling up
 /// to 4 hours apart, the last comes about a day after the first.
 pub const MAX_ATTEMPTS: i64 = 13;
 const MAX_RETRY_DELAY_MS: i64 = 4 * 3_600_000;
+
+/// Deliveries under way at once on one instance.
+const SLOTS: usize = 16;
+/// Messages of one account that may wait in memory for its relay's slots; more go back to
+/// the queue.
+const WAITING_PER_ACCOUNT: usize = 32;
+/// When a message given back to the queue for want of a slot is due again.
+const GIVE_BACK_DELAY_MS: i64 = 2_000;
 
 /// Everything delivery needs, and no more.
 #[derive(Clone)]
@@ -34,60 +49,98 @@ pub struct Delivery {
     pub wakeup: Arc<Notify>,
 }
 
-impl Delivery {
-    fn smtp_timeout(&self) -> Duration {
-        Duration::from_secs(self.settings.smtp_timeout.max(1))
-    }
+/// A claimed message, built, signed and routed — or why it cannot go.
+struct Ready {
+    message: Claimed,
+    /// Where it goes, as the delivery log says it.
+    transport: String,
+    plan: Result<(Transport, Composed), Failure>,
+    /// The account whose own relay carries it: it takes one of that account's slots.
+    account: Option<String>,
+}
 
+/// A message after its attempt: where it went and what came of it.
+type Finished = (Claimed, String, Result<String, Failure>);
+
+impl Delivery {
     /// How long a claimed message stays with one instance: a whole conversation fits twice.
     fn lease_ms(&self) -> i64 {
         (self.settings.smtp_timeout.max(1) as i64).saturating_mul(2000)
     }
 
-    /// The transport for mail From `from_domain` of `account_id`: the domain's own relay,
-    /// else the system relay, else files.
+    /// Whether `from` is the system sender, whose mail only the system transport carries:
+    /// no account's relay ever sees it (nor the tokens it holds).
+    fn is_system_sender(&self, from: &str) -> bool {
+        match (
+            EmailAddress::parse(from),
+            EmailAddress::parse(&self.settings.mail_from),
+        ) {
+            (Ok(from), Ok(system)) => from.to_string().eq_ignore_ascii_case(&system.to_string()),
+            _ => false,
+        }
+    }
+
+    /// Whose relay and key a message may use: its account's, or none (`None`: the
+    /// operator's own mail — From the system sender, or of no account).
+    fn owner(&self, message: &Claimed) -> Option<String> {
+        if self.is_system_sender(&message.from) {
+            return None;
+        }
+        message.account_id.clone()
+    }
+
+    /// The transport for mail of `owner` From `from_domain`: the domain's relay when the
+    /// domain is active in that account, else the system relay, else files; with the
+    /// account whose slots it takes.
     async fn transport_for(
         &self,
-        account_id: Option<&str>,
+        owner: Option<&str>,
         from_domain: &DomainName,
-    ) -> anyhow::Result<Transport> {
-        if let Some(account_id) = account_id
+    ) -> anyhow::Result<(Transport, Option<String>)> {
+        if let Some(account_id) = owner
             && let Some(target) = self.directory.relay(account_id, from_domain).await?
         {
-            return Ok(Transport::Smtp(target));
+            return Ok((Transport::Smtp(target), Some(account_id.to_string())));
         }
-        self.system_transport()
+        Ok((self.system_transport()?, None))
     }
 
     fn system_transport(&self) -> anyhow::Result<Transport> {
         Ok(match &self.settings.smtp_url {
-            Some(url) => Transport::Smtp(SmtpTarget::from_url(url.expose(), self.smtp_timeout())?),
+            Some(url) => Transport::Smtp(SmtpTarget::from_url(
+                url.expose(),
+                Limits::system(&self.settings),
+            )?),
             None => Transport::Files(self.settings.data_dir.join("mail")),
         })
     }
 
-    /// Builds and signs the message; answers where it went and what the relay said.
-    async fn attempt(&self, message: &Claimed) -> (String, Result<String, Failure>) {
+    /// Builds, signs and routes a claimed message.
+    async fn prepare(&self, message: Claimed) -> Ready {
+        let cannot = |message, transport, failure| Ready {
+            message,
+            transport,
+            plan: Err(failure),
+            account: None,
+        };
         let none = || "none".to_string();
         let body = match message.open_body(&self.master_key) {
             Ok(body) => body,
             Err(error) => {
                 let failure = Failure::Permanent(format!("cannot open the message: {error:#}"));
-                return (none(), Err(failure));
+                return cannot(message, none(), failure);
             }
         };
         let from_domain = match from_domain(&message.from) {
             Ok(domain) => domain,
-            Err(error) => return (none(), Err(Failure::Permanent(error))),
+            Err(error) => return cannot(message, none(), Failure::Permanent(error)),
         };
-        let transport = match self
-            .transport_for(message.account_id.as_deref(), &from_domain)
-            .await
-        {
-            Ok(transport) => transport,
+        let owner = self.owner(&message);
+        let (transport, account) = match self.transport_for(owner.as_deref(), &from_domain).await {
+            Ok(routed) => routed,
             Err(error) => {
                 let failure = Failure::Temporary(format!("no transport: {error:#}"));
-                return (none(), Err(failure));
+                return cannot(message, none(), failure);
             }
         };
         let parts = Parts {
@@ -99,30 +152,107 @@ impl Delivery {
             message_id: &message.message_id,
             date: message.created_at,
         };
-        let composed = match self.compose(parts, &from_domain).await {
-            Ok(composed) => composed,
+        let composed = self.compose(parts, owner.as_deref(), &from_domain).await;
+        let described = transport.describe();
+        match composed {
+            Ok(composed) => Ready {
+                message,
+                transport: described,
+                plan: Ok((transport, composed)),
+                account,
+            },
             Err(error) => {
                 let failure = Failure::Temporary(format!("cannot build the message: {error:#}"));
-                return (transport.describe(), Err(failure));
+                cannot(message, described, failure)
             }
-        };
-        let result = deliver(
-            &transport,
-            &message.message_id,
-            &composed.envelope,
-            &composed.bytes,
-        )
-        .await;
-        (transport.describe(), result)
+        }
     }
 
     async fn compose(
         &self,
         parts: Parts<'_>,
+        owner: Option<&str>,
         from_domain: &DomainName,
-    ) -> anyhow::Result<super::compose::Composed> {
-        let key = self.directory.signing_key(from_domain).await?;
+    ) -> anyhow::Result<Composed> {
+        let key = self.directory.signing_key(owner, from_domain).await?;
         compose(parts, key.as_ref())
+    }
+
+    /// Sends a ready message; answers what came of it.
+    async fn send(&self, ready: Ready) -> Finished {
+        let result = match &ready.plan {
+            Ok((transport, composed)) => {
+                deliver(
+                    transport,
+                    &ready.message.message_id,
+                    &composed.envelope,
+                    &composed.bytes,
+                )
+                .await
+            }
+            Err(failure) => Err(failure.clone()),
+        };
+        (ready.message, ready.transport, result)
+    }
+
+    /// A message that waited for a slot may be near the end of its lease: renewed before
+    /// the conversation, so that no other instance sends it meanwhile. False when another
+    /// instance has it by now.
+    async fn keep_lease(&self, message: &mut Claimed) -> bool {
+        let now = self.db.now().0;
+        let lease_ms = self.lease_ms();
+        if message.lease_until() - now >= lease_ms / 2 {
+            return true;
+        }
+        match outbox::renew(&self.db, message, now + lease_ms).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(message = %message.id, "lease lost while waiting for a slot");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(message = %message.id, %error, "cannot renew a lease");
+                false
+            }
+        }
+    }
+
+    /// Puts a message back in the queue untried, for want of a slot.
+    async fn give_back(&self, message: &Claimed) {
+        let due_at = self.db.now().0 + GIVE_BACK_DELAY_MS;
+        if let Err(error) = outbox::release(&self.db, message, due_at).await {
+            // Its lease runs out, and it is claimed again then.
+            tracing::warn!(message = %message.id, %error, "cannot give a message back");
+        }
+    }
+
+    /// Delivers `message` in the slot `slot` holds; then, while its account's line has
+    /// messages waiting, those, one after another, in the same slot.
+    async fn work(self, message: Claimed, slot: OwnedSemaphorePermit, shared: Arc<Shared>) {
+        let ready = self.prepare(message).await;
+        let mut next = match ready.account.clone() {
+            None => Some(ready),
+            Some(account) => match shared.lines.enter(&account, ready) {
+                Entry::Go(ready) => Some(ready),
+                Entry::Waiting => None,
+                Entry::Full(ready) => {
+                    self.give_back(&ready.message).await;
+                    None
+                }
+            },
+        };
+        while let Some(mut ready) = next.take() {
+            let account = ready.account.clone();
+            if self.keep_lease(&mut ready.message).await {
+                let finished = self.send(ready).await;
+                let _ = shared.finished.send(finished);
+            }
+            if let Some(account) = account {
+                next = shared.lines.next(&account, !*shared.stop.borrow());
+            }
+        }
+        drop(slot);
+        shared.freed.notify_one();
     }
 
     /// What an attempt leaves the message as.
@@ -179,10 +309,10 @@ impl Delivery {
                     tracing::info!(message = %message.id, to = %message.to, transport, "sent")
                 }
                 MessageStatus::Queued => {
-                    tracing::warn!(message = %message.id, attempt = message.attempts, transport, error, "delivery failed; will retry")
+                    tracing::warn!(message = %message.id, attempt = message.attempts, transport, error = %Escaped(error), "delivery failed; will retry")
                 }
                 _ => {
-                    tracing::error!(message = %message.id, attempt = message.attempts, transport, error, "delivery failed for good")
+                    tracing::error!(message = %message.id, attempt = message.attempts, transport, error = %Escaped(error), "delivery failed for good")
                 }
             }
         }
@@ -208,9 +338,16 @@ impl Delivery {
 
     /// Runs until `stop` changes; wakes at once when `wakeup` is rung.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        const BATCH: i64 = 32;
-        const CONCURRENCY: usize = 16;
         const METRICS_EVERY: Duration = Duration::from_secs(60);
+        let slots = Arc::new(Semaphore::new(SLOTS));
+        let (finished, results) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            lines: Lines::new(self.settings.relay_concurrency),
+            finished,
+            freed: Notify::new(),
+            stop: stop.clone(),
+        });
+        let recorder = tokio::spawn(self.clone().record_all(results));
         let mut last_metrics = Instant::now() - METRICS_EVERY;
         tracing::info!("delivery worker started");
         while !*stop.borrow() {
@@ -218,35 +355,56 @@ impl Delivery {
                 self.log_depth().await;
                 last_metrics = Instant::now();
             }
-            let claimed = match outbox::claim_due(&self.db, BATCH, self.lease_ms()).await {
-                Ok(claimed) => claimed,
-                Err(error) => {
-                    tracing::error!(%error, "delivery worker cannot claim messages");
-                    Vec::new()
-                }
-            };
-            let full_batch = claimed.len() as i64 == BATCH;
-            let send = |message: Claimed| {
-                let delivery = self.clone();
-                async move {
-                    let (transport, result) = delivery.attempt(&message).await;
-                    (message, transport, result)
-                }
-            };
-            let save = |results: Vec<_>| {
-                let delivery = self.clone();
-                async move { delivery.record(&results).await }
-            };
-            run_in_groups(claimed, CONCURRENCY, send, save).await;
-            if !full_batch {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = self.wakeup.notified() => {}
-                    _ = stop.changed() => {}
+            // As many messages as there are free slots, each off on its own at once.
+            let free = slots.available_permits();
+            let mut more_due = false;
+            if free > 0 {
+                match outbox::claim_due(&self.db, free as i64, self.lease_ms()).await {
+                    Ok(claimed) => {
+                        more_due = claimed.len() == free;
+                        for message in claimed {
+                            match slots.clone().try_acquire_owned() {
+                                Ok(slot) => {
+                                    let work = self.clone().work(message, slot, shared.clone());
+                                    tokio::spawn(work);
+                                }
+                                Err(_) => self.give_back(&message).await,
+                            }
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, "delivery worker cannot claim messages"),
                 }
             }
+            // Every slot busy, or more due than fitted: on as soon as one frees. Else on
+            // new mail, or a second later for mail that fell due meanwhile.
+            let busy = free == 0 || more_due;
+            tokio::select! {
+                _ = shared.freed.notified(), if busy => {}
+                _ = self.wakeup.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => {}
+            }
         }
+        // The deliveries under way finish; what waits in line goes back to the queue.
+        let _ = slots.acquire_many(SLOTS as u32).await;
+        for ready in shared.lines.drain() {
+            self.give_back(&ready.message).await;
+        }
+        drop(shared);
+        let _ = recorder.await;
         tracing::info!("delivery worker stopped");
+    }
+
+    /// Records attempts as they finish: whatever finished while the previous group was
+    /// written goes in one transaction (on SQLite every commit waits for the disk).
+    async fn record_all(self, mut results: mpsc::UnboundedReceiver<Finished>) {
+        while let Some(first) = results.recv().await {
+            let mut group = vec![first];
+            while let Ok(more) = results.try_recv() {
+                group.push(more);
+            }
+            self.record(&group).await;
+        }
     }
 
     /// `send-test-email`: one message straight through the system transport.
@@ -264,7 +422,8 @@ impl Delivery {
                 ("to", &to.to_string()),
                 ("sent_at", &sent_at.rfc3339()),
             ],
-        );
+            &[],
+        )?;
         let message_id = format!("<{}@{}>", &new_id("msg")[4..], from.domain());
         let parts = Parts {
             from: &from.to_string(),
@@ -275,10 +434,92 @@ impl Delivery {
             message_id: &message_id,
             date: sent_at.0,
         };
-        let composed = self.compose(parts, from.domain()).await?;
+        let composed = self.compose(parts, None, from.domain()).await?;
         let transport = self.system_transport()?;
         let result = deliver(&transport, &message_id, &composed.envelope, &composed.bytes).await;
         Ok((transport.describe(), result))
+    }
+}
+
+/// What the worker and its deliveries share.
+struct Shared {
+    lines: Lines,
+    /// Attempts made, to record.
+    finished: mpsc::UnboundedSender<Finished>,
+    /// Rung when a slot frees.
+    freed: Notify,
+    stop: watch::Receiver<bool>,
+}
+
+/// The slots of accounts' own relays: at most `cap` deliveries at once per account; the
+/// account's next messages wait in its line, and each delivery that ends starts the next.
+struct Lines {
+    cap: usize,
+    lines: Mutex<HashMap<String, Line>>,
+}
+
+#[derive(Default)]
+struct Line {
+    running: usize,
+    waiting: VecDeque<Ready>,
+}
+
+enum Entry {
+    /// A slot of the account's is free: send it now.
+    Go(Ready),
+    /// It waits in line; a delivery of the account's sends it when done.
+    Waiting,
+    /// The line is full: back to the queue with it.
+    Full(Ready),
+}
+
+impl Lines {
+    fn new(cap: u64) -> Lines {
+        Lines {
+            cap: usize::try_from(cap).unwrap_or(usize::MAX).max(1),
+            lines: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Line>> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn enter(&self, account: &str, ready: Ready) -> Entry {
+        let mut lines = self.lock();
+        let line = lines.entry(account.to_string()).or_default();
+        if line.running < self.cap {
+            line.running += 1;
+            Entry::Go(ready)
+        } else if line.waiting.len() < WAITING_PER_ACCOUNT {
+            line.waiting.push_back(ready);
+            Entry::Waiting
+        } else {
+            Entry::Full(ready)
+        }
+    }
+
+    /// After a delivery of `account`'s: the next message in its line when `more` (the
+    /// caller sends it in the slot it holds), else `None` and the account's slot frees.
+    fn next(&self, account: &str, more: bool) -> Option<Ready> {
+        let mut lines = self.lock();
+        let line = lines.get_mut(account)?;
+        if more && let Some(ready) = line.waiting.pop_front() {
+            return Some(ready);
+        }
+        line.running = line.running.saturating_sub(1);
+        if line.running == 0 && line.waiting.is_empty() {
+            lines.remove(account);
+        }
+        None
+    }
+
+    /// Everything still waiting, once no delivery runs.
+    fn drain(&self) -> Vec<Ready> {
+        self.lock()
+            .drain()
+            .flat_map(|(_, line)| line.waiting)
+            .collect()
     }
 }
 

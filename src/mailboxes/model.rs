@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::domains::model::DomainStatus;
 use crate::http::ApiError;
 use crate::store::{Timestamp, passwords};
+use crate::types::text::check_text;
 
 pub const NOTE: &str = "Save this password now. It will not be shown again.";
 
@@ -250,14 +251,17 @@ pub fn parse_user_id(value: Option<&str>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// A display name: may be empty; otherwise a name as `parse_name` takes one.
 pub fn parse_display_name(value: Option<&str>) -> Result<String, ApiError> {
     let value = value.unwrap_or("").trim();
-    if value.chars().count() > 128 || value.chars().any(char::is_control) {
+    if value.chars().count() > 128 {
         return Err(ApiError::invalid(
             "display_name",
-            "display_name must be at most 128 characters, without control characters",
+            "display_name must be at most 128 characters",
         ));
     }
+    check_text(value)
+        .map_err(|e| ApiError::invalid("display_name", format!("display_name {e}")))?;
     Ok(value.to_string())
 }
 

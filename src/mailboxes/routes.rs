@@ -9,7 +9,7 @@ use crate::domains::model::DomainStatus;
 use crate::http::{ApiError, Caller, ErrorBody, Json, Page, Query, on_unique};
 use crate::identity::Role;
 use crate::state::AppState;
-use crate::store::passwords;
+use crate::store::passwords::{self, Priority};
 use crate::types::{DomainName, LocalPart};
 
 /// The caller's mailbox `id`; 404 when it is not theirs, or not `user_id`'s when given.
@@ -44,7 +44,7 @@ pub async fn list_domain_mailboxes(
     Query(page): Query<Page>,
     Query(after): Query<After>,
 ) -> Result<Json<DomainMailboxList>, ApiError> {
-    caller.require(Role::Viewer)?;
+    caller.require_account(Role::Viewer)?;
     let (limit, offset) = page.parse()?;
     let after = after.parse()?;
     let name = DomainName::parse(&domain).map_err(|_| ApiError::not_found("domain"))?;
@@ -83,7 +83,7 @@ pub async fn create_mailbox(
     caller: Caller,
     Json(body): Json<CreateMailbox>,
 ) -> Result<(StatusCode, Json<WithPassword<CreatedMailbox>>), ApiError> {
-    caller.require(Role::Editor)?;
+    caller.require_account(Role::Editor)?;
     let name = DomainName::parse(&body.domain).map_err(|e| ApiError::invalid("domain", e))?;
     let local_part =
         LocalPart::parse(&body.local_part).map_err(|e| ApiError::invalid("local_part", e))?;
@@ -114,7 +114,7 @@ pub async fn create_mailbox(
     if store::address_taken(&state.db, &address).await? {
         return Err(taken());
     }
-    let password_hash = passwords::hash(&password).await?;
+    let password_hash = passwords::hash(&password, Priority::Authenticated).await?;
     let id = store::insert(
         &state.db,
         NewMailbox {
@@ -158,7 +158,7 @@ pub async fn list_mailboxes(
     Query(page): Query<Page>,
     Query(after): Query<After>,
 ) -> Result<Json<MailboxList>, ApiError> {
-    caller.require(Role::Viewer)?;
+    caller.require_account(Role::Viewer)?;
     let (limit, offset) = page.parse()?;
     let after = after.parse()?;
     let user = parse_user_id(filter.user_id.as_deref())?;
@@ -212,7 +212,7 @@ pub async fn get_mailbox(
     Path(id): Path<String>,
     Query(owner): Query<Owner>,
 ) -> Result<Json<MailboxEnvelope>, ApiError> {
-    caller.require(Role::Viewer)?;
+    caller.require_account(Role::Viewer)?;
     let account = find(&state, &caller, &id, owner.user_id.as_deref()).await?;
     Ok(Json(MailboxEnvelope { account }))
 }
@@ -228,7 +228,7 @@ pub async fn update_mailbox(
     Path(id): Path<String>,
     Json(body): Json<UpdateMailbox>,
 ) -> Result<Json<MailboxEnvelope>, ApiError> {
-    caller.require(Role::Editor)?;
+    caller.require_account(Role::Editor)?;
     let mailbox = find(&state, &caller, &id, body.user_id.as_deref()).await?;
     let display_name = match body.display_name.as_deref() {
         Some(name) => parse_display_name(Some(name))?,
@@ -261,7 +261,7 @@ pub async fn delete_mailbox(
     caller: Caller,
     Json(body): Json<DeleteMailbox>,
 ) -> Result<Json<DeletedMailbox>, ApiError> {
-    caller.require(Role::Editor)?;
+    caller.require_account(Role::Editor)?;
     let mailbox = find(
         &state,
         &caller,
@@ -292,10 +292,10 @@ pub async fn reset_password(
     Path(id): Path<String>,
     Json(body): Json<ResetPassword>,
 ) -> Result<Json<WithPassword<MailboxRef>>, ApiError> {
-    caller.require(Role::Editor)?;
+    caller.require_account(Role::Editor)?;
     let mailbox = find(&state, &caller, &id, body.user_id.as_deref()).await?;
     let password = choose_password(body.password.as_deref(), &mailbox.local_part)?;
-    let password_hash = passwords::hash(&password).await?;
+    let password_hash = passwords::hash(&password, Priority::Authenticated).await?;
     store::set_password(&state.db, mailbox.id, &caller.account_id, &password_hash).await?;
     Ok(Json(WithPassword {
         account: MailboxRef {

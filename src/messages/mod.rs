@@ -43,7 +43,7 @@ pub async fn list_messages(
     Query(page): Query<Page>,
     Query(filter): Query<MessageFilter>,
 ) -> Result<Json<MessageList>, ApiError> {
-    caller.require(Role::Viewer)?;
+    caller.require_account(Role::Viewer)?;
     let (limit, offset) = page.parse()?;
     let items = outbox::list(
         &state.db,
@@ -68,7 +68,7 @@ pub async fn get_message(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<MessageLog>, ApiError> {
-    caller.require(Role::Viewer)?;
+    caller.require_account(Role::Viewer)?;
     outbox::get(&state.db, &id, &caller.account_id)
         .await?
         .map(Json)

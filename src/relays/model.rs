@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::http::ApiError;
+use crate::mail::destination::{Policy, RULE};
 use crate::mail::transport::Step;
 use crate::types::{DomainName, EmailAddress};
 
@@ -146,7 +147,13 @@ pub struct Valid {
     pub password: Password,
 }
 
-pub fn validate(input: SettingsInput, domain: &DomainName) -> Result<Valid, ApiError> {
+/// The input, checked field by field; `policy` says where a relay may connect (the
+/// connect-time check is the real guard: a name is judged by what it resolves to then).
+pub fn validate(
+    input: SettingsInput,
+    domain: &DomainName,
+    policy: &Policy,
+) -> Result<Valid, ApiError> {
     if input.provider != "smtp" {
         return Err(ApiError::invalid(
             "provider",
@@ -179,6 +186,25 @@ pub fn validate(input: SettingsInput, domain: &DomainName) -> Result<Valid, ApiE
         return Err(ApiError::invalid(
             "options.port",
             "port must be between 1 and 65535",
+        ));
+    }
+    let port = options.port as u16;
+    let port_allowed = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            if !policy.address_may_be_saved(ip) {
+                return Err(ApiError::invalid(
+                    "options.host",
+                    format!("{ip} is not a public address: {RULE}"),
+                ));
+            }
+            policy.address_may_use(ip, port)
+        }
+        Err(_) => policy.name_may_use(port),
+    };
+    if !port_allowed {
+        return Err(ApiError::invalid(
+            "options.port",
+            format!("port {port} is not an SMTP port: {RULE}"),
         ));
     }
     let (user, password) = match options.auth {
@@ -232,6 +258,20 @@ fn parse_host(input: &str) -> Result<String, String> {
     if host.is_empty() || host.len() > 253 {
         return Err("host must be a host name or an IP address".to_string());
     }
+    // `2130706433`, `0x7f000001`, `017700000001` or `127.1` are 127.0.0.1 to a resolver:
+    // an address in disguise, which no mail server's name looks like.
+    let numeric = |label: &str| {
+        let hex = label
+            .strip_prefix("0x")
+            .map(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+        hex.unwrap_or(!label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if host.split('.').all(numeric) {
+        return Err(format!(
+            "`{}` is an address in disguise: write an IPv4 address as four decimal numbers (such as 192.0.2.10), or a host name",
+            input.trim()
+        ));
+    }
     for label in host.split('.') {
         let valid = !label.is_empty()
             && label.len() <= 63
@@ -260,7 +300,19 @@ mod tests {
         assert_eq!(parse_host("mailhog").unwrap(), "mailhog");
         assert_eq!(parse_host("127.0.0.1").unwrap(), "127.0.0.1");
         assert_eq!(parse_host("[::1]").unwrap(), "::1");
-        for bad in ["", "a b", "-x.com", "x..com", "smtp://x.com", "x_y.com"] {
+        for bad in [
+            "",
+            "a b",
+            "-x.com",
+            "x..com",
+            "smtp://x.com",
+            "x_y.com",
+            "2130706433",
+            "0x7f000001",
+            "017700000001",
+            "127.1",
+            "0x7f.0.0.1",
+        ] {
             assert!(parse_host(bad).is_err(), "{bad}");
         }
     }

@@ -11,7 +11,8 @@ use super::model::{
 use super::store::{self, seal_context};
 use crate::http::{ApiError, Caller, ErrorBody, Json, Query, on_unique};
 use crate::identity::Role;
-use crate::mail::transport::probe;
+use crate::mail::destination::Policy;
+use crate::mail::transport::{Limits, probe};
 use crate::state::AppState;
 use crate::types::DomainName;
 
@@ -21,8 +22,25 @@ fn no_settings(domain: &DomainName) -> ApiError {
 
 /// The domain of the request, for an admin.
 fn domain_of(caller: &Caller, param: &DomainParam) -> Result<DomainName, ApiError> {
-    caller.require(Role::Admin)?;
+    caller.require_account(Role::Admin)?;
     param.parse()
+}
+
+/// Settings for a name active in another account would never carry mail (a relay serves
+/// only the account where its domain is active), and the name is that account's: refused
+/// as adding the domain is, with nothing said of the other account.
+async fn refuse_if_active_elsewhere(
+    state: &AppState,
+    caller: &Caller,
+    domain: &DomainName,
+) -> Result<(), ApiError> {
+    if store::active_elsewhere(&state.db, &caller.account_id, domain).await? {
+        return Err(ApiError::conflict(
+            "domain_taken",
+            format!("{domain} is already verified by another account"),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes the settings and answers them as stored. `stored` is the password kept when
@@ -83,7 +101,7 @@ pub async fn get_settings(
     request_body = SettingsInput,
     responses((status = 200, description = "The created settings", body = SmtpSettings),
               (status = 400, description = "No domain parameter", body = ErrorBody),
-              (status = 409, description = "The domain has settings already", body = ErrorBody)))]
+              (status = 409, description = "The domain has settings already, or is verified by another account", body = ErrorBody)))]
 pub async fn create_settings(
     State(state): State<AppState>,
     caller: Caller,
@@ -91,7 +109,9 @@ pub async fn create_settings(
     Json(input): Json<SettingsInput>,
 ) -> Result<Json<SmtpSettings>, ApiError> {
     let domain = domain_of(&caller, &param)?;
-    let valid = validate(input, &domain)?;
+    let policy = Policy::from_settings(&state.settings)?;
+    let valid = validate(input, &domain, &policy)?;
+    refuse_if_active_elsewhere(&state, &caller, &domain).await?;
     if store::load(&state.db, &caller.account_id, &domain)
         .await?
         .is_some()
@@ -122,13 +142,16 @@ pub async fn create_settings(
     .await
 }
 
-/// Replace the SMTP settings of a domain. A `pass` of `********` keeps the stored one.
+/// Replace the SMTP settings of a domain. A `pass` of `********` keeps the stored one,
+/// as long as the host, port and user stay the same.
 #[utoipa::path(put, path = "/api/v2/email/settings", tag = "smtp-settings",
     params(DomainParam),
     request_body = SettingsInput,
     responses((status = 200, description = "The updated settings", body = SmtpSettings),
               (status = 400, description = "No domain parameter", body = ErrorBody),
-              (status = 404, description = "No settings for this domain", body = ErrorBody)))]
+              (status = 404, description = "No settings for this domain", body = ErrorBody),
+              (status = 409, description = "The domain is verified by another account", body = ErrorBody),
+              (status = 422, description = "A field is invalid, or the host, port or user changed without the password", body = ErrorBody)))]
 pub async fn update_settings(
     State(state): State<AppState>,
     caller: Caller,
@@ -136,8 +159,20 @@ pub async fn update_settings(
     Json(input): Json<SettingsInput>,
 ) -> Result<Json<SmtpSettings>, ApiError> {
     let domain = domain_of(&caller, &param)?;
-    let valid = validate(input, &domain)?;
+    let policy = Policy::from_settings(&state.settings)?;
+    let valid = validate(input, &domain, &policy)?;
     let row = load(&state, &caller, &domain).await?;
+    refuse_if_active_elsewhere(&state, &caller, &domain).await?;
+    // The stored password is never shown, so it goes nowhere it was not meant for.
+    if matches!(valid.password, Password::Keep)
+        && row.sealed_pass.is_some()
+        && !row.same_destination(&valid)
+    {
+        return Err(ApiError::invalid(
+            "options.auth.pass",
+            "the host, port or user changed: give the password again (the stored one is kept only for the same server and user)",
+        ));
+    }
     let stored = row.sealed_pass.clone();
     save(
         &state,
@@ -184,7 +219,9 @@ pub async fn test_settings(
 ) -> Result<Json<TestReport>, ApiError> {
     let domain = domain_of(&caller, &param)?;
     let row = load(&state, &caller, &domain).await?;
-    let target = row.target(&state.master_key, Duration::from_secs(10))?;
+    let mut limits = Limits::tenant(&state.settings)?;
+    limits.timeout = limits.timeout.min(Duration::from_secs(10));
+    let target = row.target(&state.master_key, limits)?;
     let steps = probe(&target).await;
     Ok(Json(TestReport {
         ok: steps.iter().all(|s| s.ok),

@@ -1,12 +1,10 @@
 //! The `smtp_settings` table, and the relay a stored row stands for.
 
-use std::time::Duration;
-
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::model::{AuthOutput, MASK, OptionsOutput, SmtpSettings, TlsOutput, Valid};
-use crate::mail::transport::{Security, SmtpTarget};
+use crate::mail::transport::{Limits, Security, SmtpTarget};
 use crate::store::Db;
 use crate::store::crypto::MasterKey;
 use crate::types::DomainName;
@@ -145,8 +143,15 @@ pub async fn delete(db: &Db, id: &str, account_id: &str) -> sqlx::Result<()> {
 }
 
 impl Stored {
+    /// Whether `valid` sends mail to where these settings do, as the same user: a stored
+    /// password may be kept only then, or whoever may change the settings (but was never
+    /// shown it) could have it sent to a server of their own.
+    pub fn same_destination(&self, valid: &Valid) -> bool {
+        self.host == valid.host && self.port == valid.port && self.user == valid.user
+    }
+
     /// The relay these settings describe, with the password opened.
-    pub fn target(&self, master_key: &MasterKey, timeout: Duration) -> anyhow::Result<SmtpTarget> {
+    pub fn target(&self, master_key: &MasterKey, limits: Limits) -> anyhow::Result<SmtpTarget> {
         let credentials = match &self.sealed_pass {
             Some(sealed) => {
                 let pass = master_key
@@ -174,21 +179,47 @@ impl Stored {
             accept_invalid_certs: !self.reject_unauthorized,
             credentials,
             debug: self.debug,
-            timeout,
+            limits,
         })
     }
 }
 
-/// The relay of `domain` for mail of `account_id`, when the account has set one.
+/// The relay of `domain` for mail of `account_id`: the account's settings for it, when
+/// the domain is active in that account (a name merely added, pending, carries nothing).
 pub async fn relay_for(
     db: &Db,
     master_key: &MasterKey,
     account_id: &str,
     domain: &DomainName,
-    timeout: Duration,
+    limits: Limits,
 ) -> anyhow::Result<Option<SmtpTarget>> {
-    match load(db, account_id, domain).await? {
-        Some(row) => row.target(master_key, timeout).map(Some),
+    let row: Option<Stored> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM smtp_settings s JOIN domains d ON d.id = s.domain_id \
+         WHERE s.account_id = $1 AND d.account_id = $1 AND d.name = $2 AND d.status = 'active'"
+    ))
+    .bind(account_id)
+    .bind(domain.as_str())
+    .fetch_optional(&db.pool)
+    .await?;
+    match row {
+        Some(row) => row.target(master_key, limits).map(Some),
         None => Ok(None),
     }
+}
+
+/// Whether `domain` is active in an account other than `account_id`: its settings there
+/// would never carry mail, and the name is the other account's.
+pub async fn active_elsewhere(
+    db: &Db,
+    account_id: &str,
+    domain: &DomainName,
+) -> sqlx::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM domains WHERE name = $1 AND status = 'active' AND account_id <> $2",
+    )
+    .bind(domain.as_str())
+    .bind(account_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(found.is_some())
 }

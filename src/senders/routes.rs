@@ -32,6 +32,15 @@ async fn organization(state: &AppState, caller: &Caller, id: String) -> Result<S
     Ok(Scope::Organization(id))
 }
 
+/// The account's own sender needs a credential for the whole account; an entity's, a
+/// credential of that entity (checked by `organization`).
+fn may(caller: &Caller, scope: &Scope, role: Role) -> Result<(), ApiError> {
+    match scope {
+        Scope::Account => caller.require_account(role),
+        Scope::Organization(_) => caller.require(role),
+    }
+}
+
 async fn load_or_404(
     state: &AppState,
     account_id: &str,
@@ -94,11 +103,17 @@ fn code_digest(sender_id: &str, code: &str) -> String {
     digest(&format!("{sender_id}:{code}"))
 }
 
-/// 429 when `email` was sent a verification in the last minute (when `gap` is asked) or
-/// ten in the last day.
-async fn check_send_limits(state: &AppState, email: &str, gap: bool) -> Result<(), ApiError> {
+/// 429 when the account sent `email` a verification in the last minute (when `gap` is
+/// asked) or ten in the last day. Counted per account: another account's sends to the
+/// same address cannot block this one.
+async fn check_send_limits(
+    state: &AppState,
+    account_id: &str,
+    email: &str,
+    gap: bool,
+) -> Result<(), ApiError> {
     let now = state.db.now().0;
-    let (sent, first, last) = store::sends_since(&state.db, email, now - DAY).await?;
+    let (sent, first, last) = store::sends_since(&state.db, account_id, email, now - DAY).await?;
     if gap
         && let Some(last) = last
         && now - last < RESEND_GAP
@@ -112,7 +127,7 @@ async fn check_send_limits(state: &AppState, email: &str, gap: bool) -> Result<(
     if sent >= SENDS_PER_DAY {
         return Err(ApiError::too_many(
             "too_many_verifications",
-            "this address has had ten verification emails today",
+            "this account has sent ten verification emails to this address today",
             first.unwrap_or(now) + DAY - now,
         ));
     }
@@ -135,6 +150,7 @@ async fn send_verification(
     let now = state.db.now();
     store::issue_secrets(
         &mut *tx,
+        account_id,
         sender_id,
         &email.to_string(),
         (&digest(&token), &code_digest(sender_id, &code)),
@@ -149,13 +165,9 @@ async fn send_verification(
     };
     let email_text = render(
         Kind::SenderVerification,
-        &[
-            ("email", &email.to_string()),
-            ("scope", &scope_name),
-            ("link", &link),
-            ("code", &code),
-        ],
-    );
+        &[("email", &email.to_string()), ("scope", &scope_name)],
+        &[("link", &link), ("code", &code)],
+    )?;
     let outgoing = Outgoing {
         account_id: Some(account_id),
         from,
@@ -172,9 +184,9 @@ async fn create(
     scope: Scope,
     body: CreateSender,
 ) -> Result<(StatusCode, Json<SenderAddress>), ApiError> {
-    caller.require(Role::Editor)?;
+    may(caller, &scope, Role::Editor)?;
     let email = EmailAddress::parse(&body.email).map_err(|e| ApiError::invalid("email", e))?;
-    check_send_limits(state, &email.to_string(), false).await?;
+    check_send_limits(state, &caller.account_id, &email.to_string(), false).await?;
     let domain = crate::domains::store::find_or_add(
         &state.db,
         &state.master_key,
@@ -223,13 +235,13 @@ async fn get(
     caller: &Caller,
     scope: Scope,
 ) -> Result<Json<SenderAddress>, ApiError> {
-    caller.require(Role::Viewer)?;
+    may(caller, &scope, Role::Viewer)?;
     let stored = load_or_404(state, &caller.account_id, &scope).await?;
     Ok(Json(render_sender(state, stored, &scope).await?))
 }
 
 async fn delete(state: &AppState, caller: &Caller, scope: Scope) -> Result<Json<Count>, ApiError> {
-    caller.require(Role::Editor)?;
+    may(caller, &scope, Role::Editor)?;
     let mut conn = state.db.pool.acquire().await?;
     let count = store::delete(&mut conn, &caller.account_id, &scope).await?;
     Ok(Json(Count { count }))
@@ -240,7 +252,7 @@ async fn status(
     caller: &Caller,
     scope: Scope,
 ) -> Result<Json<SenderStatus>, ApiError> {
-    caller.require(Role::Viewer)?;
+    may(caller, &scope, Role::Viewer)?;
     let stored = load_or_404(state, &caller.account_id, &scope).await?;
     Ok(Json(SenderStatus {
         email_verification_status: stored.email_status(state.db.now()),
@@ -260,12 +272,12 @@ async fn resend(
     caller: &Caller,
     scope: Scope,
 ) -> Result<Json<Success>, ApiError> {
-    caller.require(Role::Editor)?;
+    may(caller, &scope, Role::Editor)?;
     let stored = load_or_404(state, &caller.account_id, &scope).await?;
     if stored.verified_at.is_some() {
         return Err(already_verified(&stored));
     }
-    check_send_limits(state, &stored.email, true).await?;
+    check_send_limits(state, &caller.account_id, &stored.email, true).await?;
     let email = EmailAddress::parse(&stored.email).map_err(ApiError::internal)?;
     let from = effective_from(state, &caller.account_id, scope.entity_id()).await?;
     let mut tx = state.db.begin().await?;
@@ -290,7 +302,7 @@ async fn verify_code(
     scope: Scope,
     body: VerifyCode,
 ) -> Result<Json<SenderAddress>, ApiError> {
-    caller.require(Role::Editor)?;
+    may(caller, &scope, Role::Editor)?;
     let stored = load_or_404(state, &caller.account_id, &scope).await?;
     if stored.verified_at.is_some() {
         return Err(already_verified(&stored));
@@ -302,22 +314,29 @@ async fn verify_code(
             "the code has expired; ask for a new one with resend-verification",
         ));
     }
-    let Some(code_hash) = &stored.code_hash else {
-        return Err(ApiError::new(
+    let code_void = || {
+        ApiError::new(
             StatusCode::GONE,
             "code_void",
             "the code is void after too many wrong tries; ask for a new one with resend-verification",
-        ));
+        )
+    };
+    let Some(code_hash) = &stored.code_hash else {
+        return Err(code_void());
+    };
+    let Some(try_number) =
+        store::take_code_try(&state.db, &stored.id, code_hash, CODE_TRIES).await?
+    else {
+        return Err(code_void());
     };
     if code_digest(&stored.id, body.code.trim()) != *code_hash {
-        let failures = stored.code_failures + 1;
-        let void = failures >= CODE_TRIES;
-        store::record_wrong_code(&state.db, &stored.id, failures, void).await?;
+        let void = try_number >= CODE_TRIES;
         let message = if void {
+            store::void_code(&state.db, &stored.id, code_hash).await?;
             "wrong code; that was the last try, ask for a new code with resend-verification"
                 .to_string()
         } else {
-            format!("wrong code; {} tries left", CODE_TRIES - failures)
+            format!("wrong code; {} tries left", CODE_TRIES - try_number)
         };
         return Err(
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "wrong_code", message)

@@ -128,9 +128,11 @@ pub async fn insert(
     Ok(())
 }
 
-/// Stores a new link and code (their digests) with their expiry, and counts the email.
+/// Stores a new link and code (their digests) with their expiry, and counts the email
+/// against `account_id`'s allowance for `email`.
 pub async fn issue_secrets(
     conn: &mut sqlx::AnyConnection,
+    account_id: &str,
     sender_id: &str,
     email: &str,
     (token_hash, code_hash): (&str, &str),
@@ -148,25 +150,30 @@ pub async fn issue_secrets(
     .bind(now.0)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("INSERT INTO verification_sends (email, at) VALUES ($1, $2)")
-        .bind(email)
+    sqlx::query("INSERT INTO verification_sends (account_id, email, at) VALUES ($1, $2, $3)")
+        .bind(account_id)
+        .bind(email.to_ascii_lowercase())
         .bind(now.0)
         .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-/// Verification emails sent to `email` since `since`: how many, the first, the last.
+/// Verification emails `account_id` sent to `email` since `since`: how many, the first,
+/// the last. Per account, so that another tenant cannot use up this one's allowance; an
+/// address in any case counts as one.
 pub async fn sends_since(
     db: &Db,
+    account_id: &str,
     email: &str,
     since: i64,
 ) -> sqlx::Result<(i64, Option<i64>, Option<i64>)> {
     let row = sqlx::query(
         "SELECT COUNT(*) AS sent, MIN(at) AS first, MAX(at) AS last FROM verification_sends \
-         WHERE email = $1 AND at > $2",
+         WHERE account_id = $1 AND email = $2 AND at > $3",
     )
-    .bind(email)
+    .bind(account_id)
+    .bind(email.to_ascii_lowercase())
     .bind(since)
     .fetch_one(&db.pool)
     .await?;
@@ -177,22 +184,33 @@ pub async fn sends_since(
     ))
 }
 
-/// Counts a wrong code; `void` spends the code for good.
-pub async fn record_wrong_code(
+/// Takes one of the `tries` a code allows, before the code is compared, so that concurrent
+/// guesses cannot all be compared: the number of this try, or `None` when none is left
+/// (or the code was replaced meanwhile).
+pub async fn take_code_try(
     db: &Db,
     sender_id: &str,
-    failures: i64,
-    void: bool,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE sender_addresses SET code_failures = $2, \
-         code_hash = CASE WHEN $3 = 1 THEN NULL ELSE code_hash END WHERE id = $1",
+    code_hash: &str,
+    tries: i64,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "UPDATE sender_addresses SET code_failures = code_failures + 1 \
+         WHERE id = $1 AND code_hash = $2 AND code_failures < $3 RETURNING code_failures",
     )
     .bind(sender_id)
-    .bind(failures)
-    .bind(i64::from(void))
-    .execute(&db.pool)
-    .await?;
+    .bind(code_hash)
+    .bind(tries)
+    .fetch_optional(&db.pool)
+    .await
+}
+
+/// Voids a code after its last wrong try.
+pub async fn void_code(db: &Db, sender_id: &str, code_hash: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE sender_addresses SET code_hash = NULL WHERE id = $1 AND code_hash = $2")
+        .bind(sender_id)
+        .bind(code_hash)
+        .execute(&db.pool)
+        .await?;
     Ok(())
 }
 

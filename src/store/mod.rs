@@ -155,6 +155,9 @@ fn engine_url(url: &str) -> anyhow::Result<(Engine, String)> {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
+        if !rest.contains("mode=") && !path.is_empty() && !path.starts_with(':') {
+            create_private(Path::new(path))?;
+        }
         let url = if rest.contains("mode=") {
             url.to_string()
         } else if rest.contains('?') {
@@ -167,6 +170,32 @@ fn engine_url(url: &str) -> anyhow::Result<(Engine, String)> {
         Ok((Engine::Postgres, url.to_string()))
     } else {
         anyhow::bail!("the database URL must start with sqlite:// or postgres://")
+    }
+}
+
+/// Creates the database file, when missing, readable by mailroom's user only, whatever
+/// the umask: it holds password hashes, and SQLite gives its `-wal` and `-shm` files the
+/// mode of the database file. (Where a mail server's group must read it, the operator
+/// widens it to 0640 for that group; mailroom leaves an existing file's mode alone.)
+fn create_private(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        match created {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(error) => Err(error).with_context(|| format!("cannot create {}", path.display())),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
     }
 }
 

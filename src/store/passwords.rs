@@ -3,8 +3,13 @@
 //! long-lived threads of its own — one per core, at a lower priority — each reusing one
 //! block of memory: requests never wait on it, and a burst of hashes neither runs more
 //! hashes at once than there are cores nor leaves 19 MiB behind per hash in the allocator.
+//!
+//! The queue in front of them is bounded, with a smaller share for anonymous work (logins,
+//! accepting invitations, password resets), which also waits behind authenticated work:
+//! a flood of logins is answered "busy" at once and cannot delay a mailbox being created.
 
-use std::sync::{OnceLock, mpsc};
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, OnceLock};
 
 use anyhow::{Context, bail};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -21,19 +26,87 @@ const LANES: u32 = 1;
 const OUTPUT: usize = 32;
 const SALT: usize = 16;
 
+/// Hashes that may wait, per hashing thread, by who asks.
+const ANONYMOUS_QUEUE_PER_THREAD: usize = 4;
+const AUTHENTICATED_QUEUE_PER_THREAD: usize = 32;
+
+/// Who a hash is for: a caller who proved who they are, or anyone on the internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Authenticated,
+    Anonymous,
+}
+
+/// Every hashing thread is busy and the queue for this kind of work is full.
+#[derive(Debug)]
+pub struct Busy;
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the password hashers are busy; try again in a moment")
+    }
+}
+
+impl std::error::Error for Busy {}
+
 enum Job {
     Hash(String, oneshot::Sender<anyhow::Result<String>>),
     Verify(String, String, oneshot::Sender<anyhow::Result<bool>>),
 }
 
-fn workers() -> &'static mpsc::Sender<Job> {
-    static WORKERS: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
-    WORKERS.get_or_init(|| {
-        let (sender, receiver) = mpsc::channel::<Job>();
-        let receiver = std::sync::Arc::new(std::sync::Mutex::new(receiver));
-        let count = std::thread::available_parallelism().map_or(2, |n| n.get());
-        for number in 0..count {
-            let receiver = receiver.clone();
+#[derive(Default)]
+struct Waiting {
+    authenticated: VecDeque<Job>,
+    anonymous: VecDeque<Job>,
+}
+
+struct Hashers {
+    waiting: Mutex<Waiting>,
+    ready: Condvar,
+    threads: usize,
+}
+
+impl Hashers {
+    fn submit(&self, job: Job, priority: Priority) -> Result<(), Busy> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let (queue, per_thread) = match priority {
+            Priority::Authenticated => (&mut waiting.authenticated, AUTHENTICATED_QUEUE_PER_THREAD),
+            Priority::Anonymous => (&mut waiting.anonymous, ANONYMOUS_QUEUE_PER_THREAD),
+        };
+        if queue.len() >= per_thread * self.threads {
+            return Err(Busy);
+        }
+        queue.push_back(job);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next job, authenticated work first.
+    fn next(&self) -> Job {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(job) = waiting
+                .authenticated
+                .pop_front()
+                .or_else(|| waiting.anonymous.pop_front())
+            {
+                return job;
+            }
+            waiting = self.ready.wait(waiting).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+fn hashers() -> &'static Hashers {
+    static HASHERS: OnceLock<&'static Hashers> = OnceLock::new();
+    HASHERS.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let hashers: &'static Hashers = Box::leak(Box::new(Hashers {
+            waiting: Mutex::default(),
+            ready: Condvar::new(),
+            threads,
+        }));
+        for number in 0..threads {
             std::thread::Builder::new()
                 .name(format!("password-hasher-{number}"))
                 .spawn(move || {
@@ -45,9 +118,7 @@ fn workers() -> &'static mpsc::Sender<Job> {
                         rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
                     let mut memory = vec![Block::default(); MEMORY_KIB as usize];
                     loop {
-                        let job = receiver.lock().map(|r| r.recv());
-                        let Ok(Ok(job)) = job else { return };
-                        match job {
+                        match hashers.next() {
                             Job::Hash(password, reply) => {
                                 let _ = reply.send(hash_now(&password, &mut memory));
                             }
@@ -59,7 +130,7 @@ fn workers() -> &'static mpsc::Sender<Job> {
                 })
                 .expect("start a password hasher thread");
         }
-        sender
+        hashers
     })
 }
 
@@ -132,19 +203,20 @@ fn verify_now(password: &str, stored: &str, memory: &mut Vec<Block>) -> anyhow::
         == 0)
 }
 
-pub async fn hash(password: &str) -> anyhow::Result<String> {
+/// Hashes a new password; fails with [`Busy`] when the queue for `priority` is full.
+pub async fn hash(password: &str, priority: Priority) -> anyhow::Result<String> {
     let (reply, answer) = oneshot::channel();
-    workers()
-        .send(Job::Hash(password.to_string(), reply))
-        .map_err(|_| anyhow::anyhow!("the password hashers stopped"))?;
+    hashers().submit(Job::Hash(password.to_string(), reply), priority)?;
     answer.await?
 }
 
-pub async fn verify(password: &str, stored: &str) -> anyhow::Result<bool> {
+/// Checks a password against a stored hash; fails with [`Busy`] when the queue is full.
+pub async fn verify(password: &str, stored: &str, priority: Priority) -> anyhow::Result<bool> {
     let (reply, answer) = oneshot::channel();
-    workers()
-        .send(Job::Verify(password.to_string(), stored.to_string(), reply))
-        .map_err(|_| anyhow::anyhow!("the password hashers stopped"))?;
+    hashers().submit(
+        Job::Verify(password.to_string(), stored.to_string(), reply),
+        priority,
+    )?;
     answer.await?
 }
 
@@ -166,23 +238,37 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_have_dovecots_form_and_verify() {
-        let stored = hash("correct horse battery").await.unwrap();
+        let stored = hash("correct horse battery", Priority::Authenticated)
+            .await
+            .unwrap();
         assert!(
             stored.starts_with("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$"),
             "{stored}"
         );
-        assert!(verify("correct horse battery", &stored).await.unwrap());
-        assert!(!verify("wrong horse battery", &stored).await.unwrap());
+        assert!(
+            verify("correct horse battery", &stored, Priority::Authenticated)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify("wrong horse battery", &stored, Priority::Authenticated)
+                .await
+                .unwrap()
+        );
         assert_ne!(
             stored,
-            hash("correct horse battery").await.unwrap(),
+            hash("correct horse battery", Priority::Authenticated)
+                .await
+                .unwrap(),
             "salted"
         );
     }
 
     #[tokio::test]
     async fn the_form_is_the_phc_string_others_verify() {
-        let stored = hash("correct horse battery").await.unwrap();
+        let stored = hash("correct horse battery", Priority::Authenticated)
+            .await
+            .unwrap();
         let phc = PasswordHash::new(stored.strip_prefix(SCHEME).unwrap()).unwrap();
         assert!(
             Argon2::default()
@@ -195,9 +281,21 @@ mod tests {
         let made = argon2::PasswordHasher::hash_password(&other, b"password", &salt)
             .unwrap()
             .to_string();
-        assert!(verify("password", &made).await.unwrap());
-        assert!(!verify("passw0rd", &made).await.unwrap());
-        assert!(verify("x", "{ARGON2ID}$argon2i$bad").await.is_err());
+        assert!(
+            verify("password", &made, Priority::Authenticated)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify("passw0rd", &made, Priority::Authenticated)
+                .await
+                .unwrap()
+        );
+        assert!(
+            verify("x", "{ARGON2ID}$argon2i$bad", Priority::Authenticated)
+                .await
+                .is_err()
+        );
     }
 
     #[test]

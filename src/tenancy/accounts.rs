@@ -42,10 +42,44 @@ async fn insert_account(
     let now = db.now();
     let account_id = store::insert_account(&mut *tx, name, now).await?;
     let entity = store::insert_entity(&mut *tx, &account_id, name, now).await?;
-    let key = api_keys::insert(&mut *tx, &account_id, None, "admin", Role::Admin, now).await?;
+    let key = api_keys::insert(
+        &mut *tx,
+        &account_id,
+        None,
+        "admin",
+        Role::Admin,
+        api_keys::Creator::CLI,
+        now,
+    )
+    .await?;
     Ok(NewAccount {
         account_id,
         entity_id: entity.id,
         api_key: key.api_key,
     })
+}
+
+/// An account-wide admin key made by the operator: the way back in for an account whose
+/// last admin key was deleted.
+pub async fn create_admin_key(
+    db: &Db,
+    account_id: &str,
+    name: &str,
+) -> anyhow::Result<api_keys::NewApiKey> {
+    let mut tx = db.begin().await?;
+    if !store::account_exists(&mut tx, account_id).await? {
+        anyhow::bail!("no account has the id {account_id}");
+    }
+    let key = api_keys::insert(
+        &mut tx,
+        account_id,
+        None,
+        name,
+        Role::Admin,
+        api_keys::Creator::CLI,
+        db.now(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(key)
 }

@@ -36,7 +36,7 @@ pub async fn create_entity(
     caller: Caller,
     Json(body): Json<CreateEntity>,
 ) -> Result<(StatusCode, Json<Entity>), ApiError> {
-    caller.require_account_admin()?;
+    caller.require_account(Role::Admin)?;
     let name = parse_name(&body.name, 200).map_err(|e| ApiError::invalid("name", e))?;
     let mut conn = state.db.pool.acquire().await?;
     let entity = store::insert_entity(&mut conn, &caller.account_id, &name, state.db.now()).await?;
@@ -111,6 +111,10 @@ pub async fn create_api_key(
         entity_id.as_deref(),
         &name,
         body.role,
+        api_keys::Creator {
+            principal: &caller.principal,
+            user_id: caller.user_id.as_deref(),
+        },
         state.db.now(),
     )
     .await?;

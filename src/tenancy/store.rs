@@ -48,6 +48,14 @@ pub async fn count_accounts(conn: &mut sqlx::AnyConnection) -> sqlx::Result<i64>
         .await
 }
 
+pub async fn account_exists(conn: &mut sqlx::AnyConnection, id: &str) -> sqlx::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.is_some())
+}
+
 /// Records that the first start made `account_id`; false when another start did first.
 pub async fn claim_bootstrap(
     conn: &mut sqlx::AnyConnection,

@@ -2,7 +2,11 @@
 
 use std::fmt;
 
-/// A dot-atom of 1 to 64 octets, lowercased (mailboxes are found case-insensitively).
+/// A dot-atom of 1 to 64 octets, lowercased (mailboxes are found case-insensitively),
+/// without `/`. The mail servers keep a mailbox under `{domain}/{local part}`: with a `/`
+/// one mailbox's home would be a folder inside another's (`a/cur` inside `a`'s Maildir).
+/// The dot-atom rules already keep out `.` and `..` (no leading dot), so the local part is
+/// always one plain folder name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalPart(String);
 
@@ -11,7 +15,13 @@ impl LocalPart {
         let lowered = input.trim().to_ascii_lowercase();
         if !lowered.is_ascii() {
             return Err(
-                "local_part may hold only ASCII letters, digits and !#$%&'*+-/=?^_`{|}~."
+                "local_part may hold only ASCII letters, digits and !#$%&'*+-=?^_`{|}~."
+                    .to_string(),
+            );
+        }
+        if lowered.contains('/') {
+            return Err(
+                "local_part cannot contain `/`: it names the mailbox's folder on the mail server"
                     .to_string(),
             );
         }
@@ -42,7 +52,23 @@ mod tests {
             "billing.team"
         );
         assert_eq!(LocalPart::parse("a+b").unwrap().as_str(), "a+b");
-        for bad in ["", ".a", "a.", "a..b", "a b", "a@b", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".a",
+            "a.",
+            "a..b",
+            "a b",
+            "a@b",
+            "é",
+            "a/b",
+            "../a",
+            "a/..",
+            "/a",
+            "a\\b",
+            &"x".repeat(65),
+        ] {
             assert!(LocalPart::parse(bad).is_err(), "{bad:?}");
         }
         assert!(LocalPart::parse(&"x".repeat(64)).is_ok());

@@ -1,9 +1,14 @@
 //! Users: people who accepted an invitation, sign in with a password, and act with access
-//! tokens that carry their role in each entity.
+//! tokens that carry their role in each entity; they change,
+//! reset and sign out on their own.
 
 pub mod model;
+mod pages;
 mod routes;
+mod sign_in;
 pub mod store;
+
+pub use sign_in::{client_subject, sign_in};
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -13,6 +18,10 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(routes::login))
+        .routes(routes!(routes::logout))
+        .routes(routes!(routes::change_password))
+        .routes(routes!(routes::request_reset))
+        .routes(routes!(pages::reset_page, pages::confirm_reset))
         .routes(routes!(routes::list_members))
         .routes(routes!(routes::change_role, routes::remove_member))
 }

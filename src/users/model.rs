@@ -21,6 +21,26 @@ pub struct Session {
 }
 
 #[derive(Deserialize, ToSchema)]
+pub struct ChangePassword {
+    pub current_password: String,
+    /// 12 to 128 characters.
+    pub new_password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ResetRequest {
+    pub email: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ResetConfirm {
+    /// The token from the reset link.
+    pub token: String,
+    /// The new password, 12 to 128 characters.
+    pub password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
 pub struct ChangeRole {
     pub role: Role,
 }

@@ -1,78 +1,231 @@
-//! Signing in, and the members of an entity.
+//! Signing in and out, passwords, and the members of an entity.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
 
-use super::model::{ChangeRole, Login, Message, Session};
+use super::model::{
+    ChangePassword, ChangeRole, Login, Message, ResetRequest, Session, check_password,
+};
+use super::sign_in::{client_subject, sign_in};
 use super::store;
 use crate::http::{ApiError, Caller, ErrorBody, Json, List};
 use crate::identity::memberships::{self, Member};
-use crate::identity::{Role, tokens};
+use crate::identity::{Role, api_keys, tokens};
+use crate::mail::outbox::{Outgoing, enqueue};
+use crate::mail::templates::{Kind, render};
 use crate::state::AppState;
-use crate::store::{Db, passwords};
+use crate::store::passwords::{self, Priority};
+use crate::store::secrets::{digest, new_secret};
+use crate::store::{Db, Timestamp};
 use crate::types::EmailAddress;
 
-/// Failed logins allowed in a window, per email and per client address.
-const FAILURE_WINDOW: i64 = 15 * 60_000;
-const FAILURES_PER_EMAIL: i64 = 5;
-const FAILURES_PER_ADDRESS: i64 = 20;
+/// A reset link works this long, once.
+const RESET_LIFETIME: i64 = 3_600_000;
+/// Reset requests per hour: per client address (answered 429 beyond), and emails sent per
+/// address (quietly not sent beyond, so that the answer never tells whether a user exists).
+const RESET_WINDOW: i64 = 3_600_000;
+const RESETS_PER_CLIENT: i64 = 10;
+const RESET_EMAILS_PER_USER: i64 = 3;
+
+fn parse_email(email: &str) -> Result<EmailAddress, ApiError> {
+    EmailAddress::parse(email).map_err(|e| ApiError::invalid("email", e))
+}
 
 /// Sign in with email and password.
 #[utoipa::path(post, path = "/auth/login", tag = "users", security(()), request_body = Login,
     responses((status = 200, description = "An access token", body = Session),
               (status = 401, description = "Wrong email or password", body = ErrorBody),
-              (status = 429, description = "Too many failed logins; see Retry-After", body = ErrorBody)))]
+              (status = 429, description = "Too many failed logins; see Retry-After", body = ErrorBody),
+              (status = 503, description = "Too many sign-ins at once; see Retry-After", body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(body): Json<Login>,
 ) -> Result<Json<Session>, ApiError> {
-    let email = EmailAddress::parse(&body.email)
-        .map_err(|e| ApiError::invalid("email", e))?
-        .to_string();
-    let now = state.db.now();
-    let by_email = format!("email:{}", email.to_ascii_lowercase());
-    let by_address = format!("ip:{}", peer.ip());
-    for (subject, limit) in [
-        (&by_email, FAILURES_PER_EMAIL),
-        (&by_address, FAILURES_PER_ADDRESS),
-    ] {
-        let (failures, first) =
-            store::failures_since(&state.db, subject, now.0 - FAILURE_WINDOW).await?;
-        if failures >= limit {
-            return Err(ApiError::too_many(
-                "too_many_failed_logins",
-                "too many failed logins; try again later",
-                first.unwrap_or(now.0) + FAILURE_WINDOW - now.0,
-            ));
-        }
-    }
-    let user = store::by_email(&state.db, &email).await?;
-    let verified = match &user {
-        Some((_, hash)) => passwords::verify(&body.password, hash).await?,
-        // Hash anyway, so that an unknown email takes as long as a wrong password.
-        None => {
-            passwords::hash(&body.password).await?;
-            false
-        }
-    };
-    let Some((user_id, _)) = user.filter(|_| verified) else {
-        for subject in [&by_email, &by_address] {
-            store::record_failure(&state.db, subject, now).await?;
-        }
-        return Err(ApiError::unauthorized(
-            "invalid_login",
-            "the email or the password is wrong",
-        ));
-    };
+    let email = parse_email(&body.email)?.to_string();
+    let user_id = sign_in(
+        &state.db,
+        peer.ip(),
+        &email,
+        &body.password,
+        Priority::Anonymous,
+    )
+    .await?;
     let mut conn = state.db.pool.acquire().await?;
-    let (access_token, expires_at) = tokens::issue(&mut conn, &user_id, now).await?;
+    let (access_token, expires_at) = tokens::issue(&mut conn, &user_id, state.db.now()).await?;
     Ok(Json(Session {
         user_id,
         access_token,
         expires_at,
     }))
+}
+
+/// The user calling, with the digest of their token: 403 for an API key.
+fn user_of(caller: &Caller) -> Result<(&str, &str), ApiError> {
+    match (&caller.user_id, &caller.session) {
+        (Some(user_id), Some(session)) => Ok((user_id, session)),
+        _ => Err(ApiError::forbidden(
+            "this needs a user's access token, not an API key",
+        )),
+    }
+}
+
+/// Sign out: the access token sent stops working.
+#[utoipa::path(post, path = "/auth/logout", tag = "users",
+    responses((status = 200, description = "Signed out", body = Message)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Message>, ApiError> {
+    let (_, session) = user_of(&caller)?;
+    tokens::revoke(&state.db, session).await?;
+    Ok(Json(Message {
+        message: "Signed out",
+    }))
+}
+
+/// Change your password: the current one is checked (counted like a login), and every
+/// other access token of yours stops working.
+#[utoipa::path(post, path = "/auth/password", tag = "users", request_body = ChangePassword,
+    responses((status = 200, description = "Changed", body = Message),
+              (status = 401, description = "The current password is wrong", body = ErrorBody),
+              (status = 422, description = "The new password breaks the rule", body = ErrorBody),
+              (status = 429, description = "Too many wrong passwords; see Retry-After", body = ErrorBody)))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    Json(body): Json<ChangePassword>,
+) -> Result<Json<Message>, ApiError> {
+    let (user_id, session) = user_of(&caller)?;
+    check_password(&body.new_password).map_err(|e| ApiError::invalid("new_password", e))?;
+    let (email, _) = store::by_id(&state.db, user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    sign_in(
+        &state.db,
+        peer.ip(),
+        &email,
+        &body.current_password,
+        Priority::Authenticated,
+    )
+    .await
+    .map_err(|error| match error.code {
+        "invalid_login" => {
+            ApiError::unauthorized("wrong_password", "the current password is wrong")
+                .with_param("current_password")
+        }
+        _ => error,
+    })?;
+    let hash = passwords::hash(&body.new_password, Priority::Authenticated).await?;
+    let mut tx = state.db.begin().await?;
+    store::set_password(&mut tx, user_id, &hash, state.db.now()).await?;
+    tokens::revoke_all(&mut tx, user_id, Some(session)).await?;
+    tx.commit().await?;
+    Ok(Json(Message {
+        message: "Password changed",
+    }))
+}
+
+/// Ask for a password-reset link by email. The answer is the same whether or not a user
+/// has this email.
+#[utoipa::path(post, path = "/auth/password-reset", tag = "users", security(()), request_body = ResetRequest,
+    responses((status = 202, description = "A link is on its way if a user has this email", body = Message),
+              (status = 429, description = "Too many requests from this client; see Retry-After", body = ErrorBody)))]
+pub async fn request_reset(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<ResetRequest>,
+) -> Result<(StatusCode, Json<Message>), ApiError> {
+    let email = parse_email(&body.email)?;
+    let now = state.db.now();
+    let since = now.0 - RESET_WINDOW;
+    let (_, count, first) = store::begin_attempt(
+        &state.db,
+        &format!("reset-ip:{}", client_subject(peer.ip())),
+        since,
+        now,
+    )
+    .await?;
+    if count > RESETS_PER_CLIENT {
+        return Err(ApiError::too_many(
+            "too_many_resets",
+            "too many password resets asked from here; try again later",
+            first + RESET_WINDOW - now.0,
+        ));
+    }
+    let answer = Json(Message {
+        message: "If a user has this email, a link to choose a new password is on its way",
+    });
+    let (_, count, _) = store::begin_attempt(
+        &state.db,
+        &format!("reset-email:{}", store::email_key(&email.to_string())),
+        since,
+        now,
+    )
+    .await?;
+    let user = store::by_email(&state.db, &email.to_string()).await?;
+    let (Some((user_id, _)), true) = (user, count <= RESET_EMAILS_PER_USER) else {
+        return Ok((StatusCode::ACCEPTED, answer));
+    };
+    // To the address the user has, however the request spelled it.
+    let (stored_email, _) = store::by_id(&state.db, &user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    let email = EmailAddress::parse(&stored_email).map_err(ApiError::internal)?;
+    let token = new_secret("rst");
+    let link = format!(
+        "{}/auth/password-reset/confirm?token={token}",
+        state.public_url
+    );
+    let from = EmailAddress::parse(&state.settings.mail_from).map_err(ApiError::internal)?;
+    let email_text = render(
+        Kind::PasswordReset,
+        &[],
+        &[("link", &link), ("expires_in", "1 hour")],
+    )?;
+    let mut tx = state.db.begin().await?;
+    store::insert_reset(
+        &mut tx,
+        &digest(&token),
+        &user_id,
+        now.0 + RESET_LIFETIME,
+        now,
+    )
+    .await?;
+    let outgoing = Outgoing {
+        account_id: None,
+        from: &from,
+        to: &email,
+        email: email_text,
+    };
+    enqueue(&mut tx, &state.master_key, outgoing, now).await?;
+    tx.commit().await?;
+    state.wake_outbox();
+    Ok((StatusCode::ACCEPTED, answer))
+}
+
+/// Sets a new password with a reset link's token: the link is used up, and every access
+/// token of the user stops working.
+pub async fn reset_password(state: &AppState, token: &str, password: &str) -> Result<(), ApiError> {
+    check_password(password).map_err(|e| ApiError::invalid("password", e))?;
+    let unknown = || ApiError::not_found("reset link").with_param("token");
+    // Only a live link is worth a hash: made-up tokens cost nothing.
+    if !store::reset_usable(&state.db, &digest(token)).await? {
+        return Err(unknown());
+    }
+    let hash = passwords::hash(password, Priority::Anonymous).await?;
+    let now: Timestamp = state.db.now();
+    let mut tx = state.db.begin().await?;
+    let Some(user_id) = store::use_reset(&mut tx, &digest(token), now).await? else {
+        return Err(unknown());
+    };
+    store::set_password(&mut tx, &user_id, &hash, now).await?;
+    tokens::revoke_all(&mut tx, &user_id, None).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn member(db: &Db, entity_id: &str, user_id: &str) -> Result<Member, ApiError> {
@@ -81,14 +234,31 @@ async fn member(db: &Db, entity_id: &str, user_id: &str) -> Result<Member, ApiEr
         .ok_or_else(|| ApiError::not_found("user"))
 }
 
-/// 409 when `member` is the entity's only admin: an entity keeps at least one.
-async fn keep_an_admin(db: &Db, entity_id: &str, member: &Member) -> Result<(), ApiError> {
-    if member.role == Role::Admin && memberships::admin_count(db, entity_id).await? <= 1 {
+/// 409 when `member` is the entity's only user admin and the caller acts only inside the
+/// entity: it keeps at least one. The account's own admin keys stand above the entity, so
+/// they may remove or demote that admin (someone who left, say).
+async fn keep_an_admin(
+    db: &Db,
+    caller: &Caller,
+    entity_id: &str,
+    member: &Member,
+) -> Result<(), ApiError> {
+    if caller.scoped_entity().is_some()
+        && member.role == Role::Admin
+        && memberships::admin_count(db, entity_id).await? <= 1
+    {
         return Err(ApiError::conflict(
             "last_admin",
             "this is the entity's last admin; make another member admin first",
         ));
     }
+    Ok(())
+}
+
+/// The keys a member made in the entity stop working once they are no longer its admin.
+async fn revoke_keys_of(state: &AppState, entity_id: &str, user_id: &str) -> Result<(), ApiError> {
+    api_keys::revoke_created_by(&state.db, entity_id, user_id).await?;
+    state.api_keys.clear();
     Ok(())
 }
 
@@ -118,9 +288,12 @@ pub async fn change_role(
     let entity_id = caller.entity_id(&state.db, Role::Admin).await?;
     let current = member(&state.db, &entity_id, &id).await?;
     if body.role != Role::Admin {
-        keep_an_admin(&state.db, &entity_id, &current).await?;
+        keep_an_admin(&state.db, &caller, &entity_id, &current).await?;
     }
     memberships::set_role(&state.db, &entity_id, &id, body.role).await?;
+    if body.role != Role::Admin {
+        revoke_keys_of(&state, &entity_id, &id).await?;
+    }
     Ok(Json(member(&state.db, &entity_id, &id).await?))
 }
 
@@ -136,8 +309,9 @@ pub async fn remove_member(
 ) -> Result<Json<Message>, ApiError> {
     let entity_id = caller.entity_id(&state.db, Role::Admin).await?;
     let current = member(&state.db, &entity_id, &id).await?;
-    keep_an_admin(&state.db, &entity_id, &current).await?;
+    keep_an_admin(&state.db, &caller, &entity_id, &current).await?;
     memberships::remove(&state.db, &entity_id, &id).await?;
+    revoke_keys_of(&state, &entity_id, &id).await?;
     Ok(Json(Message {
         message: "User removed",
     }))

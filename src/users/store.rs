@@ -1,13 +1,27 @@
-//! The `users` and `login_failures` tables.
+//! The `users`, `attempts` and `password_resets` tables.
 
 use sqlx::Row;
 
-use crate::store::{Db, Timestamp};
+use crate::store::{Db, Timestamp, new_id};
+
+/// The form a user's email is kept and looked up in: one user per address, whatever the
+/// case it is typed in.
+pub fn email_key(email: &str) -> String {
+    email.to_ascii_lowercase()
+}
 
 /// A user's id and password hash, by email.
 pub async fn by_email(db: &Db, email: &str) -> sqlx::Result<Option<(String, String)>> {
     sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
-        .bind(email)
+        .bind(email_key(email))
+        .fetch_optional(&db.pool)
+        .await
+}
+
+/// A user's email and password hash, by id.
+pub async fn by_id(db: &Db, id: &str) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as("SELECT email, password_hash FROM users WHERE id = $1")
+        .bind(id)
         .fetch_optional(&db.pool)
         .await
 }
@@ -23,7 +37,7 @@ pub async fn insert(
 ) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO users (id, email, name, password_hash, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
         .bind(id)
-        .bind(email)
+        .bind(email_key(email))
         .bind(name)
         .bind(password_hash)
         .bind(now.0)
@@ -32,27 +46,103 @@ pub async fn insert(
     Ok(())
 }
 
-/// Failed logins for `subject` since `since`: how many, and the first one's time.
-pub async fn failures_since(
+pub async fn set_password(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    password_hash: &str,
+    now: Timestamp,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+        .bind(password_hash)
+        .bind(now.0)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Writes an attempt for `subject` and answers its id with how many attempts (this one
+/// included) the subject has made since `since`, and the first one's time. Written before
+/// counting, so that of many concurrent attempts no more than a limit see themselves
+/// within it.
+pub async fn begin_attempt(
     db: &Db,
     subject: &str,
     since: i64,
-) -> sqlx::Result<(i64, Option<i64>)> {
+    now: Timestamp,
+) -> sqlx::Result<(String, i64, i64)> {
+    let id = new_id("att");
+    sqlx::query("INSERT INTO attempts (id, subject, at) VALUES ($1, $2, $3)")
+        .bind(&id)
+        .bind(subject)
+        .bind(now.0)
+        .execute(&db.pool)
+        .await?;
     let row = sqlx::query(
-        "SELECT COUNT(*) AS n, MIN(at) AS first FROM login_failures WHERE subject = $1 AND at > $2",
+        "SELECT COUNT(*) AS n, MIN(at) AS first FROM attempts WHERE subject = $1 AND at > $2",
     )
     .bind(subject)
     .bind(since)
     .fetch_one(&db.pool)
     .await?;
-    Ok((row.try_get("n")?, row.try_get("first")?))
+    let first: Option<i64> = row.try_get("first")?;
+    Ok((id, row.try_get("n")?, first.unwrap_or(now.0)))
 }
 
-pub async fn record_failure(db: &Db, subject: &str, at: Timestamp) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO login_failures (subject, at) VALUES ($1, $2)")
-        .bind(subject)
-        .bind(at.0)
-        .execute(&db.pool)
+/// Forgets attempts that turned out not to count (a success, or one refused before work).
+pub async fn forget_attempts(db: &Db, ids: &[String]) -> sqlx::Result<()> {
+    for id in ids {
+        sqlx::query("DELETE FROM attempts WHERE id = $1")
+            .bind(id)
+            .execute(&db.pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Stores a password-reset link's digest inside the caller's transaction.
+pub async fn insert_reset(
+    conn: &mut sqlx::AnyConnection,
+    token_hash: &str,
+    user_id: &str,
+    expires_at: i64,
+    now: Timestamp,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO password_resets (token_hash, user_id, expires_at, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(expires_at)
+        .bind(now.0)
+        .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Uses up a reset link: the user it was for, when it was unused and unexpired. Of two
+/// concurrent uses, one gets the user.
+pub async fn use_reset(
+    conn: &mut sqlx::AnyConnection,
+    token_hash: &str,
+    now: Timestamp,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "UPDATE password_resets SET used_at = $1 \
+         WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 RETURNING user_id",
+    )
+    .bind(now.0)
+    .bind(token_hash)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Whether a reset link would still work (for the page it opens).
+pub async fn reset_usable(db: &Db, token_hash: &str) -> sqlx::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM password_resets WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+    )
+    .bind(token_hash)
+    .bind(db.now().0)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(found.is_some())
 }

@@ -14,6 +14,7 @@ both_engines!(
     sigterm_finishes_requests_in_flight_and_exits_zero,
     the_operator_activates_and_suspends_domains,
     send_test_email_reports_what_the_relay_said,
+    create_api_key_lets_a_locked_out_account_back_in,
 );
 
 async fn the_first_start_prints_a_working_key_once(engine: Engine) {
@@ -230,4 +231,67 @@ async fn send_test_email_reports_what_the_relay_said(engine: Engine) {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no such user"));
     let invalid = send("not-an-address");
     assert!(!invalid.status.success());
+}
+
+async fn create_api_key_lets_a_locked_out_account_back_in(engine: Engine) {
+    let dir = crate::helpers::test_dir();
+    let database = fresh_database_url(engine, &dir).await;
+    let server = ServerProcess::serve(&dir, &database);
+    let key = key_in(&server.stdout()).unwrap();
+    let client = reqwest::Client::new();
+    let get = |path: &str, key: &str| {
+        client
+            .get(format!("{}{path}", server.address))
+            .bearer_auth(key)
+            .send()
+    };
+    let entities: serde_json::Value = get("/entities", &key).await.unwrap().json().await.unwrap();
+    let account = entities["data"][0]["account_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let keys: serde_json::Value = get("/api-keys", &key).await.unwrap().json().await.unwrap();
+    let deleted = client
+        .delete(format!(
+            "{}/api-keys/{}",
+            server.address,
+            keys["data"][0]["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    error_code(get("/entities", &key).await.unwrap(), 401).await;
+
+    let create = |account: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mailroom"))
+            .args(["admin", "create-api-key", "--account", account])
+            .current_dir(dir.path())
+            .env("MAILROOM_DATABASE_URL", &database)
+            .output()
+            .unwrap()
+    };
+    let output = create(&account);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let new_key = key_in(&String::from_utf8(output.stdout).unwrap()).unwrap();
+    crate::helpers::record_secret(&new_key);
+    let keys: serde_json::Value = get("/api-keys", &new_key)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys["data"][0]["role"], "admin");
+    assert_eq!(
+        keys["data"][0]["entity_id"],
+        serde_json::Value::Null,
+        "for the whole account"
+    );
+    assert_eq!(keys["data"][0]["created_by"], "cli");
+    assert!(!create("acc_000000000000000000000000").status.success());
 }

@@ -15,7 +15,7 @@ both_engines!(
     resending_replaces_the_link,
     two_concurrent_accepts_make_one_user,
     expired_and_cancelled_invitations,
-    an_existing_user_joins_with_their_password,
+    an_existing_user_joins_signed_in,
     login_works_and_is_rate_limited,
     an_entity_keeps_its_last_admin,
     invitations_stay_inside_their_entity,
@@ -124,12 +124,28 @@ async fn the_accepted_role_is_the_limit(engine: Engine) {
         assert_eq!(response.status(), 200, "{name}");
     }
     let editing = app
+        .with_key(
+            &access,
+            Method::POST,
+            &format!("/v1/organizations/{}/email-address", app.admin.entity_id),
+        )
+        .json(&json!({"email": "ed@ed.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        editing.status(),
+        201,
+        "an editor writes the entity's sender"
+    );
+    // Domains are the account's: a user acts only inside their entities.
+    let domains = app
         .with_key(&access, Method::POST, "/v2/domains")
         .json(&json!({"domain": "ed.example"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(editing.status(), 201, "an editor writes domains");
+    error_code(domains, 403).await;
     let inviting = app
         .with_key(&access, Method::POST, "/entities/invitations")
         .json(&json!({"email": "x@example.com", "role": "viewer"}))
@@ -358,7 +374,7 @@ async fn expired_and_cancelled_invitations(engine: Engine) {
     error_code(cancel_accepted, 409).await;
 }
 
-async fn an_existing_user_joins_with_their_password(engine: Engine) {
+async fn an_existing_user_joins_signed_in(engine: Engine) {
     let (app, relay) = spawn_app_with_relay(engine, |_| {}).await;
     app.invite("sam@example.com", "viewer").await;
     let first = token_of(&relay.invitation_link("sam@example.com", 1).await);
@@ -388,15 +404,19 @@ async fn an_existing_user_joins_with_their_password(engine: Engine) {
         .unwrap();
     assert_eq!(response.status(), 201);
     let token = token_of(&relay.invitation_link("sam@example.com", 2).await);
-    error_code(
-        app.accept_invitation(&token, "Impostor", "not sam's password")
-            .await,
-        401,
-    )
-    .await;
+    let session: Value = app
+        .login("sam@example.com", "sam's real password")
+        .await
+        .json()
+        .await
+        .unwrap();
     let joined = app
-        .accept_invitation(&token, "Ignored", "sam's real password")
-        .await;
+        .client
+        .post(format!("{}/invitations/accept?token={token}", app.address))
+        .bearer_auth(session["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(joined.status(), 200);
     let joined: Value = joined.json().await.unwrap();
     assert_eq!(joined["entity_id"], second_id);
@@ -498,8 +518,12 @@ async fn an_entity_keeps_its_last_admin(engine: Engine) {
         .unwrap();
     let first_id = first["user_id"].as_str().unwrap();
     let path = format!("/entities/users/{first_id}");
+    // The rule binds those who act inside the entity: its own admin key here.
+    let inside = app
+        .create_key(json!({"name": "inside", "role": "admin", "entity_id": app.admin.entity_id}))
+        .await;
     error_code(
-        app.api(Method::PATCH, &path)
+        app.with_key(&inside, Method::PATCH, &path)
             .json(&json!({"role": "viewer"}))
             .send()
             .await
@@ -507,7 +531,14 @@ async fn an_entity_keeps_its_last_admin(engine: Engine) {
         409,
     )
     .await;
-    error_code(app.api(Method::DELETE, &path).send().await.unwrap(), 409).await;
+    error_code(
+        app.with_key(&inside, Method::DELETE, &path)
+            .send()
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
 
     app.invite("second@example.com", "admin").await;
     let token = token_of(&relay.invitation_link("second@example.com", 2).await);
@@ -518,7 +549,7 @@ async fn an_entity_keeps_its_last_admin(engine: Engine) {
         .await
         .unwrap();
     let demoted = app
-        .api(Method::PATCH, &path)
+        .with_key(&inside, Method::PATCH, &path)
         .json(&json!({"role": "viewer"}))
         .send()
         .await
@@ -527,11 +558,18 @@ async fn an_entity_keeps_its_last_admin(engine: Engine) {
     assert_eq!(demoted.json::<Value>().await.unwrap()["role"], "viewer");
     let second_path = format!("/entities/users/{}", second["user_id"].as_str().unwrap());
     error_code(
-        app.api(Method::DELETE, &second_path).send().await.unwrap(),
+        app.with_key(&inside, Method::DELETE, &second_path)
+            .send()
+            .await
+            .unwrap(),
         409,
     )
     .await;
-    let removed = app.api(Method::DELETE, &path).send().await.unwrap();
+    let removed = app
+        .with_key(&inside, Method::DELETE, &path)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         removed.json::<Value>().await.unwrap(),
         json!({"message": "User removed"})

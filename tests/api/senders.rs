@@ -249,8 +249,10 @@ async fn resending_is_limited(engine: Engine) {
     let earlier = app.db.now().0;
     for _ in 0..8 {
         sqlx::query(
-            "INSERT INTO verification_sends (email, at) VALUES ('billing@customer.com', $1)",
+            "INSERT INTO verification_sends (account_id, email, at) \
+             VALUES ($1, 'billing@customer.com', $2)",
         )
+        .bind(&app.admin.account_id)
         .bind(earlier)
         .execute(&app.db.pool)
         .await

@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 use crate::both_engines;
 use crate::helpers::{Engine, TestApp, spawn_app};
 
-both_engines!(no_route_reaches_another_tenants_objects);
+both_engines!(
+    no_route_reaches_another_tenants_objects,
+    entity_limited_credentials_act_only_inside_their_entities,
+);
 
 /// The owner's objects, one of each kind a route can name.
 struct Owned {
@@ -17,6 +20,8 @@ struct Owned {
     message: String,
     invitation: String,
     member: String,
+    /// An access token of `member`, a user who is admin of the first entity only.
+    member_token: String,
 }
 
 async fn set_up(app: &TestApp) -> Owned {
@@ -86,7 +91,12 @@ async fn set_up(app: &TestApp) -> Owned {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
+    let mut conn = app.db.pool.acquire().await.unwrap();
+    let (member_token, _) = mailroom::identity::tokens::issue(&mut conn, &member, app.db.now())
+        .await
+        .unwrap();
     Owned {
+        member_token,
         first_entity,
         key: key["id"].as_str().unwrap().to_string(),
         mailbox: mailbox["account"]["id"].as_i64().unwrap(),
@@ -244,6 +254,136 @@ async fn no_route_reaches_another_tenants_objects(engine: Engine) {
         }
     }
     assert!(checked >= 30, "only {checked} requests were checked");
+    assert_eq!(
+        snapshot(&app, &owned).await,
+        before,
+        "a refused request changed the owner's data"
+    );
+}
+
+/// Account-scoped routes (DESIGN §2): domains, mailboxes, SMTP settings, the account's
+/// sender address, the delivery log, and making entities.
+fn account_scoped(method: &Method, path: &str) -> bool {
+    [
+        "/v2/domains",
+        "/v2/email-accounts",
+        "/api/v2/email/settings",
+        "/v2/messages",
+        "/v1/email-address",
+    ]
+    .iter()
+    .any(|prefix| path.starts_with(prefix))
+        || (method == Method::POST && path == "/entities")
+}
+
+/// A request body that passes the shape checks, so that what answers is the scope rule.
+fn valid_body(path: &str, owned: &Owned) -> Value {
+    match path {
+        "/v2/domains" => json!({"domain": "intruder.example"}),
+        "/v2/email-accounts/create" => {
+            json!({"domain": "walls.example", "local_part": "intruder", "user_id": "u9"})
+        }
+        "/v2/email-accounts/{id}/password/reset" => json!({"password": "an intruder's password"}),
+        "/v1/email-address" => json!({"email": "intruder@walls.example"}),
+        "/v1/email-address/verify" => json!({"code": "000000"}),
+        "/entities" => json!({"name": "Intruder"}),
+        _ => concrete(path, owned).map_or(json!({}), |(_, body)| body),
+    }
+}
+
+async fn entity_limited_credentials_act_only_inside_their_entities(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let owned = set_up(&app).await;
+    let second: Value = app
+        .api(Method::POST, "/entities")
+        .json(&json!({"name": "Second"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other_entity = app
+        .create_key(json!({"name": "second admin", "role": "admin", "entity_id": second["id"]}))
+        .await;
+    let own_entity = app
+        .create_key(
+            json!({"name": "first admin", "role": "admin", "entity_id": owned.first_entity}),
+        )
+        .await;
+    let before = snapshot(&app, &owned).await;
+    let document = app.get_json("/openapi.json").await;
+
+    let limited = [
+        ("a key of another entity", other_entity.as_str()),
+        ("a key of the entity", own_entity.as_str()),
+        ("an admin user of the entity", owned.member_token.as_str()),
+    ];
+    let mut refused = 0;
+    let mut allowed = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let Ok(method) = method.to_uppercase().parse::<Method>() else {
+                continue;
+            };
+            let public = operation["security"].as_array().is_some_and(|s| {
+                s.iter()
+                    .all(|r| r.as_object().is_some_and(|o| o.is_empty()))
+            });
+            if public {
+                continue;
+            }
+            let url = concrete(path, &owned).map_or(path.clone(), |(url, _)| url);
+            let send = |key: &str| {
+                let mut request = app.with_key(key, method.clone(), &url);
+                if operation.get("requestBody").is_some() {
+                    request = request.json(&valid_body(path, &owned));
+                }
+                request.send()
+            };
+            if account_scoped(&method, path) {
+                for (who, key) in limited {
+                    let answer = send(key).await.unwrap();
+                    let status = answer.status();
+                    let text = answer.text().await.unwrap();
+                    assert_eq!(status, 403, "{method} {url} answered {who}: {text}");
+                    refused += 1;
+                }
+            }
+            // What each may read: the account key everything, the entity's admin user
+            // the entity's own objects.
+            if method == Method::GET {
+                let readers: &[&str] = if account_scoped(&method, path) {
+                    &[&app.admin.api_key]
+                } else {
+                    &[&app.admin.api_key, &owned.member_token]
+                };
+                for key in readers {
+                    let answer = send(key).await.unwrap();
+                    let status = answer.status();
+                    assert_eq!(
+                        status,
+                        200,
+                        "{method} {url}: {}",
+                        answer.text().await.unwrap()
+                    );
+                    allowed += 1;
+                }
+            }
+        }
+    }
+    // A user's own session is not a key's.
+    for path in ["/auth/logout", "/auth/password"] {
+        let answer = app
+            .with_key(&own_entity, Method::POST, path)
+            .json(&json!({"current_password": "x", "new_password": "a new password 1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 403, "POST {path} with a key");
+    }
+    assert!(refused >= 60, "only {refused} refusals were checked");
+    assert!(allowed >= 20, "only {allowed} reads were checked");
     assert_eq!(
         snapshot(&app, &owned).await,
         before,

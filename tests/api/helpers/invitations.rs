@@ -36,6 +36,45 @@ impl TestApp {
     }
 }
 
+/// A user who accepted an invitation: their id and an access token.
+pub struct NewUser {
+    pub id: String,
+    pub token: String,
+}
+
+impl TestApp {
+    /// Invites `email` into the admin's entity as `role` and accepts as a new user with
+    /// `password`; `count` is how many emails `relay` will have received for `email`.
+    pub async fn new_user(
+        &self,
+        relay: &TestSmtp,
+        email: &str,
+        role: &str,
+        password: &str,
+        count: usize,
+    ) -> NewUser {
+        self.invite(email, role).await;
+        let token = super::token_of(&relay.invitation_link(email, count).await);
+        let accepted = self.accept_invitation(&token, "New User", password).await;
+        assert_eq!(accepted.status(), 200);
+        let accepted: Value = accepted.json().await.unwrap();
+        NewUser {
+            id: accepted["user_id"].as_str().unwrap().to_string(),
+            token: accepted["access_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// `POST /auth/login`.
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/auth/login", self.address))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
 impl TestSmtp {
     /// The accept link in the newest invitation email to `to`, once `count` emails came.
     pub async fn invitation_link(&self, to: &str, count: usize) -> String {

@@ -42,7 +42,9 @@ impl TestApp {
                 ("to", &to.to_string()),
                 ("sent_at", "now"),
             ],
-        );
+            &[],
+        )
+        .unwrap();
         enqueue(
             &mut conn,
             &master_key,

@@ -168,6 +168,9 @@ pub async fn spawn_app_with(engine: Engine, configure: impl FnOnce(&mut Settings
         data_dir: dir.path().to_path_buf(),
         database_url: Some(Secret::new(fresh_database_url(engine, &dir).await)),
         dkim_zone: "dkim.mailroom.test".to_string(),
+        // The tests' relays listen on loopback, which tenants' relays may not reach unless
+        // the operator allows it.
+        destination_allow: vec!["127.0.0.0/8".to_string(), "::1/128".to_string()],
         ..Settings::default()
     };
     configure(&mut settings);
@@ -288,14 +291,40 @@ impl ServerProcess {
     /// `mailroom serve` with more settings in its environment; its log is appended to
     /// `serve.log` in `dir`.
     pub fn serve_with(dir: &TempDir, database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mailroom"));
+        command.arg("serve");
+        Self::start(command, dir, database_url, env)
+    }
+
+    /// `serve_with`, started by `sh` after the shell commands `prelude` (such as
+    /// `umask 000` or `ulimit -Sn 256`), whose effect the server inherits.
+    pub fn serve_after(
+        prelude: &str,
+        dir: &TempDir,
+        database_url: &str,
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{prelude}\nexec \"$0\" serve"))
+            .arg(env!("CARGO_BIN_EXE_mailroom"));
+        Self::start(command, dir, database_url, env)
+    }
+
+    fn start(
+        mut command: Command,
+        dir: &TempDir,
+        database_url: &str,
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
         let port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.path().join("serve.log"))
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
-            .arg("serve")
+        let mut child = command
             .current_dir(dir.path())
             .env("MAILROOM_LISTEN", format!("127.0.0.1:{port}"))
             .env("MAILROOM_DATABASE_URL", database_url)

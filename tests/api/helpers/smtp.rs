@@ -76,6 +76,8 @@ struct Script {
     replies: VecDeque<String>,
     stall: bool,
     data_started: usize,
+    /// Every AUTH tried, right or wrong: (user, password, over TLS).
+    auth_attempts: Vec<(String, String, bool)>,
 }
 
 #[derive(Clone)]
@@ -111,7 +113,16 @@ impl TestSmtp {
     }
 
     pub async fn start_on(port: u16, tls: Encryption, auth: Option<(&str, &str)>) -> TestSmtp {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        Self::start_at(([127, 0, 0, 1], port).into(), tls, auth).await
+    }
+
+    /// A server on `address`, such as one of the machine's own non-loopback addresses.
+    pub async fn start_at(
+        address: std::net::SocketAddr,
+        tls: Encryption,
+        auth: Option<(&str, &str)>,
+    ) -> TestSmtp {
+        let listener = TcpListener::bind(address).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let script = Arc::new(Mutex::new(Script::default()));
         let config = Arc::new(Config {
@@ -133,6 +144,11 @@ impl TestSmtp {
 
     pub fn received(&self) -> Vec<Received> {
         self.script.lock().unwrap().received.clone()
+    }
+
+    /// Every AUTH a client tried: (user, password, whether over TLS).
+    pub fn auth_attempts(&self) -> Vec<(String, String, bool)> {
+        self.script.lock().unwrap().auth_attempts.clone()
     }
 
     /// The next DATA is answered with `reply` (such as `451 4.3.0 try later`).
@@ -252,7 +268,7 @@ fn session<'a>(
                     .unwrap_or_default();
                 let mut parts = decoded.split('\0').skip(1);
                 let (u, p) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                check_auth(config, u, p, &mut user)
+                check_auth(config, u, p, tls, &mut user)
             } else if upper.starts_with("AUTH LOGIN") {
                 reader.get_mut().write_all(b"334 VXNlcm5hbWU6\r\n").await?;
                 let mut u = String::new();
@@ -264,7 +280,7 @@ fn session<'a>(
                     String::from_utf8(STANDARD.decode(s.trim()).unwrap_or_default())
                         .unwrap_or_default()
                 };
-                check_auth(config, &decode(&u), &decode(&p), &mut user)
+                check_auth(config, &decode(&u), &decode(&p), tls, &mut user)
             } else if upper.starts_with("MAIL FROM:") {
                 if config.auth.is_some() && user.is_none() {
                     "530 5.7.0 Authentication required".into()
@@ -341,7 +357,19 @@ fn session<'a>(
     })
 }
 
-fn check_auth(config: &Config, user: &str, pass: &str, authed: &mut Option<String>) -> String {
+fn check_auth(
+    config: &Config,
+    user: &str,
+    pass: &str,
+    tls: bool,
+    authed: &mut Option<String>,
+) -> String {
+    config
+        .script
+        .lock()
+        .unwrap()
+        .auth_attempts
+        .push((user.to_string(), pass.to_string(), tls));
     match &config.auth {
         Some((u, p)) if u == user && p == pass => {
             *authed = Some(user.to_string());
