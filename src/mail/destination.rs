@@ -102,25 +102,21 @@ const NOT_PUBLIC_V6: [(Ipv6Addr, u8); 4] = [
 /// (`::ffff:127.0.0.1`) is judged as the IPv4 address it is.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip.to_canonical() {
-        IpAddr::V4(ip) => !NOT_PUBLIC_V4.iter().any(|(network, prefix)| {
-            Cidr::from((IpAddr::V4(*network), *prefix)).contains(ip.into())
-        }),
-        IpAddr::V6(ip) => {
-            // Everything outside 2000::/3 is loopback, unspecified, unique-local (fc00::/7),
-            // link-local, multicast, NAT64, IPv4-compatible or not assigned.
-            let global_unicast =
-                Cidr::from((IpAddr::V6(Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0)), 3));
-            global_unicast.contains(ip.into())
-                && !NOT_PUBLIC_V6.iter().any(|(network, prefix)| {
-                    Cidr::from((IpAddr::V6(*network), *prefix)).contains(ip.into())
-                })
+        IpAddr::V4(ip) => {
+            let ip = u32::from(ip).into();
+            !NOT_PUBLIC_V4
+                .iter()
+                .any(|&(network, prefix)| same_prefix(u32::from(network).into(), ip, 32, prefix))
         }
-    }
-}
-
-impl From<(IpAddr, u8)> for Cidr {
-    fn from((network, prefix): (IpAddr, u8)) -> Cidr {
-        Cidr { network, prefix }
+        IpAddr::V6(ip) => {
+            let ip = u128::from(ip);
+            // Outside 2000::/3 all is loopback, unspecified, unique-local (fc00::/7),
+            // link-local, multicast, NAT64, IPv4-compatible or not assigned.
+            same_prefix(0x2000 << 112, ip, 128, 3)
+                && !NOT_PUBLIC_V6
+                    .iter()
+                    .any(|&(network, prefix)| same_prefix(u128::from(network), ip, 128, prefix))
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::templates::Rendered;
 use crate::store::crypto::MasterKey;
-use crate::store::{Db, Engine, Timestamp, new_id};
+use crate::store::{Db, Engine, Timestamp, new_id, placeholders};
 use crate::types::EmailAddress;
 
 /// An email to queue.
@@ -203,25 +203,38 @@ impl Claimed {
 }
 
 /// Takes the lease on up to `limit` due messages (queued and due, or sending with an
-/// expired lease) for this instance alone.
-pub async fn claim_due(db: &Db, limit: i64, lease_ms: i64) -> sqlx::Result<Vec<Claimed>> {
+/// expired lease) for this instance alone, of none of the accounts `skip` (whose mail has
+/// enough waiting for their relays already).
+pub async fn claim_due(
+    db: &Db,
+    limit: i64,
+    lease_ms: i64,
+    skip: &[String],
+) -> sqlx::Result<Vec<Claimed>> {
     let lock = match db.engine {
         Engine::Postgres => "FOR UPDATE SKIP LOCKED",
         Engine::Sqlite => "",
     };
     let due = "((status = 'queued' AND next_attempt_at <= $2) OR (status = 'sending' AND lease_until < $2))";
+    let others = match skip.len() {
+        0 => String::new(),
+        n => format!(
+            "AND (account_id IS NULL OR account_id NOT IN ({}))",
+            placeholders(4, n)
+        ),
+    };
     let sql = format!(
         "UPDATE outbox SET status = 'sending', lease_until = $1, attempts = attempts + 1, updated_at = $2 \
-         WHERE id IN (SELECT id FROM outbox WHERE {due} ORDER BY next_attempt_at LIMIT $3 {lock}) AND {due} \
+         WHERE id IN (SELECT id FROM outbox WHERE {due} {others} ORDER BY next_attempt_at LIMIT $3 {lock}) \
+         AND {due} \
          RETURNING id, account_id, from_address, to_address, subject, body, message_id, attempts, created_at, lease_until"
     );
     let now = db.now().0;
-    let rows = sqlx::query(&sql)
-        .bind(now + lease_ms)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&db.pool)
-        .await?;
+    let mut query = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(limit);
+    for account in skip {
+        query = query.bind(account);
+    }
+    let rows = query.fetch_all(&db.pool).await?;
     rows.iter()
         .map(|row| {
             Ok(Claimed {

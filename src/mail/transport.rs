@@ -159,7 +159,7 @@ impl Transport {
 pub enum Failure {
     /// Worth another try later: no connection, a timeout, a 4xx reply.
     Temporary(String),
-    /// Not worth another try: a 5xx reply.
+    /// Not worth another try: a 5xx reply, or a destination tenants' relays may not reach.
     Permanent(String),
 }
 

@@ -4,8 +4,8 @@
 //! Messages go independently: the slot a message frees is filled at once, so a relay that
 //! never answers holds the slots of its own messages only, never a whole batch. The mail
 //! of one account's own relays takes at most `MAILROOM_RELAY_CONCURRENCY` slots; the rest
-//! of it waits its turn (in memory, or back in the queue — never failed) while other
-//! accounts' mail goes on.
+//! of it waits its turn in the account's line (never failed), and while the line is long
+//! the account's mail stays in the queue, so that other accounts' mail goes on.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,9 @@ const SLOTS: usize = 16;
 /// Messages of one account that may wait in memory for its relay's slots; more go back to
 /// the queue.
 const WAITING_PER_ACCOUNT: usize = 32;
+/// From this many waiting, no more of the account's mail is claimed. One claim (at most
+/// `SLOTS` messages) then never overflows the line.
+const CROWDED: usize = WAITING_PER_ACCOUNT - SLOTS;
 /// When a message given back to the queue for want of a slot is due again.
 const GIVE_BACK_DELAY_MS: i64 = 2_000;
 
@@ -248,11 +251,16 @@ impl Delivery {
                 let _ = shared.finished.send(finished);
             }
             if let Some(account) = account {
-                next = shared.lines.next(&account, !*shared.stop.borrow());
+                let (ready, room) = shared.lines.next(&account, !*shared.stop.borrow());
+                if room {
+                    // The account's mail may be claimed again.
+                    shared.room.notify_one();
+                }
+                next = ready;
             }
         }
         drop(slot);
-        shared.freed.notify_one();
+        shared.room.notify_one();
     }
 
     /// What an attempt leaves the message as.
@@ -344,7 +352,7 @@ impl Delivery {
         let shared = Arc::new(Shared {
             lines: Lines::new(self.settings.relay_concurrency),
             finished,
-            freed: Notify::new(),
+            room: Notify::new(),
             stop: stop.clone(),
         });
         let recorder = tokio::spawn(self.clone().record_all(results));
@@ -355,13 +363,13 @@ impl Delivery {
                 self.log_depth().await;
                 last_metrics = Instant::now();
             }
-            // As many messages as there are free slots, each off on its own at once.
+            // As many messages as there are free slots, each off on its own at once —
+            // none of accounts whose line is long already.
             let free = slots.available_permits();
-            let mut more_due = false;
             if free > 0 {
-                match outbox::claim_due(&self.db, free as i64, self.lease_ms()).await {
+                let crowded = shared.lines.crowded();
+                match outbox::claim_due(&self.db, free as i64, self.lease_ms(), &crowded).await {
                     Ok(claimed) => {
-                        more_due = claimed.len() == free;
                         for message in claimed {
                             match slots.clone().try_acquire_owned() {
                                 Ok(slot) => {
@@ -375,11 +383,10 @@ impl Delivery {
                     Err(error) => tracing::error!(%error, "delivery worker cannot claim messages"),
                 }
             }
-            // Every slot busy, or more due than fitted: on as soon as one frees. Else on
-            // new mail, or a second later for mail that fell due meanwhile.
-            let busy = free == 0 || more_due;
+            // On when a slot frees or a line shortens, on new mail, or a second later for
+            // mail that fell due meanwhile.
             tokio::select! {
-                _ = shared.freed.notified(), if busy => {}
+                _ = shared.room.notified() => {}
                 _ = self.wakeup.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stop.changed() => {}
@@ -446,8 +453,8 @@ struct Shared {
     lines: Lines,
     /// Attempts made, to record.
     finished: mpsc::UnboundedSender<Finished>,
-    /// Rung when a slot frees.
-    freed: Notify,
+    /// Rung when a slot frees, or an account's line is no longer crowded.
+    room: Notify,
     stop: watch::Receiver<bool>,
 }
 
@@ -500,18 +507,30 @@ impl Lines {
     }
 
     /// After a delivery of `account`'s: the next message in its line when `more` (the
-    /// caller sends it in the slot it holds), else `None` and the account's slot frees.
-    fn next(&self, account: &str, more: bool) -> Option<Ready> {
+    /// caller sends it in the slot it holds), else `None` and the account's slot frees;
+    /// and whether the line just stopped being crowded.
+    fn next(&self, account: &str, more: bool) -> (Option<Ready>, bool) {
         let mut lines = self.lock();
-        let line = lines.get_mut(account)?;
+        let Some(line) = lines.get_mut(account) else {
+            return (None, false);
+        };
         if more && let Some(ready) = line.waiting.pop_front() {
-            return Some(ready);
+            return (Some(ready), line.waiting.len() + 1 == CROWDED);
         }
         line.running = line.running.saturating_sub(1);
         if line.running == 0 && line.waiting.is_empty() {
             lines.remove(account);
         }
-        None
+        (None, false)
+    }
+
+    /// The accounts whose lines are crowded: their mail stays in the queue meanwhile.
+    fn crowded(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, line)| line.waiting.len() >= CROWDED)
+            .map(|(account, _)| account.clone())
+            .collect()
     }
 
     /// Everything still waiting, once no delivery runs.

@@ -103,35 +103,40 @@ fn code_digest(sender_id: &str, code: &str) -> String {
     digest(&format!("{sender_id}:{code}"))
 }
 
-/// 429 when the account sent `email` a verification in the last minute (when `gap` is
-/// asked) or ten in the last day. Counted per account: another account's sends to the
-/// same address cannot block this one.
-async fn check_send_limits(
+/// Counts a verification email before it is made, and answers its send's id: 429 when
+/// the account sent `email` one in the last minute (when `gap` is asked) or ten in the
+/// last day. Counted per account, so that another account's sends to the same address
+/// cannot block this one, and counted before the work, so that concurrent requests
+/// cannot all slip under the limit.
+async fn count_send(
     state: &AppState,
     account_id: &str,
     email: &str,
     gap: bool,
-) -> Result<(), ApiError> {
-    let now = state.db.now().0;
-    let (sent, first, last) = store::sends_since(&state.db, account_id, email, now - DAY).await?;
-    if gap
-        && let Some(last) = last
-        && now - last < RESEND_GAP
-    {
-        return Err(ApiError::too_many(
+) -> Result<String, ApiError> {
+    let now = state.db.now();
+    let (send, sent, first, previous) =
+        store::begin_send(&state.db, account_id, email, now.0 - DAY, now).await?;
+    let refusal = match previous {
+        Some(previous) if gap && now.0 - previous < RESEND_GAP => Some(ApiError::too_many(
             "too_many_verifications",
             "a verification email went to this address less than a minute ago",
-            last + RESEND_GAP - now,
-        ));
-    }
-    if sent >= SENDS_PER_DAY {
-        return Err(ApiError::too_many(
+            previous + RESEND_GAP - now.0,
+        )),
+        _ if sent > SENDS_PER_DAY => Some(ApiError::too_many(
             "too_many_verifications",
             "this account has sent ten verification emails to this address today",
-            first.unwrap_or(now) + DAY - now,
-        ));
+            first + DAY - now.0,
+        )),
+        _ => None,
+    };
+    match refusal {
+        Some(refusal) => {
+            store::forget_send(&state.db, &send).await?;
+            Err(refusal)
+        }
+        None => Ok(send),
     }
-    Ok(())
 }
 
 /// Issues a new link and code and queues the email from `from`, inside `tx` (which must
@@ -150,9 +155,7 @@ async fn send_verification(
     let now = state.db.now();
     store::issue_secrets(
         &mut *tx,
-        account_id,
         sender_id,
-        &email.to_string(),
         (&digest(&token), &code_digest(sender_id, &code)),
         now.0 + DAY,
         now,
@@ -186,15 +189,22 @@ async fn create(
 ) -> Result<(StatusCode, Json<SenderAddress>), ApiError> {
     may(caller, &scope, Role::Editor)?;
     let email = EmailAddress::parse(&body.email).map_err(|e| ApiError::invalid("email", e))?;
-    check_send_limits(state, &caller.account_id, &email.to_string(), false).await?;
-    let domain = crate::domains::store::find_or_add(
+    let send = count_send(state, &caller.account_id, &email.to_string(), false).await?;
+    let domain = match crate::domains::store::find_or_add(
         &state.db,
         &state.master_key,
         &state.settings,
         &caller.account_id,
         email.domain(),
     )
-    .await?;
+    .await
+    {
+        Ok(domain) => domain,
+        Err(error) => {
+            store::forget_send(&state.db, &send).await?;
+            return Err(error.into());
+        }
+    };
     let id = new_id("snd");
     let from = effective_from(state, &caller.account_id, scope.entity_id()).await?;
     let mut tx = state.db.begin().await?;
@@ -277,7 +287,7 @@ async fn resend(
     if stored.verified_at.is_some() {
         return Err(already_verified(&stored));
     }
-    check_send_limits(state, &caller.account_id, &stored.email, true).await?;
+    count_send(state, &caller.account_id, &stored.email, true).await?;
     let email = EmailAddress::parse(&stored.email).map_err(ApiError::internal)?;
     let from = effective_from(state, &caller.account_id, scope.entity_id()).await?;
     let mut tx = state.db.begin().await?;

@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 
 use super::model::{DomainVerification, EmailVerification, Scope};
 use crate::domains::model::DomainStatus;
-use crate::store::{Db, Timestamp};
+use crate::store::{Db, Timestamp, new_id};
 use crate::types::EmailAddress;
 
 /// A stored sender address with its domain.
@@ -128,13 +128,10 @@ pub async fn insert(
     Ok(())
 }
 
-/// Stores a new link and code (their digests) with their expiry, and counts the email
-/// against `account_id`'s allowance for `email`.
+/// Stores a new link and code (their digests) with their expiry.
 pub async fn issue_secrets(
     conn: &mut sqlx::AnyConnection,
-    account_id: &str,
     sender_id: &str,
-    email: &str,
     (token_hash, code_hash): (&str, &str),
     expires_at: i64,
     now: Timestamp,
@@ -150,38 +147,56 @@ pub async fn issue_secrets(
     .bind(now.0)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("INSERT INTO verification_sends (account_id, email, at) VALUES ($1, $2, $3)")
-        .bind(account_id)
-        .bind(email.to_ascii_lowercase())
-        .bind(now.0)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
-/// Verification emails `account_id` sent to `email` since `since`: how many, the first,
-/// the last. Per account, so that another tenant cannot use up this one's allowance; an
-/// address in any case counts as one.
-pub async fn sends_since(
+/// Counts a verification email from `account_id` to `email` before it is made: answers
+/// the send's id, how many the account sent the address since `since` (this one
+/// included), the first of them, and the one before this. Per account, so that another
+/// tenant cannot use up this one's allowance; an address in any case counts as one.
+pub async fn begin_send(
     db: &Db,
     account_id: &str,
     email: &str,
     since: i64,
-) -> sqlx::Result<(i64, Option<i64>, Option<i64>)> {
+    now: Timestamp,
+) -> sqlx::Result<(String, i64, i64, Option<i64>)> {
+    let id = new_id("vs");
+    let email = email.to_ascii_lowercase();
+    sqlx::query("INSERT INTO verification_sends (id, account_id, email, at) VALUES ($1, $2, $3, $4)")
+        .bind(&id)
+        .bind(account_id)
+        .bind(&email)
+        .bind(now.0)
+        .execute(&db.pool)
+        .await?;
     let row = sqlx::query(
-        "SELECT COUNT(*) AS sent, MIN(at) AS first, MAX(at) AS last FROM verification_sends \
+        "SELECT COUNT(*) AS sent, MIN(at) AS first, \
+         MAX(CASE WHEN id = $4 THEN NULL ELSE at END) AS previous FROM verification_sends \
          WHERE account_id = $1 AND email = $2 AND at > $3",
     )
     .bind(account_id)
-    .bind(email.to_ascii_lowercase())
+    .bind(&email)
     .bind(since)
+    .bind(&id)
     .fetch_one(&db.pool)
     .await?;
+    let first: Option<i64> = row.try_get("first")?;
     Ok((
+        id,
         row.try_get("sent")?,
-        row.try_get("first")?,
-        row.try_get("last")?,
+        first.unwrap_or(now.0),
+        row.try_get("previous")?,
     ))
+}
+
+/// Takes back a send that was refused or never made.
+pub async fn forget_send(db: &Db, id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM verification_sends WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
 }
 
 /// Takes one of the `tries` a code allows, before the code is compared, so that concurrent

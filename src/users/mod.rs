@@ -1,6 +1,6 @@
 //! Users: people who accepted an invitation, sign in with a password, and act with access
-//! tokens that carry their role in each entity; they change,
-//! reset and sign out on their own.
+//! tokens that carry their role in each entity. They change or reset their password and
+//! sign out on their own.
 
 pub mod model;
 mod pages;
@@ -8,7 +8,7 @@ mod routes;
 mod sign_in;
 pub mod store;
 
-pub use sign_in::{client_subject, sign_in};
+pub use sign_in::sign_in;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

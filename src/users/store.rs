@@ -72,6 +72,12 @@ pub async fn begin_attempt(
     now: Timestamp,
 ) -> sqlx::Result<(String, i64, i64)> {
     let id = new_id("att");
+    // The subject's attempts from before the window count no more.
+    sqlx::query("DELETE FROM attempts WHERE subject = $1 AND at <= $2")
+        .bind(subject)
+        .bind(since)
+        .execute(&db.pool)
+        .await?;
     sqlx::query("INSERT INTO attempts (id, subject, at) VALUES ($1, $2, $3)")
         .bind(&id)
         .bind(subject)

@@ -35,7 +35,8 @@ fn secret_files_are_created_private_whatever_the_umask() {
         "mailroom.db-shm",
         "secret.key",
     ] {
-        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+        let mode = mode(&data.join(file));
+        assert_eq!(mode, 0o600, "{file} is {mode:o}");
     }
 
     // Mail written to files (no relay) carries links and codes.
@@ -59,7 +60,8 @@ fn secret_files_are_created_private_whatever_the_umask() {
         .filter(|path| path.extension().is_some_and(|e| e == "eml"))
         .collect();
     assert_eq!(mail.len(), 1, "{mail:?}");
-    assert_eq!(mode(&mail[0]), 0o600, "{}", mail[0].display());
+    let mode = mode(&mail[0]);
+    assert_eq!(mode, 0o600, "{} is {mode:o}", mail[0].display());
     drop(server);
 }
 

@@ -15,6 +15,7 @@ both_engines!(
     existing_user_accept_is_no_password_oracle,
     concurrent_wrong_logins_are_counted_before_hashing,
     concurrent_wrong_codes_are_counted_before_comparing,
+    concurrent_resends_send_one_email,
     removed_admins_lose_the_keys_they_made,
     an_account_key_may_remove_an_entitys_only_user_admin,
     users_change_their_password_and_sign_out,
@@ -248,6 +249,25 @@ async fn concurrent_wrong_codes_are_counted_before_comparing(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(error_code(answer, 410).await["code"], "code_void");
+}
+
+async fn concurrent_resends_send_one_email(engine: Engine) {
+    let (app, relay) = spawn_app_with_relay(engine, |_| {}).await;
+    app.active_domain("resend.example").await;
+    app.add_sender("/v1/email-address", "billing@resend.example")
+        .await;
+    relay.wait_for(1, Duration::from_secs(20)).await;
+    app.advance_clock(Duration::from_secs(120));
+    let resends = (0..20).map(|_| app.api(Method::POST, "/v1/email-address/resend-verification"));
+    let sent = all_at_once(resends)
+        .await
+        .iter()
+        .filter(|answer| answer.status() == 200)
+        .count();
+    // Requests that see one another may all be refused; never more than one goes out.
+    assert!(sent <= 1, "{sent} resends went out in the same minute");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(relay.received().len(), 1 + sent);
 }
 
 async fn removed_admins_lose_the_keys_they_made(engine: Engine) {
