@@ -105,8 +105,9 @@ impl Application {
         let settings = &self.state.settings;
         let limits = Limits {
             max_connections: connection_cap(settings.max_connections),
-            header_timeout: Duration::from_secs(settings.http_header_timeout.max(1)),
-            idle_timeout: Duration::from_secs(settings.http_idle_timeout.max(1)),
+            // At most a day: a deadline must stay a time the clock can hold.
+            header_timeout: Duration::from_secs(settings.http_header_timeout.clamp(1, 86_400)),
+            idle_timeout: Duration::from_secs(settings.http_idle_timeout.clamp(1, 86_400)),
         };
         tracing::info!(address = %self.address, max_connections = limits.max_connections, "listening");
         let router = crate::router::router(self.state);

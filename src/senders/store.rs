@@ -163,13 +163,15 @@ pub async fn begin_send(
 ) -> sqlx::Result<(String, i64, i64, Option<i64>)> {
     let id = new_id("vs");
     let email = email.to_ascii_lowercase();
-    sqlx::query("INSERT INTO verification_sends (id, account_id, email, at) VALUES ($1, $2, $3, $4)")
-        .bind(&id)
-        .bind(account_id)
-        .bind(&email)
-        .bind(now.0)
-        .execute(&db.pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO verification_sends (id, account_id, email, at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&id)
+    .bind(account_id)
+    .bind(&email)
+    .bind(now.0)
+    .execute(&db.pool)
+    .await?;
     let row = sqlx::query(
         "SELECT COUNT(*) AS sent, MIN(at) AS first, \
          MAX(CASE WHEN id = $4 THEN NULL ELSE at END) AS previous FROM verification_sends \
