@@ -76,7 +76,8 @@ pub async fn list_domain_mailboxes(
 /// Create a mailbox on an active domain; its password is shown once.
 #[utoipa::path(post, path = "/v2/email-accounts/create", tag = "mailboxes",
     request_body = CreateMailbox,
-    responses((status = 201, description = "The mailbox and its password", body = WithPassword<CreatedMailbox>),
+    responses((status = 503, description = "Busy hashing passwords; see Retry-After", body = ErrorBody),
+              (status = 201, description = "The mailbox and its password", body = WithPassword<CreatedMailbox>),
               (status = 409, description = "The address exists, or the domain is not active", body = ErrorBody)))]
 pub async fn create_mailbox(
     State(state): State<AppState>,
@@ -285,7 +286,8 @@ pub async fn delete_mailbox(
 #[utoipa::path(post, path = "/v2/email-accounts/{id}/password/reset", tag = "mailboxes",
     params(("id" = i64, Path, description = "The mailbox's id")),
     request_body = ResetPassword,
-    responses((status = 200, description = "The new password", body = WithPassword<MailboxRef>)))]
+    responses((status = 503, description = "Busy hashing passwords; see Retry-After", body = ErrorBody),
+              (status = 200, description = "The new password", body = WithPassword<MailboxRef>)))]
 pub async fn reset_password(
     State(state): State<AppState>,
     caller: Caller,

@@ -99,7 +99,8 @@ pub async fn get_settings(
 #[utoipa::path(post, path = "/api/v2/email/settings", tag = "smtp-settings",
     params(DomainParam),
     request_body = SettingsInput,
-    responses((status = 200, description = "The created settings", body = SmtpSettings),
+    responses((status = 503, description = "Busy making DKIM keys; see Retry-After", body = ErrorBody),
+              (status = 200, description = "The created settings", body = SmtpSettings),
               (status = 400, description = "No domain parameter", body = ErrorBody),
               (status = 409, description = "The domain has settings already, or is verified by another account", body = ErrorBody)))]
 pub async fn create_settings(
@@ -147,7 +148,8 @@ pub async fn create_settings(
 #[utoipa::path(put, path = "/api/v2/email/settings", tag = "smtp-settings",
     params(DomainParam),
     request_body = SettingsInput,
-    responses((status = 200, description = "The updated settings", body = SmtpSettings),
+    responses((status = 503, description = "Busy making DKIM keys; see Retry-After", body = ErrorBody),
+              (status = 200, description = "The updated settings", body = SmtpSettings),
               (status = 400, description = "No domain parameter", body = ErrorBody),
               (status = 404, description = "No settings for this domain", body = ErrorBody),
               (status = 409, description = "The domain is verified by another account", body = ErrorBody),

@@ -360,7 +360,8 @@ async fn verify_code(
 
 /// Create the account's sender address (replacing one it has) and email it a link and code.
 #[utoipa::path(post, path = "/v1/email-address", tag = "sender-address", request_body = CreateSender,
-    responses((status = 201, description = "The sender address", body = SenderAddress),
+    responses((status = 503, description = "Busy making DKIM keys; see Retry-After", body = ErrorBody),
+              (status = 201, description = "The sender address", body = SenderAddress),
               (status = 409, description = "The domain is verified by another account", body = ErrorBody),
               (status = 429, description = "Too many verification emails to this address", body = ErrorBody)))]
 pub async fn create_sender(
@@ -429,7 +430,8 @@ pub async fn verify_by_code(
 /// Create an organization's sender address (replacing one it has).
 #[utoipa::path(post, path = "/v1/organizations/{id}/email-address", tag = "sender-address", request_body = CreateSender,
     params(("id" = String, Path, description = "The organization (entity)")),
-    responses((status = 201, description = "The sender address", body = SenderAddress),
+    responses((status = 503, description = "Busy making DKIM keys; see Retry-After", body = ErrorBody),
+              (status = 201, description = "The sender address", body = SenderAddress),
               (status = 409, description = "The domain is verified by another account", body = ErrorBody),
               (status = 429, description = "Too many verification emails to this address", body = ErrorBody)))]
 pub async fn create_org_sender(

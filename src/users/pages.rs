@@ -50,7 +50,8 @@ struct ResetForm {
 /// is used up and every access token of the user stops working.
 #[utoipa::path(post, path = "/auth/password-reset/confirm", tag = "users", security(()),
     request_body = ResetConfirm,
-    responses((status = 200, description = "The password is changed", body = Message),
+    responses((status = 503, description = "Busy hashing passwords; see Retry-After", body = ErrorBody),
+              (status = 200, description = "The password is changed", body = Message),
               (status = 404, description = "Unknown, used or expired link", body = ErrorBody),
               (status = 422, description = "The password breaks the rule", body = ErrorBody)))]
 pub async fn confirm_reset(

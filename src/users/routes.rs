@@ -89,7 +89,8 @@ pub async fn logout(
 /// Change your password: the current one is checked (counted like a login), and every
 /// other access token of yours stops working.
 #[utoipa::path(post, path = "/auth/password", tag = "users", request_body = ChangePassword,
-    responses((status = 200, description = "Changed", body = Message),
+    responses((status = 503, description = "Busy hashing passwords; see Retry-After", body = ErrorBody),
+              (status = 200, description = "Changed", body = Message),
               (status = 401, description = "The current password is wrong", body = ErrorBody),
               (status = 422, description = "The new password breaks the rule", body = ErrorBody),
               (status = 429, description = "Too many wrong passwords; see Retry-After", body = ErrorBody)))]
