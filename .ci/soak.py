@@ -37,6 +37,17 @@ class Client:
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     def call(self, method, path, body=None):
+        try:
+            return self.send(method, path, body)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The server closes connections left idle; as HTTP clients do, a read is
+            # sent again on a new one.
+            if method != "GET":
+                raise
+            self.connection.close()
+            return self.send(method, path, body)
+
+    def send(self, method, path, body):
         payload = None if body is None else json.dumps(body)
         self.connection.request(method, path, body=payload, headers=self.headers)
         response = self.connection.getresponse()

@@ -208,20 +208,8 @@ fn number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::E
 fn socket_list<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<SocketAddr>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrText {
-        List(Vec<String>),
-        Text(String),
-    }
-    let items = match ListOrText::deserialize(deserializer)? {
-        ListOrText::List(items) => items,
-        ListOrText::Text(text) => text.split(',').map(str::to_string).collect(),
-    };
-    items
+    string_list(deserializer)?
         .iter()
-        .map(|item| item.trim())
-        .filter(|item| !item.is_empty())
         .map(|item| {
             item.parse().map_err(|_| {
                 serde::de::Error::custom(format!("`{item}` is not an ip:port address"))

@@ -210,16 +210,8 @@ async fn roles_limit_what_a_key_may_do(engine: Engine) {
 
 async fn an_entity_key_stays_inside_its_entity(engine: Engine) {
     let app = spawn_app(engine).await;
-    let second: serde_json::Value = app
-        .api(Method::POST, "/entities")
-        .json(&json!({"name": "Second"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let second_id = second["id"].as_str().unwrap();
+    let second = app.create_entity("Second").await;
+    let second_id = second.as_str();
     let scoped = app
         .create_key(json!({"name": "scoped", "role": "admin", "entity_id": second_id}))
         .await;

@@ -38,19 +38,6 @@ async fn accept_anonymously(
         .unwrap()
 }
 
-async fn second_entity(app: &crate::helpers::TestApp) -> String {
-    let second: Value = app
-        .api(Method::POST, "/entities")
-        .json(&json!({"name": "Second"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    second["id"].as_str().unwrap().to_string()
-}
-
 async fn invite_into(app: &crate::helpers::TestApp, entity: &str, email: &str, role: &str) {
     let response = app
         .api(Method::POST, "/entities/invitations")
@@ -68,7 +55,7 @@ async fn existing_user_accept_is_no_password_oracle(engine: Engine) {
     let sam = app
         .new_user(&relay, "sam@example.com", "viewer", password, 1)
         .await;
-    let second = second_entity(&app).await;
+    let second = app.create_entity("Second").await;
     invite_into(&app, &second, "sam@example.com", "admin").await;
     let token = token_of(&relay.invitation_link("sam@example.com", 2).await);
     invite_into(&app, &second, "nobody@example.com", "admin").await;
@@ -113,13 +100,7 @@ async fn existing_user_accept_is_no_password_oracle(engine: Engine) {
     let other = app
         .new_user(&relay, "other@example.com", "viewer", "other's password", 4)
         .await;
-    let foreign = app
-        .client
-        .post(format!("{}/invitations/accept?token={token}", app.address))
-        .bearer_auth(&other.token)
-        .send()
-        .await
-        .unwrap();
+    let foreign = app.accept_signed_in(&token, &other.token).await;
     error_code(foreign, 403).await;
     // An API key is nobody's person.
     let by_key = app
@@ -154,13 +135,7 @@ async fn existing_user_accept_is_no_password_oracle(engine: Engine) {
     error_code(app.login("sam@example.com", password).await, 429).await;
 
     // Signed in as Sam, with the token Sam already has, the invitation is accepted.
-    let joined = app
-        .client
-        .post(format!("{}/invitations/accept?token={token}", app.address))
-        .bearer_auth(&sam.token)
-        .send()
-        .await
-        .unwrap();
+    let joined = app.accept_signed_in(&token, &sam.token).await;
     assert_eq!(joined.status(), 200);
     let joined: Value = joined.json().await.unwrap();
     assert_eq!(joined["user_id"], sam.id.as_str());
@@ -548,7 +523,7 @@ async fn user_emails_differing_only_by_case_are_one_user(engine: Engine) {
         kim.id.as_str()
     );
 
-    let second = second_entity(&app).await;
+    let second = app.create_entity("Second").await;
     invite_into(&app, &second, "KIM.LEE@example.com", "viewer").await;
     let token = token_of(&relay.invitation_link("KIM.LEE@example.com", 2).await);
     let answer = accept_anonymously(
@@ -558,13 +533,7 @@ async fn user_emails_differing_only_by_case_are_one_user(engine: Engine) {
     )
     .await;
     assert_eq!(error_code(answer, 401).await["code"], "sign_in_required");
-    let joined = app
-        .client
-        .post(format!("{}/invitations/accept?token={token}", app.address))
-        .bearer_auth(&kim.token)
-        .send()
-        .await
-        .unwrap();
+    let joined = app.accept_signed_in(&token, &kim.token).await;
     assert_eq!(joined.status(), 200);
     let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
         .fetch_one(&app.db.pool)

@@ -385,16 +385,8 @@ async fn an_existing_user_joins_signed_in(engine: Engine) {
         200
     );
 
-    let second: Value = app
-        .api(Method::POST, "/entities")
-        .json(&json!({"name": "Second"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let second_id = second["id"].as_str().unwrap();
+    let second = app.create_entity("Second").await;
+    let second_id = second.as_str();
     let response = app
         .api(Method::POST, "/entities/invitations")
         .header("x-entity-id", second_id)
@@ -411,12 +403,8 @@ async fn an_existing_user_joins_signed_in(engine: Engine) {
         .await
         .unwrap();
     let joined = app
-        .client
-        .post(format!("{}/invitations/accept?token={token}", app.address))
-        .bearer_auth(session["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+        .accept_signed_in(&token, session["access_token"].as_str().unwrap())
+        .await;
     assert_eq!(joined.status(), 200);
     let joined: Value = joined.json().await.unwrap();
     assert_eq!(joined["entity_id"], second_id);
@@ -601,16 +589,8 @@ async fn invitations_stay_inside_their_entity(engine: Engine) {
         "/entities/invitations/{}",
         invitation["id"].as_str().unwrap()
     );
-    let second: Value = app
-        .api(Method::POST, "/entities")
-        .json(&json!({"name": "Second"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let second_id = second["id"].as_str().unwrap();
+    let second = app.create_entity("Second").await;
+    let second_id = second.as_str();
     let other = app.other_account().await;
     let limited = app
         .create_key(json!({"name": "l", "role": "admin", "entity_id": second_id}))

@@ -393,17 +393,9 @@ async fn organizations_fall_back_to_their_account_then_the_system(engine: Engine
             .unwrap();
         error_code(response, 404).await;
     }
-    let second: Value = app
-        .api(Method::POST, "/entities")
-        .json(&json!({"name": "Second"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let second = app.create_entity("Second").await;
     let limited = app
-        .create_key(json!({"name": "l", "role": "admin", "entity_id": second["id"]}))
+        .create_key(json!({"name": "l", "role": "admin", "entity_id": second}))
         .await;
     error_code(
         app.with_key(&limited, Method::GET, &format!("{org_path}/status"))

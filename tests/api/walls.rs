@@ -186,17 +186,9 @@ async fn no_route_reaches_another_tenants_objects(engine: Engine) {
     let app = spawn_app(engine).await;
     let owned = set_up(&app).await;
     let other_account = app.other_account().await.api_key;
-    let second: Value = app
-        .api(Method::POST, "/entities")
-        .json(&json!({"name": "Second"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let second = app.create_entity("Second").await;
     let other_entity = app
-        .create_key(json!({"name": "second admin", "role": "admin", "entity_id": second["id"]}))
+        .create_key(json!({"name": "second admin", "role": "admin", "entity_id": second}))
         .await;
     let before = snapshot(&app, &owned).await;
 
@@ -294,17 +286,9 @@ fn valid_body(path: &str, owned: &Owned) -> Value {
 async fn entity_limited_credentials_act_only_inside_their_entities(engine: Engine) {
     let app = spawn_app(engine).await;
     let owned = set_up(&app).await;
-    let second: Value = app
-        .api(Method::POST, "/entities")
-        .json(&json!({"name": "Second"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let second = app.create_entity("Second").await;
     let other_entity = app
-        .create_key(json!({"name": "second admin", "role": "admin", "entity_id": second["id"]}))
+        .create_key(json!({"name": "second admin", "role": "admin", "entity_id": second}))
         .await;
     let own_entity = app
         .create_key(

@@ -64,6 +64,17 @@ impl TestApp {
         }
     }
 
+    /// Accepts the invitation of `token` signed in with `access_token`, as a user who
+    /// exists already does.
+    pub async fn accept_signed_in(&self, token: &str, access_token: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/invitations/accept?token={token}", self.address))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `POST /auth/login`.
     pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
         self.client

@@ -248,6 +248,19 @@ impl TestApp {
         create_account(&self.db, "Other").await.unwrap()
     }
 
+    /// Creates an entity in the admin's account and answers its id.
+    pub async fn create_entity(&self, name: &str) -> String {
+        let response = self
+            .api(Method::POST, "/entities")
+            .json(&serde_json::json!({"name": name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let entity: serde_json::Value = response.json().await.unwrap();
+        entity["id"].as_str().unwrap().to_string()
+    }
+
     /// Creates an API key through the API and answers its secret.
     pub async fn create_key(&self, body: serde_json::Value) -> String {
         let response = self
