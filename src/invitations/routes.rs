@@ -311,10 +311,10 @@ pub async fn accept(
     let invitation = stored.invitation;
     let (user_id, new_user) = match signed_in {
         Some(user_id) => {
-            let (email, _) = users::by_id(&state.db, &user_id)
+            let user = users::by_id(&state.db, &user_id)
                 .await?
                 .ok_or_else(|| ApiError::not_found("user"))?;
-            if users::email_key(&email) != users::email_key(&invitation.email) {
+            if user.email != users::email_key(&invitation.email) {
                 return Err(ApiError::forbidden(
                     "this invitation is for another email address: sign in as the user it was \
                      sent to",

@@ -102,13 +102,13 @@ pub async fn change_password(
 ) -> Result<Json<Message>, ApiError> {
     let (user_id, session) = user_of(&caller)?;
     check_password(&body.new_password).map_err(|e| ApiError::invalid("new_password", e))?;
-    let (email, _) = store::by_id(&state.db, user_id)
+    let user = store::by_id(&state.db, user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
     sign_in(
         &state.db,
         peer.ip(),
-        &email,
+        &user.email,
         &body.current_password,
         Priority::Authenticated,
     )
@@ -168,14 +168,11 @@ pub async fn request_reset(
     )
     .await?;
     let user = store::by_email(&state.db, &email.to_string()).await?;
-    let (Some((user_id, _)), true) = (user, count <= RESET_EMAILS_PER_USER) else {
+    let (Some(user), true) = (user, count <= RESET_EMAILS_PER_USER) else {
         return Ok((StatusCode::ACCEPTED, answer));
     };
     // To the address the user has, however the request spelled it.
-    let (stored_email, _) = store::by_id(&state.db, &user_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
-    let email = EmailAddress::parse(&stored_email).map_err(ApiError::internal)?;
+    let email = EmailAddress::parse(&user.email).map_err(ApiError::internal)?;
     let token = new_secret("rst");
     let link = format!(
         "{}/auth/password-reset/confirm?token={token}",
@@ -191,7 +188,7 @@ pub async fn request_reset(
     store::insert_reset(
         &mut tx,
         &digest(&token),
-        &user_id,
+        &user.id,
         now.0 + RESET_LIFETIME,
         now,
     )

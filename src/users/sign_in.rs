@@ -59,7 +59,7 @@ pub async fn sign_in(
     }
     let user = store::by_email(db, email).await?;
     let verified = match &user {
-        Some((_, hash)) => passwords::verify(password, hash, priority).await,
+        Some(user) => passwords::verify(password, &user.password_hash, priority).await,
         None => passwords::hash(password, priority).await.map(|_| false),
     };
     let verified = match verified {
@@ -71,9 +71,9 @@ pub async fn sign_in(
         }
     };
     match user.filter(|_| verified) {
-        Some((user_id, _)) => {
+        Some(user) => {
             store::forget_attempts(db, &attempts).await?;
-            Ok(user_id)
+            Ok(user.id)
         }
         None => Err(ApiError::unauthorized(
             "invalid_login",

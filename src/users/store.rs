@@ -10,20 +10,33 @@ pub fn email_key(email: &str) -> String {
     email.to_ascii_lowercase()
 }
 
-/// A user's id and password hash, by email.
-pub async fn by_email(db: &Db, email: &str) -> sqlx::Result<Option<(String, String)>> {
-    sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
-        .bind(email_key(email))
-        .fetch_optional(&db.pool)
-        .await
+/// A user as signing in needs them.
+pub struct StoredUser {
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
 }
 
-/// A user's email and password hash, by id.
-pub async fn by_id(db: &Db, id: &str) -> sqlx::Result<Option<(String, String)>> {
-    sqlx::query_as("SELECT email, password_hash FROM users WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await
+async fn one_user(db: &Db, column: &str, value: &str) -> sqlx::Result<Option<StoredUser>> {
+    let row: Option<(String, String, String)> = sqlx::query_as(&format!(
+        "SELECT id, email, password_hash FROM users WHERE {column} = $1"
+    ))
+    .bind(value)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(row.map(|(id, email, password_hash)| StoredUser {
+        id,
+        email,
+        password_hash,
+    }))
+}
+
+pub async fn by_email(db: &Db, email: &str) -> sqlx::Result<Option<StoredUser>> {
+    one_user(db, "email", &email_key(email)).await
+}
+
+pub async fn by_id(db: &Db, id: &str) -> sqlx::Result<Option<StoredUser>> {
+    one_user(db, "id", id).await
 }
 
 /// Inserts a user inside the caller's transaction.
