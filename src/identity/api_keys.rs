@@ -66,6 +66,8 @@ pub struct KeyRecord {
     pub account_id: String,
     pub entity_id: Option<String>,
     pub role: Role,
+    /// The user it acts for: who made it, or made the key that made it.
+    pub created_by_user_id: Option<String>,
 }
 
 /// Who creates a key: `principal` is a user's or a key's id, or `cli`.
@@ -217,7 +219,7 @@ pub async fn authenticate(
         return Ok(Some(key));
     }
     let row =
-        sqlx::query("SELECT id, account_id, entity_id, role FROM api_keys WHERE secret_hash = $1")
+        sqlx::query("SELECT id, account_id, entity_id, role, created_by_user_id FROM api_keys WHERE secret_hash = $1")
             .bind(&digest)
             .fetch_optional(&db.pool)
             .await?;
@@ -228,6 +230,7 @@ pub async fn authenticate(
                 account_id: row.try_get("account_id")?,
                 entity_id: row.try_get("entity_id")?,
                 role: Role::from_row(&row)?,
+                created_by_user_id: row.try_get("created_by_user_id")?,
             })
         })
         .transpose()?;

@@ -24,6 +24,10 @@ pub struct Credential {
     pub user_id: Option<String>,
     /// The digest of the access token a user is calling with (what signing out revokes).
     pub session: Option<String>,
+    /// The user the credential acts for: the user calling, or the user who made the key
+    /// (directly or through keys they made). Keys made with it act for that user too,
+    /// and go when that user leaves the entity.
+    pub on_behalf_of: Option<String>,
     /// Set when the credential is limited to one entity (a user always is, per request).
     pub scoped_entity: Option<String>,
     /// The entity the request named, already checked to be the caller's.
@@ -91,6 +95,7 @@ pub async fn resolve(
         principal: key.id,
         user_id: None,
         session: None,
+        on_behalf_of: key.created_by_user_id,
         scoped_entity: key.entity_id,
         requested_entity: entity.map(str::to_string),
     })
@@ -120,8 +125,9 @@ async fn resolve_user(
         account_id: membership.account_id,
         role: membership.role,
         principal: user_id.clone(),
-        user_id: Some(user_id),
+        user_id: Some(user_id.clone()),
         session: Some(crate::store::secrets::digest(secret)),
+        on_behalf_of: Some(user_id),
         scoped_entity: Some(membership.entity_id.clone()),
         requested_entity: Some(membership.entity_id),
     })

@@ -17,9 +17,8 @@ use crate::http::auth::signed_in_user;
 use crate::http::pages::{is_form, page};
 use crate::http::{ApiError, ErrorBody, Json};
 use crate::state::AppState;
-use crate::store::passwords::Priority;
 use crate::types::text::escape_html;
-use crate::users::sign_in;
+use crate::users::{Trier, sign_in};
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -101,10 +100,9 @@ pub async fn accept_invitation(
                 Some(email) => Some(
                     sign_in(
                         &state.db,
-                        peer.ip(),
+                        Trier::Client(peer.ip()),
                         email,
                         form.password.as_deref().unwrap_or(""),
-                        Priority::Anonymous,
                     )
                     .await?,
                 ),

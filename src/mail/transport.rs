@@ -166,7 +166,8 @@ pub enum Failure {
 /// One step of an SMTP conversation, as reported by the settings test.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Step {
-    /// `connect`, `tls`, `ehlo`, `auth` or `send`.
+    /// `connect`, `tls`, `ehlo`, `auth` or `send`; `timeout` when the server stopped
+    /// answering in the middle.
     pub step: &'static str,
     pub ok: bool,
     /// What happened: the server's SMTP reply (code and text) where it answered one;
@@ -393,11 +394,24 @@ fn tls_cause(error: &lettre::transport::smtp::Error) -> Option<String> {
     None
 }
 
-/// Runs the conversation up to authentication and quits: the settings test.
+/// Runs the conversation up to authentication and quits: the settings test. The whole
+/// conversation has the target's time limit: a server that greets and then falls silent
+/// cannot hold the request (nor its connection) open.
 pub async fn probe(target: &SmtpTarget) -> Vec<Step> {
     let mut conversation = Conversation::new(target);
-    if let Some(mut connection) = conversation.open().await {
-        let _ = connection.quit().await;
+    let timeout = target.limits.timeout;
+    let finished = tokio::time::timeout(timeout, async {
+        if let Some(mut connection) = conversation.open().await {
+            let _ = connection.quit().await;
+        }
+    })
+    .await;
+    if finished.is_err() {
+        conversation.record(
+            "timeout",
+            false,
+            format!("the server stopped answering; gave up after {timeout:?}"),
+        );
     }
     conversation.steps
 }

@@ -10,6 +10,7 @@ use super::model::{
     Success, VerifyCode,
 };
 use super::store::{self, Stored};
+use crate::domains::model::DomainRow;
 use crate::domains::records::dkim_cnames;
 use crate::http::{ApiError, Caller, ErrorBody, Json};
 use crate::identity::Role;
@@ -181,6 +182,38 @@ async fn send_verification(
     Ok(())
 }
 
+/// The account's domain of `email`. A credential of the whole account adds it when it is
+/// new; one limited to an entity may not add the account's domains (each counts against
+/// the account's limit), so it names only one the account has.
+async fn domain_of(
+    state: &AppState,
+    caller: &Caller,
+    email: &EmailAddress,
+) -> Result<DomainRow, ApiError> {
+    if caller.scoped_entity().is_some() {
+        return crate::domains::store::find(&state.db, &caller.account_id, email.domain())
+            .await?
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "email",
+                    format!(
+                        "{} is not one of the account's domains; a key of the whole account adds \
+                         it first (POST /v2/domains)",
+                        email.domain()
+                    ),
+                )
+            });
+    }
+    Ok(crate::domains::store::find_or_add(
+        &state.db,
+        &state.master_key,
+        &state.settings,
+        &caller.account_id,
+        email.domain(),
+    )
+    .await?)
+}
+
 async fn create(
     state: &AppState,
     caller: &Caller,
@@ -190,19 +223,11 @@ async fn create(
     may(caller, &scope, Role::Editor)?;
     let email = EmailAddress::parse(&body.email).map_err(|e| ApiError::invalid("email", e))?;
     let send = count_send(state, &caller.account_id, &email.to_string(), false).await?;
-    let domain = match crate::domains::store::find_or_add(
-        &state.db,
-        &state.master_key,
-        &state.settings,
-        &caller.account_id,
-        email.domain(),
-    )
-    .await
-    {
+    let domain = match domain_of(state, caller, &email).await {
         Ok(domain) => domain,
         Err(error) => {
             store::forget_send(&state.db, &send).await?;
-            return Err(error.into());
+            return Err(error);
         }
     };
     let id = new_id("snd");

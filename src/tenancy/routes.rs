@@ -7,8 +7,8 @@ use utoipa::ToSchema;
 
 use super::store::{self, Entity};
 use crate::http::{ApiError, Caller, Json, List};
-use crate::identity::Role;
 use crate::identity::api_keys::{self, ApiKey, NewApiKey};
+use crate::identity::{Role, memberships};
 use crate::state::AppState;
 use crate::types::text::parse_name;
 
@@ -113,11 +113,25 @@ pub async fn create_api_key(
         body.role,
         api_keys::Creator {
             principal: &caller.principal,
-            user_id: caller.user_id.as_deref(),
+            user_id: caller.on_behalf_of.as_deref(),
         },
         state.db.now(),
     )
     .await?;
+    // A key made for a user who stopped being the entity's admin meanwhile goes at once:
+    // either this check sees them gone, or their removal (after it) revokes the key.
+    if let (Some(user_id), Some(entity_id)) = (&caller.on_behalf_of, &entity_id) {
+        let still_admin = memberships::member(&state.db, entity_id, user_id)
+            .await?
+            .is_some_and(|member| member.role == Role::Admin);
+        if !still_admin {
+            api_keys::revoke_created_by(&state.db, entity_id, user_id).await?;
+            state.api_keys.clear();
+            return Err(ApiError::forbidden(
+                "the user this credential acts for is no longer an admin of the entity",
+            ));
+        }
+    }
     Ok((StatusCode::CREATED, Json(key)))
 }
 

@@ -8,7 +8,7 @@ mod routes;
 mod sign_in;
 pub mod store;
 
-pub use sign_in::sign_in;
+pub use sign_in::{Trier, sign_in};
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

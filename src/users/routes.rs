@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use super::model::{
     ChangePassword, ChangeRole, Login, Message, ResetRequest, Session, check_password,
 };
-use super::sign_in::{client_subject, sign_in};
+use super::sign_in::{Trier, client_subject, sign_in};
 use super::store;
 use crate::http::{ApiError, Caller, ErrorBody, Json, List};
 use crate::identity::memberships::{self, Member};
@@ -45,14 +45,7 @@ pub async fn login(
     Json(body): Json<Login>,
 ) -> Result<Json<Session>, ApiError> {
     let email = parse_email(&body.email)?.to_string();
-    let user_id = sign_in(
-        &state.db,
-        peer.ip(),
-        &email,
-        &body.password,
-        Priority::Anonymous,
-    )
-    .await?;
+    let user_id = sign_in(&state.db, Trier::Client(peer.ip()), &email, &body.password).await?;
     let mut conn = state.db.pool.acquire().await?;
     let (access_token, expires_at) = tokens::issue(&mut conn, &user_id, state.db.now()).await?;
     Ok(Json(Session {
@@ -86,7 +79,8 @@ pub async fn logout(
     }))
 }
 
-/// Change your password: the current one is checked (counted like a login), and every
+/// Change your password: the current one is checked (five wrong tries in 15 minutes,
+/// counted apart from logins, so that strangers' failed logins cannot block it), and every
 /// other access token of yours stops working.
 #[utoipa::path(post, path = "/auth/password", tag = "users", request_body = ChangePassword,
     responses((status = 503, description = "Busy hashing passwords; see Retry-After", body = ErrorBody),
@@ -96,7 +90,6 @@ pub async fn logout(
               (status = 429, description = "Too many wrong passwords; see Retry-After", body = ErrorBody)))]
 pub async fn change_password(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Caller,
     Json(body): Json<ChangePassword>,
 ) -> Result<Json<Message>, ApiError> {
@@ -107,10 +100,9 @@ pub async fn change_password(
         .ok_or_else(|| ApiError::not_found("user"))?;
     sign_in(
         &state.db,
-        peer.ip(),
+        Trier::SignedIn,
         &user.email,
         &body.current_password,
-        Priority::Authenticated,
     )
     .await
     .map_err(|error| match error.code {

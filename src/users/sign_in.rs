@@ -29,21 +29,39 @@ pub fn client_subject(client: IpAddr) -> String {
     }
 }
 
+/// Who tries a password: a client signing in from an address, or a user already signed
+/// in (changing their password), whose tries are counted apart, so that strangers'
+/// failed logins cannot lock them out of it.
+#[derive(Debug, Clone, Copy)]
+pub enum Trier {
+    Client(IpAddr),
+    SignedIn,
+}
+
 /// The id of the user whose email and password these are. Each try is counted before the
 /// password is hashed, so that concurrent guesses cannot slip past the limit; an unknown
 /// email takes as long as a wrong password and gets the same answer.
 pub async fn sign_in(
     db: &Db,
-    client: IpAddr,
+    trier: Trier,
     email: &str,
     password: &str,
-    priority: Priority,
 ) -> Result<String, ApiError> {
     let now = db.now();
-    let limits = [
-        (format!("email:{}", store::email_key(email)), PER_EMAIL),
-        (format!("ip:{}", client_subject(client)), PER_ADDRESS),
-    ];
+    let email_key = store::email_key(email);
+    let (limits, priority) = match trier {
+        Trier::Client(client) => (
+            vec![
+                (format!("email:{email_key}"), PER_EMAIL),
+                (format!("ip:{}", client_subject(client)), PER_ADDRESS),
+            ],
+            Priority::Anonymous,
+        ),
+        Trier::SignedIn => (
+            vec![(format!("user:{email_key}"), PER_EMAIL)],
+            Priority::Authenticated,
+        ),
+    };
     let mut attempts = Vec::new();
     for (subject, limit) in &limits {
         let (id, count, first) = store::begin_attempt(db, subject, now.0 - WINDOW, now).await?;

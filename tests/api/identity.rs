@@ -232,7 +232,8 @@ async fn concurrent_resends_send_one_email(engine: Engine) {
     app.add_sender("/v1/email-address", "billing@resend.example")
         .await;
     relay.wait_for(1, Duration::from_secs(20)).await;
-    app.advance_clock(Duration::from_secs(120));
+    // Past the minute between emails, and well inside the first email's lease.
+    app.advance_clock(Duration::from_secs(61));
     let resends = (0..20).map(|_| app.api(Method::POST, "/v1/email-address/resend-verification"));
     let sent = all_at_once(resends)
         .await
@@ -302,13 +303,33 @@ async fn removed_admins_lose_the_keys_they_made(engine: Engine) {
         .unwrap();
     assert_eq!(ada_again.status(), 200);
     let second: Value = made("second").await.unwrap().json().await.unwrap();
+    // A key made by Ada's key acts for Ada too.
+    let made_by_key: Value = app
+        .with_key(
+            second["api_key"].as_str().unwrap(),
+            Method::POST,
+            "/api-keys",
+        )
+        .json(&json!({"name": "made by a key", "role": "admin"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(made_by_key["created_by"], second["id"]);
+    assert_eq!(made_by_key["created_by_user_id"], ada.id.as_str());
     let removed = app
         .api(Method::DELETE, &format!("/entities/users/{}", ada.id))
         .send()
         .await
         .unwrap();
     assert_eq!(removed.status(), 200);
-    for key in [second["api_key"].as_str().unwrap(), ada.token.as_str()] {
+    for key in [
+        second["api_key"].as_str().unwrap(),
+        made_by_key["api_key"].as_str().unwrap(),
+        ada.token.as_str(),
+    ] {
         let status = app
             .with_key(key, Method::GET, "/entities/users")
             .send()
@@ -404,6 +425,36 @@ async fn users_change_their_password_and_sign_out(engine: Engine) {
         .unwrap();
     assert_eq!(out.status(), 200);
     error_code(members(&kim.token).await.unwrap(), 401).await;
+
+    // A stranger's failed logins lock the email's logins, not the signed-in user's change.
+    let session: Value = app
+        .login("kim@example.com", new)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut guesses = 0;
+    while app
+        .login("kim@example.com", "a stranger's guess")
+        .await
+        .status()
+        == 401
+    {
+        guesses += 1;
+        assert!(guesses <= 5);
+    }
+    error_code(app.login("kim@example.com", new).await, 429).await;
+    let changed = app
+        .with_key(
+            session["access_token"].as_str().unwrap(),
+            Method::POST,
+            "/auth/password",
+        )
+        .json(&json!({"current_password": new, "new_password": "yet another password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
 }
 
 async fn a_forgotten_password_is_reset_by_email(engine: Engine) {

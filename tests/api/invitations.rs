@@ -123,6 +123,8 @@ async fn the_accepted_role_is_the_limit(engine: Engine) {
             .unwrap();
         assert_eq!(response.status(), 200, "{name}");
     }
+    // The domain is the account's, added with its key; the entity's editor names it.
+    app.add_domain("ed.example").await;
     let editing = app
         .with_key(
             &access,
@@ -138,6 +140,20 @@ async fn the_accepted_role_is_the_limit(engine: Engine) {
         201,
         "an editor writes the entity's sender"
     );
+    // But cannot add a domain to the account through it: domains are the account's.
+    let new_domain = app
+        .with_key(
+            &access,
+            Method::POST,
+            &format!("/v1/organizations/{}/email-address", app.admin.entity_id),
+        )
+        .json(&json!({"email": "ed@elsewhere.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(new_domain, 422).await["param"], "email");
+    let domains: Value = app.get_json("/v2/domains").await;
+    assert_eq!(domains["items"].as_array().unwrap().len(), 1, "{domains}");
     // Domains are the account's: a user acts only inside their entities.
     let domains = app
         .with_key(&access, Method::POST, "/v2/domains")

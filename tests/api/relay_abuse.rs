@@ -25,6 +25,7 @@ both_engines!(
     the_never_returned_relay_password_cannot_be_recovered,
     one_tenant_cannot_stall_everyones_mail,
     relays_are_no_way_into_the_network_nor_a_port_scanner,
+    the_settings_test_gives_up_on_a_server_that_falls_silent,
 );
 
 /// SMTP settings of a relay at `host:port`, with `pass` for `user` when given.
@@ -622,4 +623,33 @@ async fn relays_are_no_way_into_the_network_nor_a_port_scanner(engine: Engine) {
         "{reports:?}"
     );
     assert_eq!(details(&reports[0]), details(&reports[1]), "{reports:?}");
+}
+
+/// A server that greets and then never answers EHLO would hold the settings test — and
+/// the HTTP connection asking for it — forever; enough of them would fill every
+/// connection slot of the API.
+async fn the_settings_test_gives_up_on_a_server_that_falls_silent(engine: Engine) {
+    let (app, _system) = spawn_app_with_relay(engine, |s| s.smtp_timeout = 2).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.write_all(b"220 mute.example ESMTP\r\n").await;
+            held.push(stream);
+        }
+    });
+    app.active_domain("mute.example").await;
+    app.set_relay("mute.example", relay_settings("127.0.0.1", port, None))
+        .await;
+    let started = Instant::now();
+    let report = settings_test(&app, "mute.example").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the test took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(report["ok"], false);
+    let last = report["steps"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["step"], "timeout", "{report}");
 }
