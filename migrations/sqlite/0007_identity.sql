@@ -7,6 +7,7 @@ ALTER TABLE login_failures RENAME TO attempts;
 ALTER TABLE attempts ADD COLUMN id TEXT;
 DROP INDEX login_failures_by_subject;
 CREATE INDEX attempts_by_subject ON attempts (subject, at);
+CREATE INDEX attempts_by_time ON attempts (at);
 
 -- Who created a key: a user's id, another key's id, or 'cli'. Keys a user created are
 -- revoked when that user leaves the entity or stops being its admin.

@@ -43,8 +43,10 @@ impl RateLimit {
         if buckets.len() >= TRACKED {
             // A bucket untouched for a second is full again: the same as no bucket.
             buckets.retain(|_, bucket| now.duration_since(bucket.at) < Duration::from_secs(1));
-            if buckets.len() >= TRACKED {
-                buckets.clear();
+            // Still full: a flood of (likely spoofed) sources. New ones are told to come
+            // back over TCP, and the sources already counted keep their counts.
+            if buckets.len() >= TRACKED && !buckets.contains_key(&network(source)) {
+                return false;
             }
         }
         let bucket = buckets.entry(network(source)).or_insert(Bucket {
@@ -92,6 +94,25 @@ mod tests {
 
         let open = RateLimit::new(0);
         assert!((0..1000).all(|_| open.allow(a)));
+    }
+
+    #[test]
+    fn a_flood_of_new_sources_cannot_reset_a_counted_one() {
+        let limit = RateLimit::new(1);
+        let victim: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(limit.allow(victim));
+        assert!(!limit.allow(victim));
+        for n in 0..TRACKED as u32 {
+            limit.allow(IpAddr::from((0x0a00_0000 + (n << 8)).to_be_bytes()));
+        }
+        assert!(
+            !limit.allow(victim),
+            "the victim's count survives the flood"
+        );
+        assert!(
+            !limit.allow("198.51.100.1".parse().unwrap()),
+            "a new source is sent to TCP while the table is full"
+        );
     }
 
     #[test]

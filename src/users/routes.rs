@@ -160,22 +160,35 @@ pub async fn request_reset(
     )
     .await?;
     let user = store::by_email(&state.db, &email.to_string()).await?;
-    let (Some(user), true) = (user, count <= RESET_EMAILS_PER_USER) else {
-        return Ok((StatusCode::ACCEPTED, answer));
-    };
-    // To the address the user has, however the request spelled it.
-    let email = EmailAddress::parse(&user.email).map_err(ApiError::internal)?;
+    if let (Some(user), true) = (user, count <= RESET_EMAILS_PER_USER) {
+        // Made after the answer, so that its time does not tell that the user exists.
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(error) = send_reset_link(&state, &user).await {
+                tracing::error!(error = %format!("{error:#}"), "cannot queue a password-reset email");
+            }
+        });
+    }
+    Ok((StatusCode::ACCEPTED, answer))
+}
+
+/// Stores a new reset link for `user` and queues the email carrying it, to the address
+/// the user has (however the request spelled it).
+async fn send_reset_link(state: &AppState, user: &store::StoredUser) -> anyhow::Result<()> {
+    let email = EmailAddress::parse(&user.email).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let from =
+        EmailAddress::parse(&state.settings.mail_from).map_err(|e| anyhow::anyhow!("{e}"))?;
     let token = new_secret("rst");
     let link = format!(
         "{}/auth/password-reset/confirm?token={token}",
         state.public_url
     );
-    let from = EmailAddress::parse(&state.settings.mail_from).map_err(ApiError::internal)?;
     let email_text = render(
         Kind::PasswordReset,
         &[],
         &[("link", &link), ("expires_in", "1 hour")],
     )?;
+    let now = state.db.now();
     let mut tx = state.db.begin().await?;
     store::insert_reset(
         &mut tx,
@@ -194,7 +207,7 @@ pub async fn request_reset(
     enqueue(&mut tx, &state.master_key, outgoing, now).await?;
     tx.commit().await?;
     state.wake_outbox();
-    Ok((StatusCode::ACCEPTED, answer))
+    Ok(())
 }
 
 /// Sets a new password with a reset link's token: the link is used up, and every access

@@ -59,6 +59,7 @@ pub async fn insert(
     Ok(())
 }
 
+/// Sets a user's password; every reset link of the user still open is used up with it.
 pub async fn set_password(
     conn: &mut sqlx::AnyConnection,
     id: &str,
@@ -69,10 +70,17 @@ pub async fn set_password(
         .bind(password_hash)
         .bind(now.0)
         .bind(id)
-        .execute(conn)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE password_resets SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL")
+        .bind(now.0)
+        .bind(id)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
+
+const ATTEMPTS_KEPT: i64 = 24 * 3_600_000;
 
 /// Writes an attempt for `subject` and answers its id with how many attempts (this one
 /// included) the subject has made since `since`, and the first one's time. Written before
@@ -85,10 +93,9 @@ pub async fn begin_attempt(
     now: Timestamp,
 ) -> sqlx::Result<(String, i64, i64)> {
     let id = new_id("att");
-    // The subject's attempts from before the window count no more.
-    sqlx::query("DELETE FROM attempts WHERE subject = $1 AND at <= $2")
-        .bind(subject)
-        .bind(since)
+    // No window is longer than a day: older attempts, of any subject, count no more.
+    sqlx::query("DELETE FROM attempts WHERE at <= $1")
+        .bind(now.0 - ATTEMPTS_KEPT)
         .execute(&db.pool)
         .await?;
     sqlx::query("INSERT INTO attempts (id, subject, at) VALUES ($1, $2, $3)")

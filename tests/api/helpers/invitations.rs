@@ -87,6 +87,17 @@ impl TestApp {
 }
 
 impl TestSmtp {
+    /// The password-reset link in the newest email to `to`, once `count` emails came.
+    pub async fn reset_link(&self, to: &str, count: usize) -> String {
+        self.newest_to(to, count)
+            .await
+            .text()
+            .split_whitespace()
+            .find(|w| w.contains("/auth/password-reset/confirm?token="))
+            .unwrap()
+            .to_string()
+    }
+
     /// The accept link in the newest invitation email to `to`, once `count` emails came.
     pub async fn invitation_link(&self, to: &str, count: usize) -> String {
         self.newest_to(to, count)
