@@ -49,9 +49,9 @@ impl Application {
         let address = listener.local_addr()?;
         let master_key = MasterKey::load(settings)?;
         // A mistake in the relay policy stops the start, rather than every delivery.
-        Policy::from_settings(settings)?;
+        let destination_policy = Arc::new(Policy::from_settings(settings)?);
         let settings = Arc::new(settings.clone());
-        let delivery = delivery(&settings, &db, &master_key);
+        let delivery = delivery(&settings, &db, &master_key, &destination_policy);
         let state = AppState {
             db: db.clone(),
             public_url: Arc::from(settings.public_url(address)),
@@ -60,6 +60,7 @@ impl Application {
             outbox_wakeup: delivery.wakeup.clone(),
             api_keys: Arc::default(),
             settings,
+            destination_policy,
         };
         let dns = match state.settings.dns_listen {
             Some(address) => {
@@ -166,7 +167,12 @@ fn connection_cap(wanted: u64) -> usize {
 }
 
 /// Delivery wired to the relays' and the domains' stores; also what `send-test-email` uses.
-pub fn delivery(settings: &Arc<Settings>, db: &Db, master_key: &MasterKey) -> Delivery {
+pub fn delivery(
+    settings: &Arc<Settings>,
+    db: &Db,
+    master_key: &MasterKey,
+    destination_policy: &Arc<Policy>,
+) -> Delivery {
     Delivery {
         db: db.clone(),
         master_key: master_key.clone(),
@@ -174,7 +180,7 @@ pub fn delivery(settings: &Arc<Settings>, db: &Db, master_key: &MasterKey) -> De
         directory: Arc::new(Tenants {
             db: db.clone(),
             master_key: master_key.clone(),
-            settings: settings.clone(),
+            relay_limits: transport::Limits::tenant(settings, destination_policy),
         }),
         wakeup: Arc::default(),
     }
@@ -185,7 +191,8 @@ pub fn delivery(settings: &Arc<Settings>, db: &Db, master_key: &MasterKey) -> De
 struct Tenants {
     db: Db,
     master_key: MasterKey,
-    settings: Arc<Settings>,
+    /// A tenant's relay reaches only where the destination policy lets it.
+    relay_limits: transport::Limits,
 }
 
 #[async_trait::async_trait]
@@ -195,8 +202,7 @@ impl Directory for Tenants {
         account_id: &str,
         domain: &DomainName,
     ) -> anyhow::Result<Option<SmtpTarget>> {
-        // A tenant's relay reaches only where the destination policy lets it.
-        let limits = transport::Limits::tenant(&self.settings)?;
+        let limits = self.relay_limits.clone();
         relays::store::relay_for(&self.db, &self.master_key, account_id, domain, limits).await
     }
 

@@ -145,8 +145,15 @@ async fn send_test_email(settings: &Settings, to: &str) -> anyhow::Result<()> {
     let to = EmailAddress::parse(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
     let db = open_db(settings).await?;
     let master_key = MasterKey::load(settings)?;
-    let delivery =
-        mailroom::app::delivery(&std::sync::Arc::new(settings.clone()), &db, &master_key);
+    let policy = std::sync::Arc::new(mailroom::mail::destination::Policy::from_settings(
+        settings,
+    )?);
+    let delivery = mailroom::app::delivery(
+        &std::sync::Arc::new(settings.clone()),
+        &db,
+        &master_key,
+        &policy,
+    );
     let (transport, outcome) = delivery.send_test_email(&to).await?;
     match outcome {
         Ok(reply) => {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::Settings;
 use crate::dns::DnsResolver;
 use crate::identity::KeyCache;
+use crate::mail::destination::Policy;
 use crate::store::Db;
 use crate::store::crypto::MasterKey;
 
@@ -20,6 +21,8 @@ pub struct AppState {
     /// Rung after an email is queued, so that the delivery worker starts at once.
     pub outbox_wakeup: Arc<tokio::sync::Notify>,
     pub api_keys: Arc<KeyCache>,
+    /// Where tenants' relays may connect, parsed once at start.
+    pub destination_policy: Arc<Policy>,
 }
 
 impl AppState {

@@ -99,12 +99,7 @@ pub async fn add(
     account_id: &str,
     name: &DomainName,
 ) -> Result<DomainRow, AddError> {
-    let active_elsewhere: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM domains WHERE name = $1 AND status = 'active'")
-            .bind(name.as_str())
-            .fetch_optional(&db.pool)
-            .await?;
-    if active_elsewhere.is_some() {
+    if active_elsewhere(db, account_id, name).await? {
         return Err(AddError::ActiveElsewhere(name.clone()));
     }
     let limit = settings.max_domains_per_account;
@@ -160,8 +155,22 @@ async fn added(db: &Db, account_id: &str, name: &DomainName) -> Result<DomainRow
         .ok_or_else(|| AddError::Failed(anyhow::anyhow!("{name} vanished as it was added")))
 }
 
+/// Whether `name` is active in an account other than `account_id`: the name is that
+/// account's, and nothing may be built on it here.
+pub async fn active_elsewhere(db: &Db, account_id: &str, name: &DomainName) -> sqlx::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM domains WHERE name = $1 AND status = 'active' AND account_id <> $2",
+    )
+    .bind(name.as_str())
+    .bind(account_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// The account's domain `name`, added as `pending` when new; safe when several requests
-/// add the same name at once.
+/// add the same name at once. A name the account holds only pending while another
+/// account has proved it is refused as adding it would be.
 pub async fn find_or_add(
     db: &Db,
     master_key: &MasterKey,
@@ -170,6 +179,9 @@ pub async fn find_or_add(
     name: &DomainName,
 ) -> Result<DomainRow, AddError> {
     if let Some(row) = find(db, account_id, name).await? {
+        if row.status != DomainStatus::Active && active_elsewhere(db, account_id, name).await? {
+            return Err(AddError::ActiveElsewhere(name.clone()));
+        }
         return Ok(row);
     }
     match add(db, master_key, settings, account_id, name).await {

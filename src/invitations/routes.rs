@@ -12,6 +12,7 @@ use crate::http::{ApiError, Caller, ErrorBody, Json, List, Query, on_unique};
 use crate::identity::{Role, memberships, tokens};
 use crate::mail::outbox::{Outgoing, enqueue};
 use crate::mail::templates::{Kind, render};
+use crate::senders::effective_from;
 use crate::state::AppState;
 use crate::store::passwords::{self, Priority};
 use crate::store::secrets::{digest, new_secret};
@@ -29,22 +30,6 @@ async fn find(state: &AppState, entity_id: &str, id: &str) -> Result<store::Stor
     store::find(&state.db, entity_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("invitation"))
-}
-
-/// The From of the entity's mail. Looked up before a transaction: inside one, waiting for
-/// another pooled connection while SQLite's write lock is held could starve the pool.
-async fn from_of(
-    state: &AppState,
-    account_id: &str,
-    entity_id: &str,
-) -> anyhow::Result<EmailAddress> {
-    crate::senders::store::effective_from(
-        &state.db,
-        &state.settings.mail_from,
-        account_id,
-        Some(entity_id),
-    )
-    .await
 }
 
 /// Queues the invitation email with a link holding `token`, inside `conn`'s transaction.
@@ -113,7 +98,7 @@ pub async fn create_invitation(
         ));
     }
     let token = new_secret("inv");
-    let from = from_of(&state, &caller.account_id, &entity_id).await?;
+    let from = effective_from(&state, &caller.account_id, Some(&entity_id)).await?;
     let address = email.to_string();
     let new = NewInvitation {
         id: &new_id("einv"),
@@ -248,7 +233,7 @@ pub async fn resend_invitation(
     }
     let token = new_secret("inv");
     let expires_at = now.0 + stored.valid_days * DAY;
-    let from = from_of(&state, &caller.account_id, &entity_id).await?;
+    let from = effective_from(&state, &caller.account_id, Some(&entity_id)).await?;
     let mut tx = state.db.begin().await?;
     store::reissue(&mut tx, &id, &digest(&token), expires_at, now).await?;
     let mut invitation = stored.invitation;

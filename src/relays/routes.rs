@@ -9,9 +9,9 @@ use super::model::{
     DomainParam, Password, Removed, SettingsInput, SmtpSettings, TestReport, Valid, validate,
 };
 use super::store::{self, seal_context};
+use crate::domains::{self, store::AddError};
 use crate::http::{ApiError, Caller, ErrorBody, Json, Query, on_unique};
 use crate::identity::Role;
-use crate::mail::destination::Policy;
 use crate::mail::transport::{Limits, probe};
 use crate::state::AppState;
 use crate::types::DomainName;
@@ -34,11 +34,8 @@ async fn refuse_if_active_elsewhere(
     caller: &Caller,
     domain: &DomainName,
 ) -> Result<(), ApiError> {
-    if store::active_elsewhere(&state.db, &caller.account_id, domain).await? {
-        return Err(ApiError::conflict(
-            "domain_taken",
-            format!("{domain} is already verified by another account"),
-        ));
+    if domains::store::active_elsewhere(&state.db, &caller.account_id, domain).await? {
+        return Err(AddError::ActiveElsewhere(domain.clone()).into());
     }
     Ok(())
 }
@@ -110,8 +107,7 @@ pub async fn create_settings(
     Json(input): Json<SettingsInput>,
 ) -> Result<Json<SmtpSettings>, ApiError> {
     let domain = domain_of(&caller, &param)?;
-    let policy = Policy::from_settings(&state.settings)?;
-    let valid = validate(input, &domain, &policy)?;
+    let valid = validate(input, &domain, &state.destination_policy)?;
     refuse_if_active_elsewhere(&state, &caller, &domain).await?;
     if store::load(&state.db, &caller.account_id, &domain)
         .await?
@@ -122,7 +118,7 @@ pub async fn create_settings(
             format!("{domain} has SMTP settings already; change them with PUT"),
         ));
     }
-    let domain_row = crate::domains::store::find_or_add(
+    let domain_row = domains::store::find_or_add(
         &state.db,
         &state.master_key,
         &state.settings,
@@ -161,8 +157,7 @@ pub async fn update_settings(
     Json(input): Json<SettingsInput>,
 ) -> Result<Json<SmtpSettings>, ApiError> {
     let domain = domain_of(&caller, &param)?;
-    let policy = Policy::from_settings(&state.settings)?;
-    let valid = validate(input, &domain, &policy)?;
+    let valid = validate(input, &domain, &state.destination_policy)?;
     let row = load(&state, &caller, &domain).await?;
     refuse_if_active_elsewhere(&state, &caller, &domain).await?;
     // The stored password is never shown, so it goes nowhere it was not meant for.
@@ -221,7 +216,7 @@ pub async fn test_settings(
 ) -> Result<Json<TestReport>, ApiError> {
     let domain = domain_of(&caller, &param)?;
     let row = load(&state, &caller, &domain).await?;
-    let mut limits = Limits::tenant(&state.settings)?;
+    let mut limits = Limits::tenant(&state.settings, &state.destination_policy);
     limits.timeout = limits.timeout.min(Duration::from_secs(10));
     let target = row.target(&state.master_key, limits)?;
     let steps = probe(&target).await;

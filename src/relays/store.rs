@@ -206,20 +206,3 @@ pub async fn relay_for(
         None => Ok(None),
     }
 }
-
-/// Whether `domain` is active in an account other than `account_id`: its settings there
-/// would never carry mail, and the name is the other account's.
-pub async fn active_elsewhere(
-    db: &Db,
-    account_id: &str,
-    domain: &DomainName,
-) -> sqlx::Result<bool> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM domains WHERE name = $1 AND status = 'active' AND account_id <> $2",
-    )
-    .bind(domain.as_str())
-    .bind(account_id)
-    .fetch_optional(&db.pool)
-    .await?;
-    Ok(found.is_some())
-}

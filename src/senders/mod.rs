@@ -6,6 +6,8 @@ mod pages;
 mod routes;
 pub mod store;
 
+pub use routes::effective_from;
+
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 

@@ -52,7 +52,10 @@ async fn load_or_404(
         .ok_or_else(|| ApiError::not_found("sender address"))
 }
 
-async fn effective_from(
+/// The From of mail of the account (of its entity `entity_id` when given): its verified
+/// sender, else the system's. Looked up before a transaction: inside one, waiting for
+/// another pooled connection while SQLite's write lock is held could starve the pool.
+pub async fn effective_from(
     state: &AppState,
     account_id: &str,
     entity_id: Option<&str>,

@@ -207,6 +207,14 @@ async fn a_tenant_cannot_hijack_the_systems_mail(engine: Engine) {
         let error = error_code(refused, 409).await;
         assert_eq!(error["code"], "domain_taken", "{method}: {error}");
     }
+    // Nor can the attacker build a sender address on its pending copy of the name.
+    let sender = app
+        .with_key(&attacker.api_key, Method::POST, "/v1/email-address")
+        .json(&json!({"email": "billing@victim.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(sender, 409).await["code"], "domain_taken");
     // Mail From the name in the attacker's account (were it ever queued) goes neither
     // through the attacker's relay nor signed with the victim's key.
     queue_as(
