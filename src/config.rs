@@ -16,6 +16,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; default: `{data_dir}/mailroom.db`.
     pub database_url: Option<Secret>,
+    /// The group (name or number) whose members may read the SQLite database: the mail
+    /// servers' lookups. Unset: the file is mailroom's user's alone.
+    pub database_group: Option<String>,
     /// The base of links in emails; never taken from a request's Host header.
     pub public_url: Option<String>,
     /// A tracing filter such as `info` or `mailroom=debug,info`.
@@ -98,6 +101,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("mailroom-data"),
             database_url: None,
+            database_group: None,
             public_url: None,
             log: "info".to_string(),
             secret_key: None,

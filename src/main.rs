@@ -71,6 +71,12 @@ enum AdminCommand {
         #[arg(long)]
         account: Option<String>,
     },
+    /// On the mail host: remove the Maildirs of deleted mailboxes under MAILROOM_VMAIL_ROOT.
+    PurgeMaildirs {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[tokio::main]
@@ -138,6 +144,28 @@ async fn main() -> anyhow::Result<()> {
         Command::Admin {
             command: AdminCommand::SuspendDomain { domain, account },
         } => set_domain_status(&settings, &domain, account, DomainStatus::Suspended).await,
+        Command::Admin {
+            command: AdminCommand::PurgeMaildirs { dry_run },
+        } => {
+            let db = open_db(&settings).await?;
+            let root = std::path::Path::new(&settings.vmail_root);
+            let purged = mailroom::mailboxes::maildirs::purge(&db, root, dry_run).await?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for maildir in &purged {
+                let note = if maildir.existed {
+                    ""
+                } else {
+                    " (nothing on disk)"
+                };
+                println!(
+                    "{verb} {} of {}{note}",
+                    maildir.path.display(),
+                    maildir.address
+                );
+            }
+            println!("{} deleted mailboxes' Maildirs", purged.len());
+            Ok(())
+        }
     }
 }
 
@@ -179,6 +207,9 @@ async fn set_domain_status(
 
 async fn open_db(settings: &Settings) -> anyhow::Result<Db> {
     let db = Db::connect(&settings.database_url()).await?;
+    if let Some(group) = &settings.database_group {
+        mailroom::store::share_with_group(&settings.database_url(), group)?;
+    }
     db.migrate().await.context("cannot migrate the database")?;
     Ok(db)
 }

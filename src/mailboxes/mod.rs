@@ -1,6 +1,7 @@
 //! Mailboxes on managed domains (spec 003), served by Dovecot and Postfix through the
 //! directory views of the schema.
 
+pub mod maildirs;
 pub mod model;
 mod routes;
 pub mod store;

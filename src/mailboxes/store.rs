@@ -125,6 +125,14 @@ pub async fn insert(db: &Db, new: NewMailbox<'_>) -> sqlx::Result<i64> {
     .bind(now)
     .fetch_one(&mut *tx)
     .await?;
+    // The id is in the path, so that a mailbox made again at this address starts empty.
+    sqlx::query(
+        "UPDATE mailboxes SET maildir = (SELECT name FROM domains WHERE id = domain_id) \
+         || '/' || local_part || '@' || id WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(id)
 }
@@ -152,10 +160,19 @@ pub async fn update(
     Ok(())
 }
 
-/// Deletes a mailbox; when it was its user's default, their oldest other one becomes
-/// default. Answers whether it existed.
+/// Deletes a mailbox, and lists its Maildir for purging; when it was its user's default,
+/// their oldest other one becomes default. Answers whether it existed.
 pub async fn delete(db: &Db, mailbox: &Mailbox, account_id: &str) -> sqlx::Result<bool> {
     let mut tx = db.begin().await?;
+    sqlx::query(
+        "INSERT INTO deleted_maildirs (mailbox_id, address, maildir, deleted_at) \
+         SELECT id, address, maildir, $3 FROM mailboxes WHERE id = $1 AND account_id = $2",
+    )
+    .bind(mailbox.id)
+    .bind(account_id)
+    .bind(db.now().0)
+    .execute(&mut *tx)
+    .await?;
     let deleted = sqlx::query("DELETE FROM mailboxes WHERE id = $1 AND account_id = $2")
         .bind(mailbox.id)
         .bind(account_id)

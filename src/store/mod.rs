@@ -9,7 +9,7 @@ pub mod secrets;
 
 pub use clock::{Clock, Timestamp};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,6 +197,62 @@ fn create_private(path: &Path) -> anyhow::Result<()> {
         let _ = path;
         Ok(())
     }
+}
+
+/// Lets the members of `group` read a SQLite database (the mail servers' lookups, which
+/// run as their own users): the file and its `-wal` and `-shm` become mode 0640 in that
+/// group, and their folder 2750, so that the `-wal` and `-shm` files SQLite makes again
+/// later inherit the group (and take the file's mode). PostgreSQL has roles instead.
+pub fn share_with_group(url: &str, group: &str) -> anyhow::Result<()> {
+    let (Engine::Sqlite, url) = engine_url(url)? else {
+        return Ok(());
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let gid = group_id(group)?;
+        let path = url
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:");
+        let path = Path::new(path.split('?').next().unwrap_or_default());
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let share = |path: &Path, mode: u32| -> anyhow::Result<()> {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .and_then(|()| {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                })
+                .with_context(|| format!("cannot give {} to group {group}", path.display()))
+        };
+        share(folder, 0o2750)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            if file.exists() {
+                share(&file, 0o640)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A group's id, from its number or its name in /etc/group.
+#[cfg(unix)]
+fn group_id(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
+    groups
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next() == Some(group))
+                .then(|| fields.nth(1)?.parse().ok())
+                .flatten()
+        })
+        .with_context(|| format!("MAILROOM_DATABASE_GROUP: no group {group}"))
 }
 
 /// The URL with any password replaced, fit for logs and error messages.

@@ -6,7 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::both_engines;
-use crate::helpers::{Engine, ServerProcess, error_code, fresh_database_url, key_in, spawn_app};
+use crate::helpers::{
+    Engine, ServerProcess, error_code, fresh_database_url, key_in, spawn_app, spawn_app_with,
+};
 
 both_engines!(
     the_first_start_prints_a_working_key_once,
@@ -15,6 +17,7 @@ both_engines!(
     the_operator_activates_and_suspends_domains,
     send_test_email_reports_what_the_relay_said,
     create_api_key_lets_a_locked_out_account_back_in,
+    an_address_made_again_starts_empty_and_the_old_maildir_is_purged,
 );
 
 async fn the_first_start_prints_a_working_key_once(engine: Engine) {
@@ -294,4 +297,89 @@ async fn create_api_key_lets_a_locked_out_account_back_in(engine: Engine) {
     );
     assert_eq!(keys["data"][0]["created_by"], "cli");
     assert!(!create("acc_000000000000000000000000").status.success());
+}
+
+async fn an_address_made_again_starts_empty_and_the_old_maildir_is_purged(engine: Engine) {
+    let vmail = tempfile::tempdir().unwrap();
+    let root = vmail.path().to_path_buf();
+    let app = spawn_app_with(engine, |s| s.vmail_root = root.display().to_string()).await;
+    app.active_domain("customer.com").await;
+    let home = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT home FROM dovecot_users WHERE \"user\" = 'support@customer.com'",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+    };
+    let delete = |id: i64| {
+        app.api(reqwest::Method::POST, "/v2/email-accounts/delete")
+            .json(&serde_json::json!({"id": id}))
+    };
+    let create = || {
+        app.create_mailbox(serde_json::json!({"domain": "customer.com", "local_part": "support"}))
+    };
+
+    let first = create().await["account"]["id"].as_i64().unwrap();
+    let first_home = std::path::PathBuf::from(home().await);
+    assert_eq!(
+        first_home,
+        root.join(format!("customer.com/support@{first}"))
+    );
+    // What the mail server stored for the first owner.
+    std::fs::create_dir_all(first_home.join("Maildir/cur")).unwrap();
+    std::fs::write(first_home.join("Maildir/cur/1.eml"), "Subject: private").unwrap();
+    // Another of the domain's mailboxes, deleted without ever receiving mail.
+    let other = app
+        .create_mailbox(serde_json::json!({"domain": "customer.com", "local_part": "sales"}))
+        .await["account"]["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(delete(other).send().await.unwrap().status(), 200);
+    assert_eq!(delete(first).send().await.unwrap().status(), 200);
+
+    let second = create().await["account"]["id"].as_i64().unwrap();
+    let second_home = std::path::PathBuf::from(home().await);
+    assert_eq!(
+        second_home,
+        root.join(format!("customer.com/support@{second}"))
+    );
+    assert_ne!(
+        second_home, first_home,
+        "a new owner never opens the old mail"
+    );
+    std::fs::create_dir_all(second_home.join("Maildir/new")).unwrap();
+
+    let purge = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+            .args(["admin", "purge-maildirs"])
+            .args(args)
+            .current_dir(app.dir.path())
+            .env("MAILROOM_DATABASE_URL", app.settings.database_url())
+            .env("MAILROOM_VMAIL_ROOT", &root)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let listed = purge(&["--dry-run"]);
+    assert!(
+        listed.contains(&format!("would remove {}", first_home.display())),
+        "{listed}"
+    );
+    assert!(first_home.exists(), "a dry run removes nothing");
+
+    let removed = purge(&[]);
+    assert!(removed.contains("2 deleted mailboxes"), "{removed}");
+    assert!(
+        removed.contains("sales@customer.com (nothing on disk)"),
+        "{removed}"
+    );
+    assert!(!first_home.exists(), "the deleted mailbox's mail is gone");
+    assert!(
+        second_home.join("Maildir/new").exists(),
+        "the live one is untouched"
+    );
+    assert!(purge(&[]).contains("0 deleted mailboxes"), "purged once");
 }

@@ -65,6 +65,56 @@ fn secret_files_are_created_private_whatever_the_umask() {
     drop(server);
 }
 
+/// The mail servers' lookups run as their own users: the group the operator names may read
+/// the database, and the files SQLite makes again later stay in it.
+#[test]
+fn the_database_group_may_read_the_database_and_no_one_else() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = test_dir();
+    let data = dir.path().join("data");
+    let database = format!("sqlite://{}", data.join("mailroom.db").display());
+    // Debian's `mail` group; any group but root's would do.
+    let env = [
+        ("MAILROOM_DATA_DIR", data.to_str().unwrap()),
+        ("MAILROOM_DATABASE_GROUP", "mail"),
+    ];
+    let server = ServerProcess::serve_after("umask 000", &dir, &database, &env);
+    let metadata = |path: &Path| std::fs::metadata(path).unwrap();
+    assert_eq!(metadata(&data).mode() & 0o7777, 0o2750);
+    assert_eq!(metadata(&data).gid(), 8);
+    for file in ["mailroom.db", "mailroom.db-wal", "mailroom.db-shm"] {
+        let found = metadata(&data.join(file));
+        assert_eq!(
+            found.mode() & 0o777,
+            0o640,
+            "{file} is {:o}",
+            found.mode() & 0o777
+        );
+        assert_eq!(found.gid(), 8, "{file}");
+    }
+    assert_eq!(
+        mode(&data.join("secret.key")),
+        0o600,
+        "the key stays private"
+    );
+    drop(server);
+
+    let unknown = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env("MAILROOM_DATA_DIR", &data)
+        .env("MAILROOM_DATABASE_URL", &database)
+        .env("MAILROOM_DATABASE_GROUP", "no-such-group")
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no group no-such-group"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+}
+
 async fn resending_to_a_verified_address_is_409_before_any_429(engine: Engine) {
     let dns = TestDns::start().await;
     let (app, relay) = spawn_app_with_relay(engine, |s| {
