@@ -12,12 +12,13 @@ use tokio::net::TcpListener;
 
 use crate::config::Settings;
 use crate::dns::DnsResolver;
-use crate::dns::server::{DnsServer, Records};
+use crate::dns::server::{DnsServer, Published, Records};
 use crate::http::server::Limits;
 use crate::mail::destination::Policy;
 use crate::mail::port::{Directory, SigningKey};
 use crate::mail::transport::{self, SmtpTarget};
 use crate::mail::worker::Delivery;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::Db;
 use crate::store::crypto::MasterKey;
@@ -29,6 +30,8 @@ pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
     dns: Option<DnsServer>,
+    /// Where `GET /metrics` is served, apart from the API, when asked for.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     delivery: Delivery,
 }
@@ -50,8 +53,33 @@ impl Application {
         let master_key = MasterKey::load(settings)?;
         // A mistake in the relay policy stops the start, rather than every delivery.
         let destination_policy = Arc::new(Policy::from_settings(settings)?);
+        // So does a mistake in the system relay's settings.
+        SmtpTarget::system(settings)?;
+        // Likewise an SPF record that would break every tenant's SPF.
+        let spf = crate::dns::spf::published(settings).map_err(anyhow::Error::msg)?;
+        if let Some(address) = &settings.dmarc_rua {
+            let zone = settings
+                .dkim_zone
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            let domain = address.domain().to_string();
+            if domain == zone || domain.ends_with(&format!(".{zone}")) {
+                anyhow::bail!(
+                    "MAILROOM_DMARC_RUA ({address}) is in mailroom's zone, which receives no mail"
+                );
+            }
+        }
+        let metrics_listener = match settings.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {address}"))?,
+            ),
+            None => None,
+        };
+        let metrics = Metrics::new();
         let settings = Arc::new(settings.clone());
-        let delivery = delivery(&settings, &db, &master_key, &destination_policy);
+        let delivery = delivery(&settings, &db, &master_key, &destination_policy, &metrics);
         let state = AppState {
             db: db.clone(),
             public_url: Arc::from(settings.public_url(address)),
@@ -61,13 +89,24 @@ impl Application {
             api_keys: Arc::default(),
             settings,
             destination_policy,
+            metrics,
         };
         let dns = match state.settings.dns_listen {
             Some(address) => {
                 let records = Box::new(PublishedKeys { db });
                 let zone = &state.settings.dkim_zone;
                 let rate_limit = state.settings.dns_rate_limit;
-                Some(DnsServer::start(address, zone, records, rate_limit).await?)
+                let ns_addresses = state.settings.dns_ns_addresses.clone();
+                if ns_addresses.is_empty() {
+                    tracing::warn!(
+                        "MAILROOM_DNS_NS_ADDRESSES is unset: ns.{zone}, the zone's name server, has no address"
+                    );
+                }
+                let published = Published { spf, ns_addresses };
+                let metrics = state.metrics.clone();
+                let server =
+                    DnsServer::start(address, zone, records, rate_limit, published, metrics);
+                Some(server.await?)
             }
             None => None,
         };
@@ -75,6 +114,7 @@ impl Application {
             listener,
             address,
             dns,
+            metrics_listener,
             state,
             delivery,
         })
@@ -89,6 +129,12 @@ impl Application {
         self.dns.as_ref().map(|dns| dns.address)
     }
 
+    /// Where `GET /metrics` answers, when it is served.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        let listener = self.metrics_listener.as_ref()?;
+        listener.local_addr().ok()
+    }
+
     pub fn db(&self) -> &Db {
         &self.state.db
     }
@@ -101,7 +147,12 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let verifier = tokio::spawn(domains::checker(&self.state).run(stopped.clone()));
-        let delivery = tokio::spawn(self.delivery.run(stopped));
+        let delivery = tokio::spawn(self.delivery.run(stopped.clone()));
+        let metrics = self.metrics_listener.map(|listener| {
+            let router =
+                crate::http::metrics::router(self.state.db.clone(), self.state.metrics.clone());
+            tokio::spawn(serve_metrics(listener, router, stopped))
+        });
 
         let settings = &self.state.settings;
         let limits = Limits {
@@ -116,12 +167,36 @@ impl Application {
         let _ = stop.send(true);
         let _ = verifier.await;
         let _ = delivery.await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         if let Some(dns) = self.dns {
             dns.shutdown().await;
         }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Serves the metrics listener until `stop` changes. A scrape is small and quick: few
+/// connections, and short timeouts for those that send nothing.
+async fn serve_metrics(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "serving metrics");
+    }
+    let limits = Limits {
+        max_connections: 16,
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(10),
+    };
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    crate::http::server::serve(listener, router, limits, stopped).await;
 }
 
 /// File descriptors kept free of connections, for the database, DNS, SMTP and logs.
@@ -172,6 +247,7 @@ pub fn delivery(
     db: &Db,
     master_key: &MasterKey,
     destination_policy: &Arc<Policy>,
+    metrics: &Metrics,
 ) -> Delivery {
     Delivery {
         db: db.clone(),
@@ -183,6 +259,7 @@ pub fn delivery(
             relay_limits: transport::Limits::tenant(settings, destination_policy),
         }),
         wakeup: Arc::default(),
+        metrics: metrics.clone(),
     }
 }
 

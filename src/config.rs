@@ -1,11 +1,15 @@
 //! Typed settings: defaults < `mailroom.toml` < `MAILROOM_*` environment variables.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
+
+use crate::types::HelloName;
+
+use crate::types::EmailAddress;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -36,13 +40,37 @@ pub struct Settings {
     /// Seconds before the first background check of a pending domain (doubling after).
     #[serde(deserialize_with = "number")]
     pub dns_check_interval: u64,
-    /// The domain the advisory SPF record includes.
+    /// The name the advised SPF record includes; default: `spf.{dkim_zone}`, which
+    /// mailroom's DNS server answers from `spf_ips` and `spf_upstream`. A name outside the
+    /// zone is the operator's to publish.
     pub spf_include: Option<String>,
+    /// Addresses or networks mail leaves from (`192.0.2.10`, `2001:db8::/48`;
+    /// comma-separated), published as `ip4:`/`ip6:` in the SPF record at `spf_include`.
+    #[serde(deserialize_with = "string_list")]
+    pub spf_ips: Vec<String>,
+    /// Domains whose SPF records the record at `spf_include` includes (an upstream relay
+    /// provider's, such as `_spf.relay.example`; comma-separated).
+    #[serde(deserialize_with = "string_list")]
+    pub spf_upstream: Vec<String>,
+    /// The address the advised DMARC record sends aggregate reports to; none when unset.
+    #[serde(deserialize_with = "report_address")]
+    pub dmarc_rua: Option<EmailAddress>,
+    /// The addresses `ns.{dkim_zone}` answers (comma-separated): the addresses mailroom's
+    /// DNS server is reached at, and the glue the parent zone delegates with.
+    #[serde(deserialize_with = "ip_list")]
+    pub dns_ns_addresses: Vec<IpAddr>,
     /// The host the advisory MX record names; no MX record is advised when unset.
     pub mx_host: Option<String>,
-    /// The system relay (`smtp://user:pass@host:port?tls=starttls|none`, `smtps://…`);
-    /// without it, mail with no relay of its own is written to `{data_dir}/mail/`.
+    /// The system relay (`smtp://user:pass@host:port?tls=starttls|none`, `smtps://…`,
+    /// `&verify=false` to accept any certificate); without it, mail with no relay of its
+    /// own is written to `{data_dir}/mail/`.
     pub smtp_url: Option<Secret>,
+    /// PEM certificates of authorities the system relay's certificate may chain to,
+    /// besides the system's (a private CA, or the relay's own self-signed certificate).
+    pub smtp_ca_file: Option<PathBuf>,
+    /// The name mailroom gives in EHLO (a domain name or an address literal); default:
+    /// the host of `public_url`, else the machine's fully qualified name.
+    pub ehlo_name: Option<HelloName>,
     /// The From of mail that has no sender of its own.
     pub mail_from: String,
     /// Seconds an SMTP conversation may take before it counts as a temporary failure.
@@ -93,6 +121,9 @@ pub struct Settings {
     /// over TCP. 0: no limit.
     #[serde(deserialize_with = "number")]
     pub dns_rate_limit: u64,
+    /// Where `GET /metrics` (Prometheus text, unauthenticated) is served, apart from the
+    /// API; off when unset. Only the operator's monitoring should reach it.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -110,8 +141,14 @@ impl Default for Settings {
             dns_nameservers: Vec::new(),
             dns_check_interval: 300,
             spf_include: None,
+            spf_ips: Vec::new(),
+            spf_upstream: Vec::new(),
+            dmarc_rua: None,
+            dns_ns_addresses: Vec::new(),
             mx_host: None,
             smtp_url: None,
+            smtp_ca_file: None,
+            ehlo_name: None,
             mail_from: "noreply@mailroom.test".to_string(),
             smtp_timeout: 60,
             smtp_connect_timeout: 10,
@@ -127,6 +164,7 @@ impl Default for Settings {
             max_domains_per_account: 100,
             keygen_queue: 16,
             dns_rate_limit: 20,
+            metrics_listen: None,
         }
     }
 }
@@ -177,10 +215,19 @@ impl Settings {
         }
     }
 
-    pub fn spf_include(&self) -> String {
-        self.spf_include
-            .clone()
-            .unwrap_or_else(|| format!("spf.{}", self.dkim_zone))
+    /// The name tenants' SPF records should include, when there is one that authorises
+    /// something: `spf_include` as set, else `spf.{dkim_zone}` once `spf_ips` or
+    /// `spf_upstream` give it content. An include of an empty or missing record would
+    /// break the tenant's SPF, so without either nothing is advised.
+    pub fn spf_include(&self) -> Option<String> {
+        match &self.spf_include {
+            Some(name) => Some(name.trim().trim_end_matches('.').to_ascii_lowercase()),
+            None if self.spf_ips.is_empty() && self.spf_upstream.is_empty() => None,
+            None => Some(format!(
+                "spf.{}",
+                self.dkim_zone.trim_end_matches('.').to_ascii_lowercase()
+            )),
+        }
     }
 
     pub fn public_url(&self, bound: SocketAddr) -> String {
@@ -220,6 +267,39 @@ fn socket_list<'de, D: serde::Deserializer<'de>>(
             })
         })
         .collect()
+}
+
+/// IP addresses, as a TOML array or comma-separated text.
+fn ip_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpAddr>, D::Error> {
+    string_list(deserializer)?
+        .iter()
+        .map(|item| {
+            item.parse()
+                .map_err(|_| serde::de::Error::custom(format!("`{item}` is not an IP address")))
+        })
+        .collect()
+}
+
+/// An address that can stand in a DMARC `rua=mailto:` URI as it is: `,` `!` `;` and `%`
+/// mean something there, so the local part keeps to letters, digits and `.` `_` `+` `-`.
+fn report_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<EmailAddress>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let address = EmailAddress::parse(&text).map_err(serde::de::Error::custom)?;
+    if !address
+        .local()
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+    {
+        return Err(serde::de::Error::custom(format!(
+            "`{address}`: a report address may hold only letters, digits and . _ + - before the @"
+        )));
+    }
+    Ok(Some(address))
 }
 
 /// Words, as a TOML array or comma-separated text.
@@ -342,6 +422,35 @@ mod tests {
         let error =
             Settings::load(None, env(&[("MAILROOM_DNS_CHECK_INTERVAL", "soon")])).unwrap_err();
         assert!(format!("{error:#}").contains("soon"), "{error:#}");
+    }
+
+    #[test]
+    fn report_and_name_server_addresses_are_parsed() {
+        let loaded = Settings::load(
+            None,
+            env(&[
+                ("MAILROOM_DMARC_RUA", "dmarc-reports@Operator.Example"),
+                ("MAILROOM_DNS_NS_ADDRESSES", "192.0.2.53, 2001:db8::53"),
+            ]),
+        )
+        .unwrap();
+        let rua = loaded.settings.dmarc_rua.unwrap();
+        assert_eq!(rua.to_string(), "dmarc-reports@operator.example");
+        assert_eq!(loaded.settings.dns_ns_addresses.len(), 2);
+        // What would change the meaning of a DMARC record or its URI list is refused.
+        for rua in [
+            "a;p=reject@x.example",
+            "a,b@x.example",
+            "a!10m@x.example",
+            "a%b@x.example",
+            "nobody",
+        ] {
+            let error = Settings::load(None, env(&[("MAILROOM_DMARC_RUA", rua)])).unwrap_err();
+            assert!(format!("{error:#}").contains("invalid"), "{rua}: {error:#}");
+        }
+        let error =
+            Settings::load(None, env(&[("MAILROOM_DNS_NS_ADDRESSES", "ns.example")])).unwrap_err();
+        assert!(format!("{error:#}").contains("ns.example"), "{error:#}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Floors, top to bottom; a module imports only from floors below it:
 //! `app` (composition root) > `router` > the resources (`tenancy`, `users`,
 //! `invitations`, `domains`, `mailboxes`, `senders`, `relays`, `messages`) > `http` >
-//! `state` > `mail`, `dns`, `identity` > `types`, `store`, `config`.
+//! `state` > `mail`, `dns`, `identity` > `types`, `store`, `config`, `metrics`.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -16,6 +16,7 @@ pub mod invitations;
 pub mod mail;
 pub mod mailboxes;
 pub mod messages;
+pub mod metrics;
 pub mod relays;
 pub mod router;
 pub mod senders;

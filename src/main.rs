@@ -181,6 +181,7 @@ async fn send_test_email(settings: &Settings, to: &str) -> anyhow::Result<()> {
         &db,
         &master_key,
         &policy,
+        &mailroom::metrics::Metrics::new(),
     );
     let (transport, outcome) = delivery.send_test_email(&to).await?;
     match outcome {

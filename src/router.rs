@@ -63,6 +63,10 @@ pub fn router(state: AppState) -> axum::Router {
         )
         .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
         .layer(middleware::map_response(nosniff))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            http::metrics::count_requests,
+        ))
         .with_state(state)
 }
 

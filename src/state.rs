@@ -7,6 +7,7 @@ use crate::config::Settings;
 use crate::dns::DnsResolver;
 use crate::identity::KeyCache;
 use crate::mail::destination::Policy;
+use crate::metrics::Metrics;
 use crate::store::Db;
 use crate::store::crypto::MasterKey;
 
@@ -23,6 +24,8 @@ pub struct AppState {
     pub api_keys: Arc<KeyCache>,
     /// Where tenants' relays may connect, parsed once at start.
     pub destination_policy: Arc<Policy>,
+    /// This app's counters, which `/metrics` on the metrics listener shows.
+    pub metrics: Metrics,
 }
 
 impl AppState {

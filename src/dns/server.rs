@@ -1,21 +1,25 @@
 //! mailroom's authoritative DNS server for the DKIM zone: the TXT record of every domain's
 //! keys at `{token}.{zone}`, asked of the `Records` it is given on each query so that a
-//! new or rotated key is published at once.
+//! new or rotated key is published at once; and what the settings fix: SOA and NS, the
+//! name server's addresses, the SPF record tenants include.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_server::proto::rr::rdata::{NS, SOA, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA, TXT};
 use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 
 use super::rate_limit::RateLimit;
+use super::spf::{SpfRecord, character_strings};
+use crate::metrics::Metrics;
 
 const TTL: u32 = 300;
 
@@ -26,6 +30,15 @@ pub trait Records: Send + Sync + 'static {
     async fn txt(&self, label: &str) -> anyhow::Result<Option<String>>;
 }
 
+/// What the operator's settings publish in the zone besides the keys.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// The SPF record tenants include, when its name is in the zone.
+    pub spf: Option<SpfRecord>,
+    /// The addresses of `ns.{zone}`, the name server the zone names.
+    pub ns_addresses: Vec<IpAddr>,
+}
+
 /// A running DNS server; `shutdown` stops it.
 pub struct DnsServer {
     server: hickory_server::Server<DkimZone>,
@@ -34,16 +47,25 @@ pub struct DnsServer {
 
 impl DnsServer {
     /// Answers on UDP and TCP at `address` for `zone`, over UDP at most `rate_limit`
-    /// answers a second to one source network (0: no limit).
+    /// answers a second to one source network (0: no limit); counts its answers in
+    /// `metrics`.
     pub async fn start(
         address: SocketAddr,
         zone: &str,
         records: Box<dyn Records>,
         rate_limit: u64,
+        published: Published,
+        metrics: Metrics,
     ) -> anyhow::Result<DnsServer> {
         let (udp, tcp) = bind_both(address).await?;
         let address = udp.local_addr()?;
-        let handler = DkimZone::new(zone, records, RateLimit::new(rate_limit))?;
+        let handler = DkimZone::new(
+            zone,
+            records,
+            RateLimit::new(rate_limit),
+            &published,
+            metrics,
+        )?;
         let mut server = hickory_server::Server::new(handler);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
@@ -82,8 +104,11 @@ pub struct DkimZone {
     /// Lowercase, without the trailing dot.
     zone: String,
     soa: Record,
-    ns: Record,
+    /// What the settings fix, by lowercase owner name: the apex's SOA and NS, the name
+    /// server's addresses, the SPF record.
+    fixed: HashMap<String, Vec<Record>>,
     udp_answers: RateLimit,
+    metrics: Metrics,
 }
 
 impl DkimZone {
@@ -91,6 +116,8 @@ impl DkimZone {
         zone: &str,
         records: Box<dyn Records>,
         udp_answers: RateLimit,
+        published: &Published,
+        metrics: Metrics,
     ) -> anyhow::Result<DkimZone> {
         let zone = zone.trim_end_matches('.').to_ascii_lowercase();
         let origin = Name::from_ascii(format!("{zone}."))?;
@@ -104,32 +131,60 @@ impl DkimZone {
             604_800,
             TTL,
         );
+        let soa = Record::from_rdata(origin.clone(), TTL, RData::SOA(soa));
+        let ns = Record::from_rdata(origin, TTL, RData::NS(NS(nameserver.clone())));
+        let mut fixed: HashMap<String, Vec<Record>> = HashMap::new();
+        fixed.insert(zone.clone(), vec![soa.clone(), ns]);
+        // The name server exists even without addresses: the NS record names it.
+        let addresses = published.ns_addresses.iter().map(|address| {
+            let data = match address {
+                IpAddr::V4(v4) => RData::A(A(*v4)),
+                IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+            };
+            Record::from_rdata(nameserver.clone(), TTL, data)
+        });
+        fixed
+            .entry(format!("ns.{zone}"))
+            .or_default()
+            .extend(addresses);
+        if let Some(spf) = &published.spf {
+            let name = spf.name.trim_end_matches('.').to_ascii_lowercase();
+            if name == zone || name.ends_with(&format!(".{zone}")) {
+                let owner = Name::from_ascii(format!("{name}."))?;
+                fixed.entry(name).or_default().push(txt(owner, &spf.value));
+            }
+        }
         Ok(DkimZone {
             records,
             zone,
-            soa: Record::from_rdata(origin.clone(), TTL, RData::SOA(soa)),
-            ns: Record::from_rdata(origin, TTL, RData::NS(NS(nameserver))),
+            soa,
+            fixed,
             udp_answers,
+            metrics,
         })
     }
 
     /// The response code and answers for one question.
     async fn answer(&self, name: &str, record_type: RecordType) -> (ResponseCode, Vec<Record>) {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if name == self.zone {
-            let answer = match record_type {
-                RecordType::SOA => vec![self.soa.clone()],
-                RecordType::NS => vec![self.ns.clone()],
-                _ => vec![],
-            };
+        if name != self.zone && !name.ends_with(&format!(".{}", self.zone)) {
+            return (ResponseCode::Refused, vec![]);
+        }
+        if let Some(records) = self.fixed.get(&name) {
+            let answer = records
+                .iter()
+                .filter(|record| record.record_type() == record_type)
+                .cloned()
+                .collect();
             return (ResponseCode::NoError, answer);
         }
-        let Some(label) = name
-            .strip_suffix(&self.zone)
-            .and_then(|rest| rest.strip_suffix('.'))
-        else {
-            return (ResponseCode::Refused, vec![]);
-        };
+        // A name between the apex and a fixed name (`b.{zone}` of `a.b.{zone}`) exists
+        // without records (RFC 8020).
+        let below = format!(".{name}");
+        if self.fixed.keys().any(|fixed| fixed.ends_with(&below)) {
+            return (ResponseCode::NoError, vec![]);
+        }
+        let label = &name[..name.len() - self.zone.len() - 1];
         if label.contains('.') {
             return (ResponseCode::NXDomain, vec![]);
         }
@@ -144,14 +199,7 @@ impl DkimZone {
                 let Ok(owner) = Name::from_ascii(format!("{name}.")) else {
                     return (ResponseCode::FormErr, vec![]);
                 };
-                // One DNS character-string holds at most 255 bytes.
-                let strings = value
-                    .as_bytes()
-                    .chunks(255)
-                    .map(|chunk| String::from_utf8_lossy(chunk).into_owned())
-                    .collect();
-                let record = Record::from_rdata(owner, TTL, RData::TXT(TXT::new(strings)));
-                (ResponseCode::NoError, vec![record])
+                (ResponseCode::NoError, vec![txt(owner, &value)])
             }
         }
     }
@@ -160,6 +208,19 @@ impl DkimZone {
 #[async_trait::async_trait]
 impl RequestHandler for DkimZone {
     async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        let sent = self.respond(request, response_handle).await;
+        self.metrics.dns_query(sent.response_code.into());
+        sent
+    }
+}
+
+impl DkimZone {
+    /// Answers one request; answers what was sent.
+    async fn respond<R: ResponseHandler>(
         &self,
         request: &Request,
         mut response_handle: R,
@@ -225,6 +286,10 @@ impl RequestHandler for DkimZone {
             }
         }
     }
+}
+
+fn txt(owner: Name, value: &str) -> Record {
+    Record::from_rdata(owner, TTL, RData::TXT(TXT::new(character_strings(value))))
 }
 
 fn answer_size(record: &Record) -> usize {

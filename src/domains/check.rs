@@ -12,6 +12,7 @@ use super::records::{self, Found, Purpose, RecordStatus, Wanted};
 use super::store;
 use crate::config::Settings;
 use crate::dns::{Answer, DnsResolver};
+use crate::metrics::{DomainCheck, Metrics};
 use crate::store::Db;
 use crate::store::groups::run_in_groups;
 
@@ -106,6 +107,7 @@ pub struct Checker {
     pub db: Db,
     pub resolver: DnsResolver,
     pub settings: Arc<Settings>,
+    pub metrics: Metrics,
 }
 
 impl Checker {
@@ -131,6 +133,11 @@ impl Checker {
         let wanted = records::wanted(&due.name, &due.tokens, &self.settings);
         let found = look_up_all(&self.resolver, &due.name, &wanted).await;
         let outcome = outcome(&wanted, &found, &due.name, &self.settings);
+        self.metrics.domain_check(match outcome {
+            Outcome::Proven => DomainCheck::Proven,
+            Outcome::Disproven => DomainCheck::Disproven,
+            Outcome::Inconclusive => DomainCheck::Inconclusive,
+        });
         let now = self.db.now().0;
         let interval_ms = self.interval_ms();
         let (mut after, mut reason) = decide(&due.before, outcome, now, interval_ms);

@@ -18,6 +18,7 @@ pub fn checker(state: &AppState) -> check::Checker {
         db: state.db.clone(),
         resolver: state.resolver.clone(),
         settings: state.settings.clone(),
+        metrics: state.metrics.clone(),
     }
 }
 

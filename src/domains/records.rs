@@ -84,18 +84,27 @@ pub fn dkim_cnames(domain: &str, tokens: &[String], settings: &Settings) -> Vec<
 
 pub fn wanted(domain: &str, tokens: &[String], settings: &Settings) -> Vec<Wanted> {
     let mut records = dkim_cnames(domain, tokens, settings);
-    records.push(Wanted {
-        purpose: Purpose::Spf,
-        record_type: "TXT",
-        name: domain.to_string(),
-        value: format!("v=spf1 include:{} ~all", settings.spf_include()),
-        required: false,
-    });
+    // Only an include that authorises something is advised: one that answers nothing
+    // would make the tenant's SPF a permanent error.
+    if let Some(include) = settings.spf_include() {
+        records.push(Wanted {
+            purpose: Purpose::Spf,
+            record_type: "TXT",
+            name: domain.to_string(),
+            value: format!("v=spf1 include:{include} ~all"),
+            required: false,
+        });
+    }
+    // Reports go only to an address the operator said receives them.
+    let dmarc = match &settings.dmarc_rua {
+        Some(address) => format!("v=DMARC1; p=none; rua=mailto:{address}"),
+        None => "v=DMARC1; p=none".to_string(),
+    };
     records.push(Wanted {
         purpose: Purpose::Dmarc,
         record_type: "TXT",
         name: format!("_dmarc.{domain}"),
-        value: format!("v=DMARC1; p=none; rua=mailto:dmarc@{domain}"),
+        value: dmarc,
         required: false,
     });
     if let Some(mx_host) = &settings.mx_host {
@@ -222,7 +231,10 @@ fn judge(
             }
         }
         Purpose::Spf => {
-            let include = format!("include:{}", settings.spf_include().to_ascii_lowercase());
+            let Some(include) = settings.spf_include() else {
+                return (RecordStatus::Verified, None);
+            };
+            let include = format!("include:{include}");
             let has_include = found.values.iter().any(|v| {
                 v.to_ascii_lowercase()
                     .split_whitespace()
@@ -268,6 +280,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             dkim_zone: "dkim.example.net".into(),
+            spf_ips: vec!["192.0.2.0/24".into()],
             ..Settings::default()
         }
     }
@@ -360,5 +373,44 @@ mod tests {
             &s,
         );
         assert_eq!(two.status, RecordStatus::Mismatch);
+    }
+
+    #[test]
+    fn no_spf_record_is_advised_when_nothing_would_be_authorised() {
+        let s = Settings {
+            spf_ips: vec![],
+            ..settings()
+        };
+        let advised = wanted("customer.com", &[], &s);
+        assert!(advised.iter().all(|w| w.purpose != Purpose::Spf));
+        let s = Settings {
+            spf_include: Some("_spf.operator.example".into()),
+            ..s
+        };
+        let spf = wanted("customer.com", &[], &s).remove(0);
+        assert_eq!(spf.value, "v=spf1 include:_spf.operator.example ~all");
+    }
+
+    #[test]
+    fn dmarc_names_a_report_address_only_when_one_is_set() {
+        let s = settings();
+        let dmarc = |s: &Settings| {
+            wanted("customer.com", &[], s)
+                .into_iter()
+                .find(|w| w.purpose == Purpose::Dmarc)
+                .unwrap()
+        };
+        assert_eq!(dmarc(&s).value, "v=DMARC1; p=none");
+        assert_eq!(dmarc(&s).name, "_dmarc.customer.com");
+        let s = Settings {
+            dmarc_rua: Some(
+                crate::types::EmailAddress::parse("dmarc-reports@operator.example").unwrap(),
+            ),
+            ..s
+        };
+        assert_eq!(
+            dmarc(&s).value,
+            "v=DMARC1; p=none; rua=mailto:dmarc-reports@operator.example"
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! Shared HTTP plumbing: the error type, extractors, the auth extractor, pages, the
-//! OpenAPI helpers and the health endpoints. No resource is imported here.
+//! OpenAPI helpers, the health endpoints and the metrics listener. No resource is
+//! imported here.
 
 pub mod auth;
 mod error;
 mod extract;
 pub mod health;
+pub mod metrics;
 pub mod openapi;
 pub mod pages;
 pub mod server;

@@ -8,6 +8,7 @@ use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
 use super::templates::Rendered;
+use crate::metrics::Queue;
 use crate::store::crypto::MasterKey;
 use crate::store::{Db, Engine, Timestamp, new_id, placeholders};
 use crate::types::EmailAddress;
@@ -394,5 +395,30 @@ pub async fn depth(db: &Db) -> sqlx::Result<Depth> {
         waiting: row.try_get("depth")?,
         oldest_due: row.try_get("oldest")?,
         failed_last_hour,
+    })
+}
+
+/// The outbox at a scrape, in one query on the `outbox_due` index: messages waiting,
+/// those due now (queued and due, or left sending by an instance whose lease ran out,
+/// as `claim_due` takes them), and since when the oldest of those has been due.
+pub async fn queue(db: &Db) -> sqlx::Result<Queue> {
+    let now = db.now().0;
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS queued, \
+         COALESCE(SUM(CASE WHEN (status = 'queued' AND next_attempt_at <= $1) \
+           OR (status = 'sending' AND lease_until < $1) THEN 1 ELSE 0 END), 0) AS due, \
+         MIN(CASE WHEN status = 'queued' AND next_attempt_at <= $1 THEN next_attempt_at \
+           WHEN status = 'sending' AND lease_until < $1 THEN lease_until END) AS due_since \
+         FROM outbox WHERE status IN ('queued', 'sending')",
+    )
+    .bind(now)
+    .fetch_one(&db.pool)
+    .await?;
+    let due_since: Option<i64> = row.try_get("due_since")?;
+    let due_ms = due_since.map_or(0, |since| (now - since).max(0));
+    Ok(Queue {
+        queued: row.try_get("queued")?,
+        due: row.try_get("due")?,
+        oldest_due_age: std::time::Duration::from_millis(due_ms as u64),
     })
 }

@@ -4,21 +4,24 @@
 //! protocol's banner) is reported as "not an SMTP server", and a closed, filtered or silent
 //! port alike as "could not connect", so that a tenant's settings test is no port scanner.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, CertificateStore, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
+use rustls::{CertificateError, RootCertStore};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::destination::{self, ConnectError, Policy};
 use crate::config::Settings;
 use crate::types::text::escape_controls;
+use crate::types::{DomainName, HelloName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Security {
@@ -37,17 +40,83 @@ pub struct SmtpTarget {
     pub host: String,
     pub port: u16,
     pub security: Security,
-    pub accept_invalid_certs: bool,
+    pub trust: Trust,
     pub credentials: Option<(String, String)>,
     /// Log the dialogue (never the credentials).
     pub debug: bool,
     pub limits: Limits,
 }
 
-/// How far a conversation may go: its time limits and, for a tenant's relay, where it may
-/// connect.
+/// Which certificates a relay may present.
+#[derive(Clone)]
+pub enum Trust {
+    /// Any certificate, as nodemailer's `rejectUnauthorized: false` means: whatever its
+    /// authority, names or dates. The connection is still encrypted, to whoever answers.
+    Any,
+    /// A certificate for the relay's name, valid now, that chains to one of these
+    /// authorities.
+    Authorities(Arc<Authorities>),
+}
+
+pub struct Authorities {
+    roots: RootCertStore,
+    /// The certificates of the operator's file, each trusted as it is when a relay
+    /// presents it: `openssl req -x509` marks a self-signed certificate as an authority,
+    /// which webpki refuses to see serve as a server's own.
+    listed: Vec<CertificateDer<'static>>,
+}
+
+impl Trust {
+    /// The system's authorities, read once.
+    pub fn system() -> Trust {
+        static SYSTEM: OnceLock<Arc<Authorities>> = OnceLock::new();
+        let roots = SYSTEM.get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                tracing::warn!(%error, "cannot read a system certificate authority");
+            }
+            roots.add_parsable_certificates(found.certs);
+            Arc::new(Authorities {
+                roots,
+                listed: Vec::new(),
+            })
+        });
+        Trust::Authorities(roots.clone())
+    }
+
+    /// The system's authorities and those of a PEM file.
+    pub fn with_file(path: &Path) -> anyhow::Result<Trust> {
+        let shown = path.display();
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {shown}"))?;
+        let certificates = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{shown} is not a PEM file of certificates"))?;
+        if certificates.is_empty() {
+            anyhow::bail!("{shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----)");
+        }
+        let Trust::Authorities(system) = Trust::system() else {
+            unreachable!("the system's authorities are authorities")
+        };
+        let mut roots = system.roots.clone();
+        for certificate in &certificates {
+            roots
+                .add(certificate.clone())
+                .with_context(|| format!("{shown} holds a certificate that cannot be used"))?;
+        }
+        Ok(Trust::Authorities(Arc::new(Authorities {
+            roots,
+            listed: certificates,
+        })))
+    }
+}
+
+/// How a conversation goes: the name mailroom gives, its time limits and, for a tenant's
+/// relay, where it may connect.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// The name given in EHLO.
+    pub hello: ClientId,
     /// The whole conversation.
     pub timeout: Duration,
     /// The connection and the server's greeting (TLS included on port 465): a server that
@@ -61,6 +130,7 @@ impl Limits {
     /// The operator's relay (`MAILROOM_SMTP_URL`): it goes wherever the operator says.
     pub fn system(settings: &Settings) -> Limits {
         Limits {
+            hello: hello_name(settings),
             timeout: Duration::from_secs(settings.smtp_timeout.max(1)),
             connect_timeout: Duration::from_secs(settings.smtp_connect_timeout.max(1)),
             policy: None,
@@ -76,6 +146,48 @@ impl Limits {
     }
 }
 
+/// `MAILROOM_EHLO_NAME`, else the host of `MAILROOM_PUBLIC_URL`, else the machine's name.
+fn hello_name(settings: &Settings) -> ClientId {
+    let public_host = settings
+        .public_url
+        .as_deref()
+        .and_then(|url| url::Url::parse(url).ok())
+        .and_then(|url| url.host_str().map(str::to_string))
+        .and_then(|host| HelloName::parse(host.trim_start_matches('[').trim_end_matches(']')).ok());
+    let name = settings.ehlo_name.clone().or(public_host);
+    match name {
+        Some(HelloName::Domain(name)) => ClientId::Domain(name.to_string()),
+        Some(HelloName::Address(std::net::IpAddr::V4(address))) => ClientId::Ipv4(address),
+        Some(HelloName::Address(std::net::IpAddr::V6(address))) => ClientId::Ipv6(address),
+        None => machine_name(),
+    }
+}
+
+/// The machine's fully qualified name: its host name, with the resolver's domain when
+/// the host name has no dot. Found once.
+fn machine_name() -> ClientId {
+    static NAME: OnceLock<ClientId> = OnceLock::new();
+    NAME.get_or_init(find_machine_name).clone()
+}
+
+fn find_machine_name() -> ClientId {
+    let host = ClientId::default();
+    let ClientId::Domain(short) = &host else {
+        return host;
+    };
+    if short.contains('.') {
+        return host;
+    }
+    let domain = hickory_resolver::system_conf::read_system_conf()
+        .ok()
+        .and_then(|(config, _)| config.domain().map(|d| d.to_ascii()))
+        .map(|d| d.trim_end_matches('.').to_string());
+    match domain.and_then(|d| DomainName::parse(&format!("{short}.{d}")).ok()) {
+        Some(full) => ClientId::Domain(full.to_string()),
+        None => host,
+    }
+}
+
 impl std::fmt::Debug for SmtpTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "smtp {}:{}", self.host, self.port)
@@ -83,18 +195,51 @@ impl std::fmt::Debug for SmtpTarget {
 }
 
 impl SmtpTarget {
+    /// The system relay of the settings, its URL read with `MAILROOM_SMTP_CA_FILE`; `None`
+    /// without a URL.
+    pub fn system(settings: &Settings) -> anyhow::Result<Option<SmtpTarget>> {
+        let Some(url) = &settings.smtp_url else {
+            return Ok(None);
+        };
+        let mut target = SmtpTarget::from_url(url.expose(), Limits::system(settings))?;
+        if let Some(path) = &settings.smtp_ca_file {
+            let trust = Trust::with_file(path).context("MAILROOM_SMTP_CA_FILE")?;
+            if matches!(target.trust, Trust::Authorities(_)) {
+                target.trust = trust;
+            }
+        }
+        Ok(Some(target))
+    }
+
     /// `smtp://[user:pass@]host[:port][?tls=starttls|none]` (STARTTLS required by
-    /// default, port 587) or `smtps://[user:pass@]host[:port]` (implicit TLS, port 465).
-    /// The operator's relay: `limits` has no policy.
+    /// default, port 587) or `smtps://[user:pass@]host[:port]` (implicit TLS, port 465);
+    /// `verify=false` (with `&` or `?`) accepts any certificate. The operator's relay:
+    /// `limits` has no policy.
     pub fn from_url(url: &str, limits: Limits) -> anyhow::Result<SmtpTarget> {
         let parsed = url::Url::parse(url).context("MAILROOM_SMTP_URL is not a URL")?;
+        let query = |key: &str| {
+            parsed
+                .query_pairs()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+        };
+        // A misspelt option would silently do nothing: none is ignored.
+        if let Some((key, _)) = parsed
+            .query_pairs()
+            .find(|(k, _)| k != "tls" && k != "verify")
+        {
+            anyhow::bail!("MAILROOM_SMTP_URL: unknown option `{key}` (known: tls, verify)");
+        }
+        let trust = match query("verify").as_deref() {
+            None | Some("true") => Trust::system(),
+            Some("false") => Trust::Any,
+            Some(other) => {
+                anyhow::bail!("MAILROOM_SMTP_URL: verify must be true or false, not {other}")
+            }
+        };
         let (security, default_port) = match parsed.scheme() {
             "smtps" => (Security::Implicit, 465),
-            "smtp" => match parsed
-                .query_pairs()
-                .find(|(k, _)| k == "tls")
-                .map(|(_, v)| v.into_owned())
-            {
+            "smtp" => match query("tls") {
                 None => (Security::Required, 587),
                 Some(v) if v == "starttls" => (Security::Required, 587),
                 Some(v) if v == "none" => (Security::None, 25),
@@ -124,7 +269,7 @@ impl SmtpTarget {
             host,
             port: parsed.port().unwrap_or(default_port),
             security,
-            accept_invalid_certs: false,
+            trust,
             credentials,
             debug: false,
             limits,
@@ -204,10 +349,33 @@ impl Conversation<'_> {
         self.steps.push(Step { step, ok, detail });
     }
 
+    /// The handshake accepts any certificate (its signatures still verified, so the server
+    /// holds the certificate's key): lettre takes no verifier of ours, and mailroom judges
+    /// the certificate itself right after, before anything but EHLO is said, so that a
+    /// refusal can say why.
     fn tls_parameters(&self) -> Result<TlsParameters, lettre::transport::smtp::Error> {
         TlsParameters::builder(self.target.host.clone())
-            .dangerous_accept_invalid_certs(self.target.accept_invalid_certs)
+            .certificate_store(CertificateStore::None)
+            .dangerous_accept_invalid_certs(true)
+            .dangerous_accept_invalid_hostnames(true)
             .build_rustls()
+    }
+
+    /// Whether the server's certificate is one the target trusts; else why not.
+    fn judge_certificate(&self, connection: &AsyncSmtpConnection) -> Result<(), String> {
+        let Trust::Authorities(authorities) = &self.target.trust else {
+            return Ok(());
+        };
+        let chain: Vec<CertificateDer<'static>> = connection
+            .certificate_chain()
+            .map_err(|_| "the server presented no certificate".to_string())?
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        match untrusted(&chain, &self.target.host, authorities, UnixTime::now()) {
+            None => Ok(()),
+            Some(causes) => Err(format!("the certificate is not trusted: {causes}")),
+        }
     }
 
     fn destination(&self) -> String {
@@ -253,7 +421,7 @@ impl Conversation<'_> {
         // SMTP writes small commands and waits for each reply: without this, Nagle's
         // algorithm and delayed ACKs hold many of them back for 40 ms.
         let _ = stream.set_nodelay(true);
-        let hello = ClientId::default();
+        let hello = target.limits.hello.clone();
         let greeting = async {
             match target.security {
                 // TLS comes before the greeting, so lettre makes this connection itself:
@@ -295,6 +463,11 @@ impl Conversation<'_> {
             format!("connected to {}", self.destination()),
         );
         if target.security == Security::Implicit {
+            if let Err(why) = self.judge_certificate(&connection) {
+                self.record("tls", false, why);
+                connection.abort().await;
+                return None;
+            }
             self.record("tls", true, "TLS from the first byte");
         }
         self.record("ehlo", true, connection.server_info().to_string());
@@ -308,10 +481,14 @@ impl Conversation<'_> {
                 Ok(parameters) => connection.starttls(parameters, &hello).await,
                 Err(error) => Err(error),
             };
-            match upgraded {
+            let judged = match upgraded {
+                Ok(()) => self.judge_certificate(&connection),
+                Err(error) => Err(describe(&error)),
+            };
+            match judged {
                 Ok(()) => self.record("tls", true, "STARTTLS"),
-                Err(error) => {
-                    self.record("tls", false, describe(&error));
+                Err(why) => {
+                    self.record("tls", false, why);
                     connection.abort().await;
                     return None;
                 }
@@ -344,6 +521,123 @@ impl Conversation<'_> {
             }
         }
         Some(connection)
+    }
+}
+
+/// What is wrong with a server's certificate chain (its own certificate first) for
+/// `host`, in words a user reads; `None` when nothing is.
+fn untrusted(
+    chain: &[CertificateDer<'_>],
+    host: &str,
+    authorities: &Authorities,
+    now: UnixTime,
+) -> Option<String> {
+    let Some((own, intermediates)) = chain.split_first() else {
+        return Some("the server presented no certificate".to_string());
+    };
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(own) else {
+        return Some("the server's certificate cannot be read".to_string());
+    };
+    let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+    let chained = match rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &authorities.roots,
+        intermediates,
+        now,
+        algorithms.all,
+    ) {
+        // Dates are checked before the authority: a listed certificate out of date
+        // still says so.
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::Other(_),
+        )) if authorities.listed.contains(own) => Ok(()),
+        judged => judged,
+    };
+    let named = match ServerName::try_from(host) {
+        Ok(name) => rustls::client::verify_server_name(&parsed, &name),
+        Err(_) => Err(CertificateError::NotValidForName.into()),
+    };
+    let self_signed = webpki::EndEntityCert::try_from(own)
+        .is_ok_and(|certificate| certificate.issuer() == certificate.subject());
+    let mut causes = Vec::new();
+    if let Err(error) = chained {
+        causes.push(match error {
+            rustls::Error::InvalidCertificate(CertificateError::ExpiredContext {
+                not_after,
+                ..
+            }) => format!("it expired on {}", day(not_after)),
+            rustls::Error::InvalidCertificate(CertificateError::Expired) => {
+                "it has expired".to_string()
+            }
+            rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
+                not_before,
+                ..
+            }) => format!("it is not valid before {}", day(not_before)),
+            rustls::Error::InvalidCertificate(CertificateError::NotValidYet) => {
+                "it is not valid yet".to_string()
+            }
+            // A self-signed certificate has no authority but itself: webpki says "unknown
+            // issuer", or "CA used as end entity" when it is marked as an authority.
+            rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+                | CertificateError::BadSignature
+                | CertificateError::Other(_),
+            ) if self_signed => "it is self-signed".to_string(),
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+                "it is signed by an authority that is not trusted".to_string()
+            }
+            other => format!("it is not valid ({other})"),
+        });
+    }
+    if let Err(error) = named {
+        let issued_for = match error {
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                presented,
+                ..
+            }) if !presented.is_empty() => {
+                const SHOWN: usize = 5;
+                let mut names = presented
+                    .iter()
+                    .take(SHOWN)
+                    .map(|name| shown_name(name))
+                    .collect::<Vec<_>>();
+                if presented.len() > SHOWN {
+                    names.push(format!("{} more", presented.len() - SHOWN));
+                }
+                format!("it is issued for {}, not for {host}", names.join(", "))
+            }
+            _ => format!("it is not issued for {host}"),
+        };
+        causes.push(issued_for);
+    }
+    (!causes.is_empty()).then(|| causes.join("; "))
+}
+
+/// A name a certificate presents, as webpki gives it (`DnsName("mx.example")`,
+/// `IpAddress(192.0.2.1)`), the way a user writes it.
+fn shown_name(presented: &str) -> String {
+    let bare = presented
+        .strip_prefix("DnsName(\"")
+        .and_then(|rest| rest.strip_suffix("\")"))
+        .or_else(|| {
+            presented
+                .strip_prefix("IpAddress(")
+                .and_then(|rest| rest.strip_suffix(')'))
+        })
+        .unwrap_or(presented);
+    bare.chars().take(253).collect()
+}
+
+/// A certificate's date, as a user reads it.
+fn day(time: UnixTime) -> String {
+    let seconds = i64::try_from(time.as_secs()).unwrap_or(i64::MAX);
+    match time::OffsetDateTime::from_unix_timestamp(seconds) {
+        Ok(moment) => moment
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute] UTC"
+            ))
+            .unwrap_or_else(|_| seconds.to_string()),
+        Err(_) => seconds.to_string(),
     }
 }
 
@@ -517,6 +811,7 @@ mod tests {
     #[test]
     fn system_relay_urls_are_understood() {
         let timeout = Limits {
+            hello: ClientId::Domain("mailroom.example".to_string()),
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             policy: None,
@@ -543,7 +838,138 @@ mod tests {
             (implicit.port, implicit.security),
             (465, Security::Implicit)
         );
+        assert!(matches!(implicit.trust, Trust::Authorities(_)));
+        let unverified =
+            SmtpTarget::from_url("smtps://relay.example?verify=false", timeout.clone()).unwrap();
+        assert!(matches!(unverified.trust, Trust::Any));
+        let both =
+            SmtpTarget::from_url("smtp://relay.example?tls=none&verify=true", timeout.clone())
+                .unwrap();
+        assert!(matches!(both.trust, Trust::Authorities(_)));
         assert!(SmtpTarget::from_url("http://relay.example", timeout.clone()).is_err());
-        assert!(SmtpTarget::from_url("smtp://relay.example?tls=maybe", timeout).is_err());
+        assert!(SmtpTarget::from_url("smtp://relay.example?tls=maybe", timeout.clone()).is_err());
+        assert!(SmtpTarget::from_url("smtp://relay.example?verify=no", timeout.clone()).is_err());
+        assert!(SmtpTarget::from_url("smtp://relay.example?verfy=false", timeout).is_err());
+    }
+
+    #[test]
+    fn the_hello_name_is_the_setting_else_the_public_host() {
+        let named = |ehlo: Option<&str>, public: Option<&str>| {
+            let settings = Settings {
+                ehlo_name: ehlo.map(|name| HelloName::parse(name).unwrap()),
+                public_url: public.map(str::to_string),
+                ..Settings::default()
+            };
+            hello_name(&settings).to_string()
+        };
+        assert_eq!(
+            named(Some("mx.example.com"), Some("https://app.example.com")),
+            "mx.example.com"
+        );
+        assert_eq!(
+            named(None, Some("https://App.Example.com:8443/x")),
+            "app.example.com"
+        );
+        assert_eq!(named(None, Some("http://192.0.2.7:8080")), "[192.0.2.7]");
+        assert_eq!(
+            named(None, Some("http://[2001:db8::7]/")),
+            "[IPv6:2001:db8::7]"
+        );
+        assert_eq!(named(None, None), machine_name().to_string());
+    }
+
+    fn authority(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.self_signed(&key).unwrap();
+        (certificate, rcgen::Issuer::new(params, key))
+    }
+
+    fn leaf(
+        names: &[&str],
+        issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+        expired: bool,
+    ) -> CertificateDer<'static> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_explained() {
+        let (ca, issuer) = authority("Private CA");
+        let (_, stranger) = authority("Stranger CA");
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let authorities = Authorities {
+            roots,
+            listed: Vec::new(),
+        };
+        let judge = |chain: &[CertificateDer<'_>], host: &str| {
+            untrusted(chain, host, &authorities, UnixTime::now())
+        };
+
+        assert_eq!(
+            judge(&[leaf(&["relay.example"], &issuer, false)], "relay.example"),
+            None
+        );
+        assert_eq!(
+            judge(&[leaf(&["127.0.0.1"], &issuer, false)], "127.0.0.1"),
+            None
+        );
+        assert_eq!(
+            judge(
+                &[leaf(&["*.relays.example"], &issuer, false)],
+                "mx.relays.example"
+            ),
+            None
+        );
+        assert_eq!(
+            judge(
+                &[leaf(&["localhost", "mx.example"], &issuer, false)],
+                "127.0.0.1"
+            )
+            .unwrap(),
+            "it is issued for localhost, mx.example, not for 127.0.0.1"
+        );
+        assert_eq!(
+            judge(
+                &[leaf(&["relay.example"], &stranger, false)],
+                "relay.example"
+            )
+            .unwrap(),
+            "it is signed by an authority that is not trusted"
+        );
+        assert_eq!(
+            judge(&[leaf(&["192.0.2.1"], &issuer, false)], "relay.example").unwrap(),
+            "it is issued for 192.0.2.1, not for relay.example"
+        );
+        assert_eq!(
+            judge(&[leaf(&["relay.example"], &issuer, true)], "relay.example").unwrap(),
+            "it expired on 2021-01-01 00:00 UTC"
+        );
+        let own = rcgen::generate_simple_self_signed(vec!["relay.example".into()]).unwrap();
+        assert_eq!(
+            judge(&[own.cert.der().clone()], "relay.example").unwrap(),
+            "it is self-signed"
+        );
+        // A self-signed certificate marked as an authority, as `openssl req -x509` makes.
+        assert_eq!(
+            judge(&[ca.der().clone()], "relay.example").unwrap(),
+            "it is self-signed; it is not issued for relay.example"
+        );
+        assert_eq!(
+            judge(&[], "relay.example").unwrap(),
+            "the server presented no certificate"
+        );
     }
 }

@@ -18,8 +18,9 @@ use super::compose::{Composed, Parts, compose};
 use super::outbox::{self, Attempt, Claimed, MessageStatus, Outcome};
 use super::port::Directory;
 use super::templates::{Kind, render};
-use super::transport::{Failure, Limits, SmtpTarget, Transport, deliver};
+use super::transport::{Failure, SmtpTarget, Transport, deliver};
 use crate::config::Settings;
+use crate::metrics::{self, Metrics};
 use crate::store::crypto::MasterKey;
 use crate::store::{Db, new_id};
 use crate::types::text::Escaped;
@@ -50,6 +51,7 @@ pub struct Delivery {
     pub directory: Arc<dyn Directory>,
     /// Rung after an email is queued, so that the worker starts at once.
     pub wakeup: Arc<Notify>,
+    pub metrics: Metrics,
 }
 
 /// A claimed message, built, signed and routed — or why it cannot go.
@@ -109,11 +111,8 @@ impl Delivery {
     }
 
     fn system_transport(&self) -> anyhow::Result<Transport> {
-        Ok(match &self.settings.smtp_url {
-            Some(url) => Transport::Smtp(SmtpTarget::from_url(
-                url.expose(),
-                Limits::system(&self.settings),
-            )?),
+        Ok(match SmtpTarget::system(&self.settings)? {
+            Some(target) => Transport::Smtp(target),
             None => Transport::Files(self.settings.data_dir.join("mail")),
         })
     }
@@ -312,6 +311,11 @@ impl Delivery {
         };
         for attempt in recorded {
             let (message, transport, error) = (attempt.message, attempt.transport, attempt.detail);
+            self.metrics.delivery(match attempt.status {
+                MessageStatus::Sent => metrics::Delivery::Sent,
+                MessageStatus::Queued => metrics::Delivery::Retry,
+                _ => metrics::Delivery::Failed,
+            });
             match attempt.status {
                 MessageStatus::Sent => {
                     tracing::info!(message = %message.id, to = %message.to, transport, "sent")

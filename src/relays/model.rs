@@ -64,7 +64,8 @@ pub struct OptionsInput {
 
 #[derive(Deserialize, ToSchema)]
 pub struct TlsInput {
-    /// `false` accepts a certificate no trusted authority signed (default `true`).
+    /// `false` accepts any certificate: any authority, any names, expired or not. `true`
+    /// (the default) accepts only one for `host`, valid now, from a trusted authority.
     #[serde(rename = "rejectUnauthorized", default)]
     pub reject_unauthorized: Option<bool>,
 }

@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::model::{AuthOutput, MASK, OptionsOutput, SmtpSettings, TlsOutput, Valid};
-use crate::mail::transport::{Limits, Security, SmtpTarget};
+use crate::mail::transport::{Limits, Security, SmtpTarget, Trust};
 use crate::store::Db;
 use crate::store::crypto::MasterKey;
 use crate::types::DomainName;
@@ -176,7 +176,11 @@ impl Stored {
             } else {
                 Security::Opportunistic
             },
-            accept_invalid_certs: !self.reject_unauthorized,
+            trust: if self.reject_unauthorized {
+                Trust::system()
+            } else {
+                Trust::Any
+            },
             credentials,
             debug: self.debug,
             limits,

@@ -148,6 +148,8 @@ pub struct TestApp {
     pub settings: Settings,
     /// mailroom's own DNS server, when the settings asked for one.
     pub dns_address: Option<std::net::SocketAddr>,
+    /// Where `GET /metrics` answers, when the settings asked for it.
+    pub metrics_address: Option<std::net::SocketAddr>,
     pub db: Db,
     pub client: reqwest::Client,
     /// The first account, made with the CLI's own function: its admin key is `admin.api_key`.
@@ -176,6 +178,7 @@ pub async fn spawn_app_with(engine: Engine, configure: impl FnOnce(&mut Settings
     configure(&mut settings);
     let app = Application::build(&settings).await.expect("build the app");
     let dns_address = app.dns_address();
+    let metrics_address = app.metrics_address();
     let db = app.db().clone();
     let address = format!("http://{}", app.address());
     tokio::spawn(app.run(std::future::pending()));
@@ -184,6 +187,7 @@ pub async fn spawn_app_with(engine: Engine, configure: impl FnOnce(&mut Settings
         address,
         settings,
         dns_address,
+        metrics_address,
         db,
         client: reqwest::Client::new(),
         admin,

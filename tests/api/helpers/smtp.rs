@@ -78,6 +78,8 @@ struct Script {
     data_started: usize,
     /// Every AUTH tried, right or wrong: (user, password, over TLS).
     auth_attempts: Vec<(String, String, bool)>,
+    /// The name after each EHLO or HELO.
+    hellos: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -97,12 +99,20 @@ fn acceptor() -> TlsAcceptor {
     let certified =
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    acceptor_with(vec![certified.cert.der().clone()], key)
+}
+
+/// Presents `chain` (the server's own certificate first), whatever it is.
+fn acceptor_with(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> TlsAcceptor {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .with_single_cert(chain, key)
         .unwrap();
     TlsAcceptor::from(Arc::new(config))
 }
@@ -116,11 +126,30 @@ impl TestSmtp {
         Self::start_at(([127, 0, 0, 1], port).into(), tls, auth).await
     }
 
+    /// A server on loopback presenting `chain` and its `key` for TLS.
+    pub async fn start_with_certificate(
+        tls: Encryption,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> TestSmtp {
+        let address = ([127, 0, 0, 1], 0).into();
+        Self::start_serving(address, tls, None, acceptor_with(chain, key)).await
+    }
+
     /// A server on `address`, such as one of the machine's own non-loopback addresses.
     pub async fn start_at(
         address: std::net::SocketAddr,
         tls: Encryption,
         auth: Option<(&str, &str)>,
+    ) -> TestSmtp {
+        Self::start_serving(address, tls, auth, acceptor()).await
+    }
+
+    async fn start_serving(
+        address: std::net::SocketAddr,
+        tls: Encryption,
+        auth: Option<(&str, &str)>,
+        acceptor: TlsAcceptor,
     ) -> TestSmtp {
         let listener = TcpListener::bind(address).await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -128,7 +157,7 @@ impl TestSmtp {
         let config = Arc::new(Config {
             tls,
             auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
-            acceptor: acceptor(),
+            acceptor,
             script: script.clone(),
         });
         tokio::spawn(async move {
@@ -144,6 +173,11 @@ impl TestSmtp {
 
     pub fn received(&self) -> Vec<Received> {
         self.script.lock().unwrap().received.clone()
+    }
+
+    /// The name a client gave after each EHLO or HELO, in order.
+    pub fn hellos(&self) -> Vec<String> {
+        self.script.lock().unwrap().hellos.clone()
     }
 
     /// Every AUTH a client tried: (user, password, whether over TLS).
@@ -236,6 +270,8 @@ fn session<'a>(
             let command = line.trim_end().to_string();
             let upper = command.to_ascii_uppercase();
             let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                let name = command.get(5..).unwrap_or("").trim().to_string();
+                config.script.lock().unwrap().hellos.push(name);
                 let mut lines = vec!["250-test.local".to_string()];
                 if config.tls == Encryption::StartTls && !tls {
                     lines.push("250-STARTTLS".into());
