@@ -189,7 +189,8 @@ async fn serve_metrics(
         tracing::info!(%address, "serving metrics");
     }
     let limits = Limits {
-        max_connections: 16,
+        // Prometheus and a person with curl: each scrape reads the database.
+        max_connections: 4,
         header_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),
     };

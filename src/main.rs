@@ -71,11 +71,15 @@ enum AdminCommand {
         #[arg(long)]
         account: Option<String>,
     },
-    /// On the mail host: remove the Maildirs of deleted mailboxes under MAILROOM_VMAIL_ROOT.
+    /// On the mail host: remove the Maildirs of deleted mailboxes under the mail root.
     PurgeMaildirs {
         /// Only list what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// Leave mailboxes deleted more recently than this: a mail client still connected
+        /// when its mailbox went may write to it a little longer.
+        #[arg(long, default_value_t = 24)]
+        min_age_hours: u64,
     },
 }
 
@@ -145,27 +149,12 @@ async fn main() -> anyhow::Result<()> {
             command: AdminCommand::SuspendDomain { domain, account },
         } => set_domain_status(&settings, &domain, account, DomainStatus::Suspended).await,
         Command::Admin {
-            command: AdminCommand::PurgeMaildirs { dry_run },
-        } => {
-            let db = open_db(&settings).await?;
-            let root = std::path::Path::new(&settings.vmail_root);
-            let purged = mailroom::mailboxes::maildirs::purge(&db, root, dry_run).await?;
-            let verb = if dry_run { "would remove" } else { "removed" };
-            for maildir in &purged {
-                let note = if maildir.existed {
-                    ""
-                } else {
-                    " (nothing on disk)"
-                };
-                println!(
-                    "{verb} {} of {}{note}",
-                    maildir.path.display(),
-                    maildir.address
-                );
-            }
-            println!("{} deleted mailboxes' Maildirs", purged.len());
-            Ok(())
-        }
+            command:
+                AdminCommand::PurgeMaildirs {
+                    dry_run,
+                    min_age_hours,
+                },
+        } => purge_maildirs(&settings, dry_run, min_age_hours).await,
     }
 }
 
@@ -193,6 +182,37 @@ async fn send_test_email(settings: &Settings, to: &str) -> anyhow::Result<()> {
     }
 }
 
+async fn purge_maildirs(
+    settings: &Settings,
+    dry_run: bool,
+    min_age_hours: u64,
+) -> anyhow::Result<()> {
+    use mailroom::mailboxes::maildirs::{Outcome, purge};
+    // No migration: on the mail host, the database is the one `mailroom serve` keeps.
+    let db = Db::connect(&settings.database_url()).await?;
+    let age = std::time::Duration::from_secs(min_age_hours.saturating_mul(3600));
+    let before = mailroom::store::Timestamp(
+        mailroom::store::Timestamp::system_now().0 - i64::try_from(age.as_millis())?,
+    );
+    let purged = purge(&db, before, dry_run).await?;
+    let mut kept = 0;
+    for maildir in &purged {
+        let (path, address) = (maildir.path.display(), &maildir.address);
+        match &maildir.outcome {
+            Outcome::Removed if dry_run => println!("would remove {path} of {address}"),
+            Outcome::Removed => println!("removed {path} of {address}"),
+            Outcome::Absent => println!("nothing on disk at {path} of {address}"),
+            Outcome::Kept(why) => {
+                kept += 1;
+                eprintln!("kept {path} of {address}: {why}");
+            }
+        }
+    }
+    println!("{} deleted mailboxes' Maildirs, {kept} kept", purged.len());
+    anyhow::ensure!(kept == 0, "{kept} Maildirs could not be purged");
+    Ok(())
+}
+
 async fn set_domain_status(
     settings: &Settings,
     domain: &str,
@@ -209,7 +229,7 @@ async fn set_domain_status(
 async fn open_db(settings: &Settings) -> anyhow::Result<Db> {
     let db = Db::connect(&settings.database_url()).await?;
     if let Some(group) = &settings.database_group {
-        mailroom::store::share_with_group(&settings.database_url(), group)?;
+        mailroom::store::share_with_group(&settings.database_url(), group, &settings.data_dir)?;
     }
     db.migrate().await.context("cannot migrate the database")?;
     Ok(db)

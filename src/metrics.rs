@@ -213,8 +213,11 @@ impl Metrics {
 
     /// One answer of the DNS server, by its response code (RFC 1035's numbers); the
     /// codes it never sends count as `other`.
-    pub fn dns_query(&self, rcode: u16) {
+    /// One answer of the DNS server; a truncated one (over a source's rate, or too large
+    /// for UDP) is counted apart, so that a flood does not pass for healthy traffic.
+    pub fn dns_query(&self, rcode: u16, truncated: bool) {
         let rcode = match rcode {
+            _ if truncated => "truncated",
             0 => "noerror",
             1 => "formerr",
             2 => "servfail",

@@ -167,7 +167,10 @@ impl DkimZone {
     /// The response code and answers for one question.
     async fn answer(&self, name: &str, record_type: RecordType) -> (ResponseCode, Vec<Record>) {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if name != self.zone && !name.ends_with(&format!(".{}", self.zone)) {
+        // A label holding a dot or an odd byte is written escaped (`x\.dkim`): such a name
+        // is none of the zone's, whatever its text ends with.
+        if name.contains('\\') || (name != self.zone && !name.ends_with(&format!(".{}", self.zone)))
+        {
             return (ResponseCode::Refused, vec![]);
         }
         if let Some(records) = self.fixed.get(&name) {
@@ -213,7 +216,8 @@ impl RequestHandler for DkimZone {
         response_handle: R,
     ) -> ResponseInfo {
         let sent = self.respond(request, response_handle).await;
-        self.metrics.dns_query(sent.response_code.into());
+        self.metrics
+            .dns_query(sent.response_code.into(), sent.truncation);
         sent
     }
 }

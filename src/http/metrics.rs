@@ -1,7 +1,8 @@
 //! Metrics over HTTP: the layer that counts the API's requests, and the router of the
 //! separate metrics listener, whose only page is `GET /metrics`.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
@@ -10,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::mail::outbox;
-use crate::metrics::{CONTENT_TYPE, Metrics};
+use crate::metrics::{CONTENT_TYPE, Metrics, Queue};
 use crate::store::Db;
 
 /// Counts a request under its route's template (`/v2/domains/{domain}`), never its path:
@@ -35,15 +36,46 @@ pub async fn count_requests(
 
 /// What the metrics listener serves: `GET /metrics`, and 404 for anything else.
 pub fn router(db: Db, metrics: Metrics) -> axum::Router {
+    let scraper = Scraper {
+        db,
+        metrics,
+        last_reading: Arc::default(),
+    };
     axum::Router::new()
         .route("/metrics", get(scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
-        .with_state((db, metrics))
+        .with_state(scraper)
 }
 
-async fn scrape(State((db, metrics)): State<(Db, Metrics)>) -> Response {
-    match outbox::queue(&db).await {
+#[derive(Clone)]
+struct Scraper {
+    db: Db,
+    metrics: Metrics,
+    /// The outbox as last read, and when: scrapes within a second of one another share one
+    /// reading (and wait for it), so that a burst of them is one query, not one each.
+    last_reading: Arc<tokio::sync::Mutex<Option<(Instant, Queue)>>>,
+}
+
+const READING_KEPT: Duration = Duration::from_secs(1);
+
+impl Scraper {
+    async fn queue(&self) -> sqlx::Result<Queue> {
+        let mut last = self.last_reading.lock().await;
+        if let Some((at, queue)) = *last
+            && at.elapsed() < READING_KEPT
+        {
+            return Ok(queue);
+        }
+        let queue = outbox::queue(&self.db).await?;
+        *last = Some((Instant::now(), queue));
+        Ok(queue)
+    }
+}
+
+async fn scrape(State(scraper): State<Scraper>) -> Response {
+    let metrics = &scraper.metrics;
+    match scraper.queue().await {
         Ok(queue) => (
             [(header::CONTENT_TYPE, CONTENT_TYPE)],
             metrics.encode(queue),

@@ -201,9 +201,11 @@ fn create_private(path: &Path) -> anyhow::Result<()> {
 
 /// Lets the members of `group` read a SQLite database (the mail servers' lookups, which
 /// run as their own users): the file and its `-wal` and `-shm` become mode 0640 in that
-/// group, and their folder 2750, so that the `-wal` and `-shm` files SQLite makes again
-/// later inherit the group (and take the file's mode). PostgreSQL has roles instead.
-pub fn share_with_group(url: &str, group: &str) -> anyhow::Result<()> {
+/// group, and, when the file is in mailroom's data folder, that folder 2750, so that the
+/// `-wal` and `-shm` files SQLite makes again later inherit the group (and take the
+/// file's mode). A folder that is not mailroom's own (`/tmp`, `/var/lib`) is left alone.
+/// PostgreSQL has roles instead.
+pub fn share_with_group(url: &str, group: &str, data_dir: &Path) -> anyhow::Result<()> {
     let (Engine::Sqlite, url) = engine_url(url)? else {
         return Ok(());
     };
@@ -215,10 +217,6 @@ pub fn share_with_group(url: &str, group: &str) -> anyhow::Result<()> {
             .trim_start_matches("sqlite://")
             .trim_start_matches("sqlite:");
         let path = Path::new(path.split('?').next().unwrap_or_default());
-        let folder = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
         let share = |path: &Path, mode: u32| -> anyhow::Result<()> {
             std::os::unix::fs::chown(path, None, Some(gid))
                 .and_then(|()| {
@@ -226,7 +224,20 @@ pub fn share_with_group(url: &str, group: &str) -> anyhow::Result<()> {
                 })
                 .with_context(|| format!("cannot give {} to group {group}", path.display()))
         };
-        share(folder, 0o2750)?;
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let same = |a: &Path, b: &Path| matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b);
+        if same(folder, data_dir) {
+            share(folder, 0o2750)?;
+        } else {
+            tracing::warn!(
+                folder = %folder.display(),
+                "the database is outside MAILROOM_DATA_DIR: its folder is left as it is, so give \
+                 it to the readers' group yourself, with the setgid bit"
+            );
+        }
         for suffix in ["", "-wal", "-shm"] {
             let file = PathBuf::from(format!("{}{suffix}", path.display()));
             if file.exists() {

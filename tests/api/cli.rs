@@ -301,8 +301,13 @@ async fn create_api_key_lets_a_locked_out_account_back_in(engine: Engine) {
 
 async fn an_address_made_again_starts_empty_and_the_old_maildir_is_purged(engine: Engine) {
     let vmail = tempfile::tempdir().unwrap();
-    let root = vmail.path().to_path_buf();
-    let app = spawn_app_with(engine, |s| s.vmail_root = root.display().to_string()).await;
+    // The mail root as the mail servers are told it, and owned by their user (root here).
+    let root = vmail.path().join("vmail");
+    let app = spawn_app_with(engine, |s| {
+        s.vmail_root = root.display().to_string();
+        s.vmail_uid = 0;
+    })
+    .await;
     app.active_domain("customer.com").await;
     let home = || async {
         sqlx::query_scalar::<_, String>(
@@ -312,15 +317,24 @@ async fn an_address_made_again_starts_empty_and_the_old_maildir_is_purged(engine
         .await
         .unwrap()
     };
+    let create = |local_part: &str| {
+        app.create_mailbox(serde_json::json!({"domain": "customer.com", "local_part": local_part}))
+    };
     let delete = |id: i64| {
-        app.api(reqwest::Method::POST, "/v2/email-accounts/delete")
-            .json(&serde_json::json!({"id": id}))
+        let app = &app;
+        async move {
+            let deleted = app
+                .api(reqwest::Method::POST, "/v2/email-accounts/delete")
+                .json(&serde_json::json!({"id": id}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(deleted.status(), 200);
+        }
     };
-    let create = || {
-        app.create_mailbox(serde_json::json!({"domain": "customer.com", "local_part": "support"}))
-    };
+    let id = |created: serde_json::Value| created["account"]["id"].as_i64().unwrap();
 
-    let first = create().await["account"]["id"].as_i64().unwrap();
+    let first = id(create("support").await);
     let first_home = std::path::PathBuf::from(home().await);
     assert_eq!(
         first_home,
@@ -329,24 +343,27 @@ async fn an_address_made_again_starts_empty_and_the_old_maildir_is_purged(engine
     // What the mail server stored for the first owner.
     std::fs::create_dir_all(first_home.join("Maildir/cur")).unwrap();
     std::fs::write(first_home.join("Maildir/cur/1.eml"), "Subject: private").unwrap();
-    // Another of the domain's mailboxes, deleted without ever receiving mail.
-    let other = app
-        .create_mailbox(serde_json::json!({"domain": "customer.com", "local_part": "sales"}))
-        .await["account"]["id"]
-        .as_i64()
-        .unwrap();
-    assert_eq!(delete(other).send().await.unwrap().status(), 200);
-    assert_eq!(delete(first).send().await.unwrap().status(), 200);
+    // Another of the domain's mailboxes, deleted without ever receiving mail; and one
+    // whose folder someone replaced by a link to elsewhere.
+    let never_used = id(create("sales").await);
+    let linked = id(create("billing").await);
+    let elsewhere = vmail.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("keep"), "not mail").unwrap();
+    std::os::unix::fs::symlink(
+        &elsewhere,
+        root.join(format!("customer.com/billing@{linked}")),
+    )
+    .unwrap();
+    for deleted in [never_used, linked, first] {
+        delete(deleted).await;
+    }
 
-    let second = create().await["account"]["id"].as_i64().unwrap();
+    let second = id(create("support").await);
     let second_home = std::path::PathBuf::from(home().await);
     assert_eq!(
         second_home,
         root.join(format!("customer.com/support@{second}"))
-    );
-    assert_ne!(
-        second_home, first_home,
-        "a new owner never opens the old mail"
     );
     std::fs::create_dir_all(second_home.join("Maildir/new")).unwrap();
 
@@ -356,30 +373,66 @@ async fn an_address_made_again_starts_empty_and_the_old_maildir_is_purged(engine
             .args(args)
             .current_dir(app.dir.path())
             .env("MAILROOM_DATABASE_URL", app.settings.database_url())
-            .env("MAILROOM_VMAIL_ROOT", &root)
             .output()
             .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{stderr}");
-        String::from_utf8(output.stdout).unwrap()
+        (output.status.success(), format!("{stdout}{stderr}"))
     };
-    let listed = purge(&["--dry-run"]);
+    let (_, recent) = purge(&[]);
+    assert!(
+        recent.contains("0 deleted mailboxes"),
+        "a day's grace: {recent}"
+    );
+
+    let (ok, listed) = purge(&["--min-age-hours", "0", "--dry-run"]);
     assert!(
         listed.contains(&format!("would remove {}", first_home.display())),
         "{listed}"
     );
+    assert!(!ok, "the linked folder is reported: {listed}");
     assert!(first_home.exists(), "a dry run removes nothing");
 
-    let removed = purge(&[]);
-    assert!(removed.contains("2 deleted mailboxes"), "{removed}");
+    let (ok, purged) = purge(&["--min-age-hours", "0"]);
+    assert!(!ok, "{purged}");
     assert!(
-        removed.contains("sales@customer.com (nothing on disk)"),
-        "{removed}"
+        purged.contains("3 deleted mailboxes' Maildirs, 1 kept"),
+        "{purged}"
+    );
+    assert!(purged.contains("nothing on disk at"), "{purged}");
+    assert!(
+        purged.contains("billing@customer.com: it is a symbolic link"),
+        "{purged}"
     );
     assert!(!first_home.exists(), "the deleted mailbox's mail is gone");
+    assert!(elsewhere.join("keep").exists(), "a link is never followed");
     assert!(
         second_home.join("Maildir/new").exists(),
         "the live one is untouched"
     );
-    assert!(purge(&[]).contains("0 deleted mailboxes"), "purged once");
+    let (_, again) = purge(&["--min-age-hours", "0"]);
+    assert!(
+        again.contains("1 deleted mailboxes' Maildirs, 1 kept"),
+        "only the kept one stays listed: {again}"
+    );
+
+    // On a machine without the mail (no root, or not the mail user's), nothing is forgotten.
+    std::fs::remove_file(root.join(format!("customer.com/billing@{linked}"))).unwrap();
+    std::os::unix::fs::chown(&root, Some(8), None).unwrap();
+    let (ok, refused) = purge(&["--min-age-hours", "0"]);
+    assert!(
+        !ok && refused.contains("does not belong to the mail user"),
+        "{refused}"
+    );
+    std::fs::rename(&root, vmail.path().join("moved")).unwrap();
+    let (ok, refused) = purge(&["--min-age-hours", "0"]);
+    assert!(
+        !ok && refused.contains("run this on the mail host"),
+        "{refused}"
+    );
+    let listed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deleted_maildirs")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(listed, 1);
 }

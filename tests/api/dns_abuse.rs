@@ -96,6 +96,14 @@ async fn dns_questions_of_other_classes_are_refused() {
             assert!(answer.answers.is_empty());
         }
     }
+
+    // One label `x.dkim` under `mailroom.test` reads like a name of the zone as text, but is
+    // none of its names.
+    let odd = Name::from_labels(vec![&b"x.dkim"[..], b"mailroom", b"test"]).unwrap();
+    let mut message = Message::query();
+    message.add_query(Query::query(odd, RecordType::TXT));
+    let answer = ask_udp(&socket, server, &message).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

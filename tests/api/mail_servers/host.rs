@@ -494,4 +494,12 @@ pub fn vmail_root(dir: &Path) -> PathBuf {
 /// processes must pass through them.
 pub fn make_traversable(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // And so must its parents (the test artifacts' folder is 0700 too).
+    for parent in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(parent).unwrap().permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode | 0o001))
+                .unwrap();
+        }
+    }
 }

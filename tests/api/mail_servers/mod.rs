@@ -227,7 +227,12 @@ async fn the_mail_host_from_deploy_serves_what_the_api_says(engine: Engine) {
     .await;
     // What `mailroom serve` does at start with MAILROOM_DATABASE_GROUP. deploy/ makes the
     // group mailroom-db; Postfix's own group stands in for it here.
-    mailroom::store::share_with_group(&app.settings.database_url(), "postfix").unwrap();
+    mailroom::store::share_with_group(
+        &app.settings.database_url(),
+        "postfix",
+        &app.settings.data_dir,
+    )
+    .unwrap();
     let domain = app.add_domain("customer.com").await;
     dns.publish(&domain);
     assert_eq!(app.verify_domain("customer.com").await["status"], "active");
@@ -475,10 +480,9 @@ async fn the_mail_host_from_deploy_serves_what_the_api_says(engine: Engine) {
     let new_dirs = maildirs(&vmail);
     assert_eq!(new_dirs.len(), old_dirs.len() + 1, "{new_dirs:?}");
     let purge = Command::new(env!("CARGO_BIN_EXE_mailroom"))
-        .args(["admin", "purge-maildirs"])
+        .args(["admin", "purge-maildirs", "--min-age-hours", "0"])
         .env("MAILROOM_DATABASE_URL", app.settings.database_url())
         .env("MAILROOM_DATA_DIR", app.dir.path())
-        .env("MAILROOM_VMAIL_ROOT", &vmail)
         .output()
         .unwrap();
     assert!(
