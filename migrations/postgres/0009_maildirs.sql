@@ -4,6 +4,10 @@
 ALTER TABLE mailboxes ADD COLUMN maildir TEXT;
 UPDATE mailboxes m SET maildir = d.name || '/' || m.local_part FROM domains d WHERE d.id = m.domain_id;
 
+-- One folder, one mailbox (several NULLs, for the instant between a mailbox's insert and
+-- its path, are allowed).
+CREATE UNIQUE INDEX mailboxes_by_maildir ON mailboxes (maildir);
+
 -- Deleted mailboxes' Maildirs, until `mailroom admin purge-maildirs` removes them on the
 -- mail host.
 CREATE TABLE deleted_maildirs (

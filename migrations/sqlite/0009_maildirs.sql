@@ -5,6 +5,10 @@ ALTER TABLE mailboxes ADD COLUMN maildir TEXT;
 UPDATE mailboxes
 SET maildir = (SELECT d.name FROM domains d WHERE d.id = mailboxes.domain_id) || '/' || local_part;
 
+-- One folder, one mailbox (several NULLs, for the instant between a mailbox's insert and
+-- its path, are allowed).
+CREATE UNIQUE INDEX mailboxes_by_maildir ON mailboxes (maildir);
+
 -- Deleted mailboxes' Maildirs, until `mailroom admin purge-maildirs` removes them on the
 -- mail host.
 CREATE TABLE deleted_maildirs (
