@@ -91,6 +91,10 @@ pub struct Settings {
     /// Seconds before the first retry of a temporary failure (doubling after, with jitter).
     #[serde(deserialize_with = "number")]
     pub mail_retry_seconds: u64,
+    /// Hours an email's body (text, HTML, attachments) is kept at most; it is deleted
+    /// sooner, once every recipient is final. Statuses and events stay.
+    #[serde(deserialize_with = "number")]
+    pub body_retention_hours: u64,
     /// Where the mail servers keep mailboxes (`home` in `dovecot_users`).
     pub vmail_root: String,
     /// The system user and group the mail servers store mail as.
@@ -121,6 +125,10 @@ pub struct Settings {
     /// over TCP. 0: no limit.
     #[serde(deserialize_with = "number")]
     pub dns_rate_limit: u64,
+    /// Emails one account may send through `POST /v2/emails` per minute (a batch counts
+    /// each of its emails); beyond it the API answers 429 with `Retry-After`. 0: no limit.
+    #[serde(deserialize_with = "number")]
+    pub send_rate_per_minute: u64,
     /// Where `GET /metrics` (Prometheus text, unauthenticated) is served, apart from the
     /// API; off when unset. Only the operator's monitoring should reach it.
     pub metrics_listen: Option<SocketAddr>,
@@ -155,6 +163,7 @@ impl Default for Settings {
             relay_concurrency: 4,
             destination_allow: Vec::new(),
             mail_retry_seconds: 30,
+            body_retention_hours: 72,
             vmail_root: "/var/vmail".to_string(),
             vmail_uid: 5000,
             vmail_gid: 5000,
@@ -164,6 +173,7 @@ impl Default for Settings {
             max_domains_per_account: 100,
             keygen_queue: 16,
             dns_rate_limit: 20,
+            send_rate_per_minute: 1000,
             metrics_listen: None,
         }
     }

@@ -19,7 +19,10 @@ use utoipa_axum::routes;
 use crate::http::{self, ApiError, MAX_BODY_BYTES, health, openapi};
 use crate::state::AppState;
 use crate::types::text::Escaped;
-use crate::{domains, invitations, mailboxes, messages, relays, senders, store, tenancy, users};
+use crate::{
+    domains, emails, invitations, mailboxes, messages, relays, senders, store, suppressions,
+    tenancy, users,
+};
 
 pub fn router(state: AppState) -> axum::Router {
     let (router, document) = OpenApiRouter::with_openapi(openapi::base())
@@ -34,6 +37,8 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(invitations::router())
         .merge(users::router())
         .merge(relays::router())
+        .merge(emails::router())
+        .merge(suppressions::router())
         .split_for_parts();
     let document = openapi::complete(document);
     let document = Arc::new(document.to_json().expect("the OpenAPI document serializes"));

@@ -15,7 +15,8 @@ use super::error::ErrorBody;
     info(
         title = "mailroom",
         description = "A self-hosted email control plane: managed domains, mailboxes, sender \
-                       addresses, SMTP relays, an outbox and team invitations."
+                       addresses, SMTP relays, a sending API with a suppression list, an outbox and team \
+                       invitations."
     ),
     components(schemas(ErrorBody))
 )]

@@ -60,12 +60,7 @@ async fn send_email(
         ],
         &[("link", &link)],
     )?;
-    let outgoing = Outgoing {
-        account_id: Some(account_id),
-        from,
-        to: &to,
-        email,
-    };
+    let outgoing = Outgoing::rendered(Some(account_id), from, &to, email);
     enqueue(conn, &state.master_key, outgoing, state.db.now()).await?;
     Ok(())
 }

@@ -8,9 +8,11 @@ use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use sha2::{Digest, Sha256};
 
 /// The headers signed, when present.
-const SIGNED: [&str; 7] = [
+const SIGNED: [&str; 9] = [
     "from",
     "to",
+    "cc",
+    "reply-to",
     "subject",
     "date",
     "message-id",
@@ -122,23 +124,45 @@ fn collapse(text: &str) -> String {
     out
 }
 
-/// Each line with runs of white space made one space and none at its end; no empty
-/// lines at the end; a final CRLF unless the body is empty.
+/// Each line with runs of white space (SP, HTAB) made one space and none at its end; no
+/// empty lines at the end; a final CRLF unless the body is empty. Worked on bytes in one
+/// pass: bodies carry megabytes of attachments, and are not necessarily UTF-8.
 fn relaxed_body(body: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(body);
-    let mut lines: Vec<String> = text
-        .split("\r\n")
-        .map(|line| collapse(line).trim_end().to_string())
-        .collect();
-    while lines.last().is_some_and(|l| l.is_empty()) {
-        lines.pop();
+    let mut out = Vec::with_capacity(body.len() + 2);
+    let mut line = Vec::new();
+    let mut empty_lines = 0;
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (raw, tail) = match rest.windows(2).position(|w| w == b"\r\n") {
+            Some(end) => (&rest[..end], &rest[end + 2..]),
+            None => (rest, &[][..]),
+        };
+        rest = tail;
+        line.clear();
+        let mut in_space = false;
+        for &byte in raw {
+            if byte == b' ' || byte == b'\t' {
+                in_space = true;
+            } else {
+                if in_space {
+                    line.push(b' ');
+                }
+                in_space = false;
+                line.push(byte);
+            }
+        }
+        if line.is_empty() {
+            empty_lines += 1;
+            continue;
+        }
+        for _ in 0..empty_lines {
+            out.extend_from_slice(b"\r\n");
+        }
+        empty_lines = 0;
+        out.extend_from_slice(&line);
+        out.extend_from_slice(b"\r\n");
     }
-    let mut out = String::new();
-    for line in lines {
-        out.push_str(&line);
-        out.push_str("\r\n");
-    }
-    out.into_bytes()
+    out
 }
 
 #[cfg(test)]
@@ -152,6 +176,13 @@ mod tests {
         assert_eq!(relaxed_header("B ", " Y\t\r\n\tZ  \r\n"), "b:Y Z");
         assert_eq!(relaxed_body(b" C \r\nD \t E\r\n\r\n\r\n"), b" C\r\nD E\r\n");
         assert_eq!(relaxed_body(b""), b"");
+        assert_eq!(relaxed_body(b"\r\n\r\n"), b"");
+        assert_eq!(relaxed_body(b"a\r\n\r\n \r\nb"), b"a\r\n\r\n\r\nb\r\n");
+        // Only SP and HTAB are white space; other bytes, UTF-8 or not, stay as they are.
+        assert_eq!(
+            relaxed_body(b"x\xa0\r\n\xff\xfe \t\r\n"),
+            b"x\xa0\r\n\xff\xfe\r\n"
+        );
     }
 
     #[test]

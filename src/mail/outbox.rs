@@ -1,6 +1,9 @@
-//! The outbox (the `outbox` and `delivery_attempts` tables): every email is a row written
-//! in the transaction of the change that causes it, delivered later by the worker. The
-//! delivery log (never the bodies) is read from here.
+//! The outbox (the `emails`, `email_recipients`, `email_tags`, `events` and `suppressions`
+//! tables): every email — a tenant's through the API, or mailroom's own — is a row written
+//! in the transaction of the change that causes it, delivered later by the worker, with a
+//! status per recipient. The delivery log (never the bodies) is read from here.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -13,93 +16,504 @@ use crate::store::crypto::MasterKey;
 use crate::store::{Db, Engine, Timestamp, new_id, placeholders};
 use crate::types::EmailAddress;
 
-/// An email to queue.
-pub struct Outgoing<'a> {
-    /// The account the email is on behalf of; `None` for the operator's own mail.
-    pub account_id: Option<&'a str>,
-    pub from: &'a EmailAddress,
-    pub to: &'a EmailAddress,
-    pub email: Rendered,
+/// The `kind` of the emails tenants send through the API.
+pub const API_KIND: &str = "email";
+
+macro_rules! status_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name { $($(#[$vmeta])* $variant),* }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+
+            pub fn parse(value: &str) -> Option<$name> {
+                match value { $($text => Some($name::$variant),)* _ => None }
+            }
+        }
+    };
 }
 
-/// The sealed part of a queued email: it can carry one-time tokens.
+status_enum!(
+    /// How a recipient is addressed: `bcc` never appears in the headers.
+    RecipientType { To = "to", Cc = "cc", Bcc = "bcc" }
+);
+
+status_enum!(
+    /// Where one recipient of an email stands.
+    RecipientStatus {
+        /// Waiting for its first attempt.
+        Queued = "queued",
+        /// Waiting for the email's `scheduled_at`.
+        Scheduled = "scheduled",
+        /// The recipient's server took it.
+        Sent = "sent",
+        /// Refused for now (`4xx`, or no connection): tried again later.
+        Deferred = "deferred",
+        /// Refused for good (`5xx` to this recipient): added to the suppression list.
+        Bounced = "bounced",
+        /// Given up: out of attempts, or the message itself refused.
+        Failed = "failed",
+        /// On the account's suppression list: never sent to.
+        Suppressed = "suppressed",
+        /// The email was cancelled before it was sent.
+        Cancelled = "cancelled",
+    }
+);
+
+impl RecipientStatus {
+    /// Whether nothing more will happen to the recipient.
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            RecipientStatus::Queued | RecipientStatus::Scheduled | RecipientStatus::Deferred
+        )
+    }
+}
+
+status_enum!(
+    /// Where an email stands as a whole.
+    EmailStatus {
+        /// Waiting for its `scheduled_at`; it may still be cancelled.
+        Scheduled = "scheduled",
+        /// Waiting for its (next) attempt.
+        Queued = "queued",
+        /// An attempt is under way.
+        Sending = "sending",
+        /// Every recipient is final, and at least one took it.
+        Sent = "sent",
+        /// Every recipient is final, and none took it.
+        Failed = "failed",
+        /// Every recipient is on the suppression list: nothing is sent.
+        Suppressed = "suppressed",
+        Cancelled = "cancelled",
+    }
+);
+
+/// The key of an address on a suppression list: the whole address, lower-cased, so that
+/// `Bob@x.test` and `bob@x.test` are one entry.
+pub fn suppression_key(address: &EmailAddress) -> String {
+    address.to_string().to_lowercase()
+}
+
+pub struct Recipient {
+    pub address: EmailAddress,
+    pub name: Option<String>,
+    pub kind: RecipientType,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Attachment {
+    pub filename: String,
+    pub content_type: String,
+    /// Set for an inline part, which the HTML shows as `cid:<content_id>`.
+    pub content_id: Option<String>,
+    #[serde(with = "base64_bytes")]
+    pub content: Vec<u8>,
+}
+
+/// An email to queue.
+pub struct Outgoing {
+    /// The account the email is on behalf of; `None` for the operator's own mail.
+    pub account_id: Option<String>,
+    pub entity_id: Option<String>,
+    /// [`API_KIND`] for the API's emails, else the template's kind.
+    pub kind: &'static str,
+    pub from: EmailAddress,
+    pub from_name: Option<String>,
+    pub reply_to: Vec<EmailAddress>,
+    pub recipients: Vec<Recipient>,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    pub attachments: Vec<Attachment>,
+    /// Custom headers, checked by the caller.
+    pub headers: Vec<(String, String)>,
+    pub tags: BTreeMap<String, String>,
+    /// Sent at once when `None` or past.
+    pub scheduled_at: Option<Timestamp>,
+}
+
+impl Outgoing {
+    /// One of mailroom's own emails, from a template, to one address.
+    pub fn rendered(
+        account_id: Option<&str>,
+        from: &EmailAddress,
+        to: &EmailAddress,
+        email: Rendered,
+    ) -> Outgoing {
+        Outgoing {
+            account_id: account_id.map(str::to_string),
+            entity_id: None,
+            kind: email.kind.as_str(),
+            from: from.clone(),
+            from_name: None,
+            reply_to: Vec::new(),
+            recipients: vec![Recipient {
+                address: to.clone(),
+                name: None,
+                kind: RecipientType::To,
+            }],
+            subject: email.subject,
+            text: Some(email.text),
+            html: Some(email.html),
+            attachments: Vec::new(),
+            headers: Vec::new(),
+            tags: BTreeMap::new(),
+            scheduled_at: None,
+        }
+    }
+}
+
+/// The sealed part of a queued email: it can carry one-time tokens, and it is the
+/// tenant's content.
 #[derive(Serialize, Deserialize)]
 pub struct Body {
-    pub text: String,
-    pub html: String,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub html: Option<String>,
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 fn seal_context(id: &str) -> String {
     format!("outbox:{id}")
 }
 
-/// Queues an email on `conn`, inside the caller's transaction; answers its id. Wake the
-/// worker after the commit so that it sends the email at once.
+/// What `enqueue` answers: the email as queued.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Queued {
+    pub id: String,
+    pub status: EmailStatus,
+    pub recipients: Vec<QueuedRecipient>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct QueuedRecipient {
+    pub email: String,
+    #[serde(rename = "type")]
+    pub kind: RecipientType,
+    pub status: RecipientStatus,
+}
+
+/// Writes one event, in the caller's transaction.
+pub async fn record_event(
+    conn: &mut sqlx::AnyConnection,
+    account_id: Option<&str>,
+    email_id: &str,
+    recipient: Option<&str>,
+    kind: &str,
+    detail: Option<&str>,
+    at: Timestamp,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO events (id, account_id, email_id, recipient, type, detail, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(new_id("evt"))
+    .bind(account_id)
+    .bind(email_id)
+    .bind(recipient)
+    .bind(kind)
+    .bind(detail)
+    .bind(at.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The addresses of `addresses` on the suppression list of `account_id`.
+async fn suppressed(
+    conn: &mut sqlx::AnyConnection,
+    account_id: &str,
+    addresses: &[String],
+) -> sqlx::Result<Vec<String>> {
+    if addresses.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT email FROM suppressions WHERE account_id = $1 AND email IN ({})",
+        placeholders(2, addresses.len())
+    );
+    let mut query = sqlx::query_scalar(&sql).bind(account_id);
+    for address in addresses {
+        query = query.bind(address);
+    }
+    query.fetch_all(conn).await
+}
+
+/// Queues an email on `conn`, inside the caller's transaction. Recipients on the account's
+/// suppression list are `suppressed` at once and never sent to. Wake the worker after the
+/// commit so that it sends the email at once.
 pub async fn enqueue(
     conn: &mut sqlx::AnyConnection,
     master_key: &MasterKey,
-    outgoing: Outgoing<'_>,
+    outgoing: Outgoing,
     now: Timestamp,
-) -> anyhow::Result<String> {
-    let id = new_id("msg");
-    let message_id = format!("<{}@{}>", &id[4..], outgoing.from.domain());
+) -> anyhow::Result<Queued> {
+    anyhow::ensure!(
+        !outgoing.recipients.is_empty(),
+        "an email needs a recipient"
+    );
+    anyhow::ensure!(
+        outgoing.text.is_some() || outgoing.html.is_some(),
+        "an email needs a text or an HTML body"
+    );
+    let id = new_id("em");
+    let message_id = format!("<{}@{}>", &id[3..], outgoing.from.domain());
+    let scheduled_at = outgoing.scheduled_at.filter(|at| at.0 > now.0);
+    let keys: Vec<String> = outgoing
+        .recipients
+        .iter()
+        .map(|r| suppression_key(&r.address))
+        .collect();
+    let suppressed = match &outgoing.account_id {
+        Some(account_id) => suppressed(conn, account_id, &keys).await?,
+        None => Vec::new(),
+    };
+    let waiting = match scheduled_at {
+        Some(_) => RecipientStatus::Scheduled,
+        None => RecipientStatus::Queued,
+    };
+    let statuses: Vec<RecipientStatus> = keys
+        .iter()
+        .map(|key| match suppressed.contains(key) {
+            true => RecipientStatus::Suppressed,
+            false => waiting,
+        })
+        .collect();
+    let status = if statuses.iter().all(|s| *s == RecipientStatus::Suppressed) {
+        EmailStatus::Suppressed
+    } else if scheduled_at.is_some() {
+        EmailStatus::Scheduled
+    } else {
+        EmailStatus::Queued
+    };
     let body = serde_json::to_vec(&Body {
-        text: outgoing.email.text,
-        html: outgoing.email.html,
+        text: outgoing.text,
+        html: outgoing.html,
+        attachments: outgoing.attachments,
+        headers: outgoing.headers,
     })?;
+    let sealed =
+        (status != EmailStatus::Suppressed).then(|| master_key.seal(&body, &seal_context(&id)));
+    let body_deleted_at = sealed.is_none().then_some(now.0);
+    let reply_to = (!outgoing.reply_to.is_empty()).then(|| {
+        let all: Vec<String> = outgoing.reply_to.iter().map(ToString::to_string).collect();
+        all.join(", ")
+    });
+    let next_attempt_at = match status {
+        EmailStatus::Suppressed => None,
+        _ => Some(scheduled_at.unwrap_or(now).0),
+    };
+    let account_id = outgoing.account_id.as_deref();
     sqlx::query(
-        "INSERT INTO outbox (id, account_id, kind, from_address, to_address, subject, body, message_id, \
-         status, attempts, next_attempt_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', 0, $9, $9, $9)",
+        "INSERT INTO emails (id, account_id, entity_id, kind, from_address, from_name, reply_to, subject, \
+         body, body_deleted_at, message_id, tags, status, scheduled_at, attempts, next_attempt_at, \
+         created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $16)",
     )
     .bind(&id)
-    .bind(outgoing.account_id)
-    .bind(outgoing.email.kind.as_str())
+    .bind(account_id)
+    .bind(outgoing.entity_id.as_deref())
+    .bind(outgoing.kind)
     .bind(outgoing.from.to_string())
-    .bind(outgoing.to.to_string())
-    .bind(&outgoing.email.subject)
-    .bind(master_key.seal(&body, &seal_context(&id)))
+    .bind(outgoing.from_name.as_deref())
+    .bind(reply_to)
+    .bind(&outgoing.subject)
+    .bind(sealed)
+    .bind(body_deleted_at)
     .bind(&message_id)
+    .bind(serde_json::to_string(&outgoing.tags)?)
+    .bind(status.as_str())
+    .bind(scheduled_at.map(|at| at.0))
+    .bind(next_attempt_at)
     .bind(now.0)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(id)
+    for (name, value) in &outgoing.tags {
+        sqlx::query(
+            "INSERT INTO email_tags (email_id, account_id, name, value) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id)
+        .bind(account_id)
+        .bind(name)
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let mut recipients = Vec::with_capacity(outgoing.recipients.len());
+    for (position, (recipient, status)) in outgoing.recipients.iter().zip(&statuses).enumerate() {
+        let address = recipient.address.to_string();
+        sqlx::query(
+            "INSERT INTO email_recipients (email_id, position, address, name, type, status, attempts, \
+             next_attempt_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8)",
+        )
+        .bind(&id)
+        .bind(position as i64)
+        .bind(&address)
+        .bind(recipient.name.as_deref())
+        .bind(recipient.kind.as_str())
+        .bind(status.as_str())
+        .bind(next_attempt_at.filter(|_| *status != RecipientStatus::Suppressed))
+        .bind(now.0)
+        .execute(&mut *conn)
+        .await?;
+        let (event, detail) = match status {
+            RecipientStatus::Suppressed => {
+                ("suppressed", Some("on the suppression list".to_string()))
+            }
+            _ => (
+                "queued",
+                scheduled_at.map(|at| format!("scheduled for {}", at.rfc3339())),
+            ),
+        };
+        record_event(
+            conn,
+            account_id,
+            &id,
+            Some(&address),
+            event,
+            detail.as_deref(),
+            now,
+        )
+        .await?;
+        recipients.push(QueuedRecipient {
+            email: address,
+            kind: recipient.kind,
+            status: *status,
+        });
+    }
+    Ok(Queued {
+        id,
+        status,
+        recipients,
+    })
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    Cancelled,
+    /// No such email in the account.
+    NotFound,
+    /// The email is not (or no longer) waiting for its time: it stands as said.
+    NotScheduled(EmailStatus),
+}
+
+/// Cancels a scheduled email of `account_id` that no worker has taken yet, in the caller's
+/// transaction; its body goes at once.
+pub async fn cancel(
+    conn: &mut sqlx::AnyConnection,
+    account_id: &str,
+    id: &str,
+    now: Timestamp,
+) -> anyhow::Result<Cancel> {
+    let cancelled = sqlx::query(
+        "UPDATE emails SET status = 'cancelled', body = NULL, body_deleted_at = $3, next_attempt_at = NULL, \
+         updated_at = $3 WHERE id = $1 AND account_id = $2 AND status = 'scheduled'",
+    )
+    .bind(id)
+    .bind(account_id)
+    .bind(now.0)
+    .execute(&mut *conn)
+    .await?;
+    if cancelled.rows_affected() == 0 {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM emails WHERE id = $1 AND account_id = $2")
+                .bind(id)
+                .bind(account_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        return Ok(match status.as_deref().and_then(EmailStatus::parse) {
+            Some(status) => Cancel::NotScheduled(status),
+            None => Cancel::NotFound,
+        });
+    }
+    let addresses: Vec<String> = sqlx::query_scalar(
+        "SELECT address FROM email_recipients WHERE email_id = $1 AND status = 'scheduled' ORDER BY position",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE email_recipients SET status = 'cancelled', next_attempt_at = NULL, updated_at = $2 \
+         WHERE email_id = $1 AND status = 'scheduled'",
+    )
+    .bind(id)
+    .bind(now.0)
+    .execute(&mut *conn)
+    .await?;
+    for address in &addresses {
+        record_event(
+            conn,
+            Some(account_id),
+            id,
+            Some(address),
+            "cancelled",
+            None,
+            now,
+        )
+        .await?;
+    }
+    Ok(Cancel::Cancelled)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageStatus {
-    /// Waiting for its (next) attempt.
+    /// Waiting for its (next) attempt, or for its scheduled time.
     Queued,
     /// An attempt is under way.
     Sending,
+    /// Sent to at least one recipient, and nothing more to do.
     Sent,
-    /// Refused for good, or out of attempts.
+    /// Refused for good, out of attempts, suppressed or cancelled.
     Failed,
 }
 
 impl MessageStatus {
-    pub fn as_str(self) -> &'static str {
+    /// The email statuses each message status shows.
+    fn email_statuses(self) -> &'static [&'static str] {
         match self {
-            MessageStatus::Queued => "queued",
-            MessageStatus::Sending => "sending",
-            MessageStatus::Sent => "sent",
-            MessageStatus::Failed => "failed",
+            MessageStatus::Queued => &["queued", "scheduled"],
+            MessageStatus::Sending => &["sending"],
+            MessageStatus::Sent => &["sent"],
+            MessageStatus::Failed => &["failed", "suppressed", "cancelled"],
         }
     }
 
-    fn parse(value: &str) -> sqlx::Result<MessageStatus> {
-        Ok(match value {
-            "queued" => MessageStatus::Queued,
-            "sending" => MessageStatus::Sending,
-            "sent" => MessageStatus::Sent,
-            "failed" => MessageStatus::Failed,
-            other => {
-                return Err(sqlx::Error::Decode(
-                    format!("unknown message status {other}").into(),
-                ));
+    fn of(status: EmailStatus) -> MessageStatus {
+        match status {
+            EmailStatus::Queued | EmailStatus::Scheduled => MessageStatus::Queued,
+            EmailStatus::Sending => MessageStatus::Sending,
+            EmailStatus::Sent => MessageStatus::Sent,
+            EmailStatus::Failed | EmailStatus::Suppressed | EmailStatus::Cancelled => {
+                MessageStatus::Failed
             }
-        })
+        }
     }
 }
 
@@ -107,9 +521,11 @@ impl MessageStatus {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessageLog {
     pub id: String,
-    /// What caused the email, such as `sender_verification` or `invitation`.
+    /// What caused the email, such as `sender_verification`, `invitation`, or `email`
+    /// (sent through `/v2/emails`).
     pub kind: String,
     pub from: String,
+    /// The first recipient.
     pub to: String,
     pub subject: String,
     pub status: MessageStatus,
@@ -124,12 +540,21 @@ pub struct MessageLog {
     pub sent_at: Option<Timestamp>,
 }
 
-const LOG_COLUMNS: &str = "id, kind, from_address, to_address, subject, status, attempts, last_error, \
-                           message_id, created_at, updated_at, next_attempt_at, sent_at";
+const LOG_COLUMNS: &str = "e.id, e.kind, e.from_address, \
+    (SELECT r.address FROM email_recipients r WHERE r.email_id = e.id ORDER BY r.position LIMIT 1) AS to_address, \
+    e.subject, e.status, e.attempts, e.last_error, e.message_id, e.created_at, e.updated_at, \
+    e.next_attempt_at, e.sent_at";
+
+fn decode_error(what: &str, value: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unknown {what} {value}").into())
+}
 
 impl sqlx::FromRow<'_, AnyRow> for MessageLog {
     fn from_row(row: &AnyRow) -> sqlx::Result<MessageLog> {
-        let status = MessageStatus::parse(&row.try_get::<String, _>("status")?)?;
+        let text: String = row.try_get("status")?;
+        let email_status =
+            EmailStatus::parse(&text).ok_or_else(|| decode_error("status", &text))?;
+        let status = MessageStatus::of(email_status);
         let next_attempt_at = match status {
             MessageStatus::Queued => row.try_get::<Option<i64>, _>("next_attempt_at")?,
             _ => None,
@@ -138,7 +563,9 @@ impl sqlx::FromRow<'_, AnyRow> for MessageLog {
             id: row.try_get("id")?,
             kind: row.try_get("kind")?,
             from: row.try_get("from_address")?,
-            to: row.try_get("to_address")?,
+            to: row
+                .try_get::<Option<String>, _>("to_address")?
+                .unwrap_or_default(),
             subject: row.try_get("subject")?,
             status,
             attempts: row.try_get("attempts")?,
@@ -159,21 +586,28 @@ pub async fn list(
     status: Option<MessageStatus>,
     (limit, offset): (i64, i64),
 ) -> sqlx::Result<Vec<MessageLog>> {
-    sqlx::query_as(&format!(
-        "SELECT {LOG_COLUMNS} FROM outbox WHERE account_id = $1 AND ($2 IS NULL OR status = $2) \
-         ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
-    ))
-    .bind(account_id)
-    .bind(status.map(MessageStatus::as_str))
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(&db.pool)
-    .await
+    let statuses = status.map_or(&[][..], MessageStatus::email_statuses);
+    let filter = match statuses.len() {
+        0 => String::new(),
+        n => format!("AND e.status IN ({})", placeholders(4, n)),
+    };
+    let sql = format!(
+        "SELECT {LOG_COLUMNS} FROM emails e WHERE e.account_id = $1 {filter} \
+         ORDER BY e.position DESC LIMIT $2 OFFSET $3"
+    );
+    let mut query = sqlx::query_as(&sql)
+        .bind(account_id)
+        .bind(limit)
+        .bind(offset);
+    for status in statuses {
+        query = query.bind(*status);
+    }
+    query.fetch_all(&db.pool).await
 }
 
 pub async fn get(db: &Db, id: &str, account_id: &str) -> sqlx::Result<Option<MessageLog>> {
     sqlx::query_as(&format!(
-        "SELECT {LOG_COLUMNS} FROM outbox WHERE id = $1 AND account_id = $2"
+        "SELECT {LOG_COLUMNS} FROM emails e WHERE e.id = $1 AND e.account_id = $2"
     ))
     .bind(id)
     .bind(account_id)
@@ -181,151 +615,217 @@ pub async fn get(db: &Db, id: &str, account_id: &str) -> sqlx::Result<Option<Mes
     .await
 }
 
-/// A message the worker holds the lease on.
+/// A recipient the worker tries in this attempt.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub position: i64,
+    pub address: String,
+    pub name: Option<String>,
+    pub kind: RecipientType,
+    /// This recipient's attempt number, from 1.
+    pub attempts: i64,
+}
+
+/// An email the worker holds the lease on, with every recipient it is to try now.
 pub struct Claimed {
     pub id: String,
     pub account_id: Option<String>,
     pub from: String,
-    pub to: String,
+    pub from_name: Option<String>,
+    pub reply_to: Option<String>,
     pub subject: String,
-    sealed_body: String,
+    sealed_body: Option<String>,
     pub message_id: String,
-    /// This attempt's number, from 1.
+    /// This attempt's number, from 1, of the email as a whole.
     pub attempts: i64,
     pub created_at: i64,
     lease_until: i64,
+    /// Recipients due now (queued, scheduled and due, or deferred and due).
+    pub pending: Vec<Pending>,
+    /// Every recipient, for the headers (`bcc` ones left out there by the composer).
+    pub recipients: Vec<Pending>,
 }
 
 impl Claimed {
+    /// The body, or why there is none to send.
     pub fn open_body(&self, master_key: &MasterKey) -> anyhow::Result<Body> {
-        let bytes = master_key.open(&self.sealed_body, &seal_context(&self.id))?;
+        let Some(sealed) = &self.sealed_body else {
+            anyhow::bail!("the body was deleted after the retention period");
+        };
+        let bytes = master_key.open(sealed, &seal_context(&self.id))?;
         Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// The lease's end, in milliseconds since the epoch.
+    pub fn lease_until(&self) -> i64 {
+        self.lease_until
+    }
+
+    /// The first `to` recipient, for the logs.
+    pub fn first_recipient(&self) -> &str {
+        self.recipients
+            .first()
+            .map_or("", |recipient| recipient.address.as_str())
     }
 }
 
-/// Takes the lease on up to `limit` due messages (queued and due, or sending with an
-/// expired lease) for this instance alone, of none of the accounts `skip` (whose mail has
-/// enough waiting for their relays already).
+/// Takes the lease on up to `limit` due emails (queued or scheduled and due, or sending
+/// with an expired lease) for this instance alone, of none of the accounts `skip` (whose
+/// mail has enough waiting for their relays already). A body kept longer than
+/// `retention_ms` goes in the same statement: such an email cannot be sent any more.
 pub async fn claim_due(
     db: &Db,
     limit: i64,
     lease_ms: i64,
+    retention_ms: i64,
     skip: &[String],
 ) -> sqlx::Result<Vec<Claimed>> {
     let lock = match db.engine {
         Engine::Postgres => "FOR UPDATE SKIP LOCKED",
         Engine::Sqlite => "",
     };
-    let due = "((status = 'queued' AND next_attempt_at <= $2) OR (status = 'sending' AND lease_until < $2))";
+    let due = "((status IN ('queued', 'scheduled') AND next_attempt_at <= $2) \
+               OR (status = 'sending' AND lease_until < $2))";
     let others = match skip.len() {
         0 => String::new(),
         n => format!(
             "AND (account_id IS NULL OR account_id NOT IN ({}))",
-            placeholders(4, n)
+            placeholders(5, n)
         ),
     };
+    let expired = "body IS NOT NULL AND COALESCE(scheduled_at, created_at) < $4";
     let sql = format!(
-        "UPDATE outbox SET status = 'sending', lease_until = $1, attempts = attempts + 1, updated_at = $2 \
-         WHERE id IN (SELECT id FROM outbox WHERE {due} {others} ORDER BY next_attempt_at LIMIT $3 {lock}) \
+        "UPDATE emails SET status = 'sending', lease_until = $1, attempts = attempts + 1, updated_at = $2, \
+         body_deleted_at = CASE WHEN {expired} THEN $2 ELSE body_deleted_at END, \
+         body = CASE WHEN {expired} THEN NULL ELSE body END \
+         WHERE id IN (SELECT id FROM emails WHERE {due} {others} ORDER BY next_attempt_at LIMIT $3 {lock}) \
          AND {due} \
-         RETURNING id, account_id, from_address, to_address, subject, body, message_id, attempts, created_at, lease_until"
+         RETURNING id, account_id, from_address, from_name, reply_to, subject, body, message_id, attempts, \
+         created_at, lease_until"
     );
     let now = db.now().0;
-    let mut query = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(limit);
+    let mut query = sqlx::query(&sql)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit)
+        .bind(now.saturating_sub(retention_ms));
     for account in skip {
         query = query.bind(account);
     }
     let rows = query.fetch_all(&db.pool).await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let recipients = recipients_of(db, &id).await?;
+        let pending = recipients
+            .iter()
+            .filter(|(_, status, next)| !status.is_final() && next.is_none_or(|next| next <= now))
+            .map(|(recipient, _, _)| recipient.clone())
+            .collect();
+        claimed.push(Claimed {
+            id,
+            account_id: row.try_get("account_id")?,
+            from: row.try_get("from_address")?,
+            from_name: row.try_get("from_name")?,
+            reply_to: row.try_get("reply_to")?,
+            subject: row.try_get("subject")?,
+            sealed_body: row.try_get("body")?,
+            message_id: row.try_get("message_id")?,
+            attempts: row.try_get("attempts")?,
+            created_at: row.try_get("created_at")?,
+            lease_until: row.try_get("lease_until")?,
+            pending,
+            recipients: recipients.into_iter().map(|(r, _, _)| r).collect(),
+        });
+    }
+    Ok(claimed)
+}
+
+async fn recipients_of(
+    db: &Db,
+    email_id: &str,
+) -> sqlx::Result<Vec<(Pending, RecipientStatus, Option<i64>)>> {
+    let rows = sqlx::query(
+        "SELECT position, address, name, type, status, attempts, next_attempt_at \
+         FROM email_recipients WHERE email_id = $1 ORDER BY position",
+    )
+    .bind(email_id)
+    .fetch_all(&db.pool)
+    .await?;
     rows.iter()
         .map(|row| {
-            Ok(Claimed {
-                id: row.try_get("id")?,
-                account_id: row.try_get("account_id")?,
-                from: row.try_get("from_address")?,
-                to: row.try_get("to_address")?,
-                subject: row.try_get("subject")?,
-                sealed_body: row.try_get("body")?,
-                message_id: row.try_get("message_id")?,
-                attempts: row.try_get("attempts")?,
-                created_at: row.try_get("created_at")?,
-                lease_until: row.try_get("lease_until")?,
-            })
+            let kind: String = row.try_get("type")?;
+            let status: String = row.try_get("status")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            Ok((
+                Pending {
+                    position: row.try_get("position")?,
+                    address: row.try_get("address")?,
+                    name: row.try_get("name")?,
+                    kind: RecipientType::parse(&kind).ok_or_else(|| decode_error("type", &kind))?,
+                    attempts: attempts + 1,
+                },
+                RecipientStatus::parse(&status).ok_or_else(|| decode_error("status", &status))?,
+                row.try_get("next_attempt_at")?,
+            ))
         })
         .collect()
 }
 
-impl Claimed {
-    /// The lease's end, in milliseconds since the epoch.
-    pub fn lease_until(&self) -> i64 {
-        self.lease_until
-    }
-}
-
-/// Gives a claimed message back untried, as if it had never been claimed: it waited for a
+/// Gives a claimed email back untried, as if it had never been claimed: it waited for a
 /// delivery slot, not for a retry. It is due again at `due_at`.
-pub async fn release(db: &Db, message: &Claimed, due_at: i64) -> sqlx::Result<()> {
+pub async fn release(db: &Db, email: &Claimed, due_at: i64) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE outbox SET status = 'queued', attempts = attempts - 1, lease_until = NULL, \
+        "UPDATE emails SET status = 'queued', attempts = attempts - 1, lease_until = NULL, \
          next_attempt_at = $2, updated_at = $3 WHERE id = $1 AND lease_until = $4",
     )
-    .bind(&message.id)
+    .bind(&email.id)
     .bind(due_at)
     .bind(db.now().0)
-    .bind(message.lease_until)
+    .bind(email.lease_until)
     .execute(&db.pool)
     .await?;
     Ok(())
 }
 
-/// Extends the lease on a message that waited for a slot, so that no other instance takes
+/// Extends the lease on an email that waited for a slot, so that no other instance takes
 /// it while it is sent; false when the lease is another's by now.
-pub async fn renew(db: &Db, message: &mut Claimed, lease_until: i64) -> sqlx::Result<bool> {
+pub async fn renew(db: &Db, email: &mut Claimed, lease_until: i64) -> sqlx::Result<bool> {
     let renewed = sqlx::query(
-        "UPDATE outbox SET lease_until = $2 WHERE id = $1 AND status = 'sending' AND lease_until = $3",
+        "UPDATE emails SET lease_until = $2 WHERE id = $1 AND status = 'sending' AND lease_until = $3",
     )
-    .bind(&message.id)
+    .bind(&email.id)
     .bind(lease_until)
-    .bind(message.lease_until)
+    .bind(email.lease_until)
     .execute(&db.pool)
     .await?;
     if renewed.rows_affected() == 0 {
         return Ok(false);
     }
-    message.lease_until = lease_until;
+    email.lease_until = lease_until;
     Ok(true)
 }
 
-/// How an attempt ended, as the delivery log records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Sent,
-    Temporary,
-    Permanent,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Sent => "sent",
-            Outcome::Temporary => "temporary",
-            Outcome::Permanent => "permanent",
-        }
-    }
-}
-
-/// One attempt to record, and what it leaves the message as.
-pub struct Attempt<'a> {
-    pub message: &'a Claimed,
-    pub transport: &'a str,
-    pub outcome: Outcome,
-    /// The relay's reply, or why it failed.
+/// What one recipient's attempt leaves it as.
+pub struct RecipientAttempt<'a> {
+    pub recipient: &'a Pending,
+    pub status: RecipientStatus,
+    /// The server's reply, or why it failed.
     pub detail: &'a str,
-    pub status: MessageStatus,
     pub next_attempt_at: Option<i64>,
 }
 
-/// Records attempts in one transaction; answers those that were still this instance's
-/// (past its lease, another instance owns a message).
+/// One attempt at an email to record: each of its tried recipients' outcomes.
+pub struct Attempt<'a> {
+    pub email: &'a Claimed,
+    pub transport: &'a str,
+    pub recipients: Vec<RecipientAttempt<'a>>,
+}
+
+/// Records attempts in one transaction: each recipient's status and event, bounced
+/// addresses on the account's suppression list, and the email's status; the body goes
+/// once every recipient is final. Answers those that were still this instance's (past its
+/// lease, another instance owns an email).
 pub async fn record<'a>(
     db: &Db,
     attempts: &'a [Attempt<'a>],
@@ -334,45 +834,156 @@ pub async fn record<'a>(
     let mut tx = db.begin().await?;
     let mut recorded = Vec::with_capacity(attempts.len());
     for attempt in attempts {
-        let message = attempt.message;
-        let sent_at = (attempt.status == MessageStatus::Sent).then_some(now.0);
-        let last_error = (attempt.outcome != Outcome::Sent).then_some(attempt.detail);
-        let updated = sqlx::query(
-            "UPDATE outbox SET status = $2, next_attempt_at = $3, sent_at = $4, last_error = $5, \
-             lease_until = NULL, updated_at = $6 WHERE id = $1 AND lease_until = $7",
+        let email = attempt.email;
+        // Still ours? The lease is taken back in the same statement below.
+        let ours = sqlx::query(
+            "UPDATE emails SET lease_until = NULL, updated_at = $2 WHERE id = $1 AND lease_until = $3 \
+             AND status = 'sending'",
         )
-        .bind(&message.id)
-        .bind(attempt.status.as_str())
-        .bind(attempt.next_attempt_at)
-        .bind(sent_at)
-        .bind(last_error)
+        .bind(&email.id)
         .bind(now.0)
-        .bind(message.lease_until)
+        .bind(email.lease_until)
         .execute(&mut *tx)
         .await?;
-        if updated.rows_affected() == 0 {
-            tracing::warn!(message = %message.id, "lease lost before the attempt was recorded");
+        if ours.rows_affected() == 0 {
+            tracing::warn!(email = %email.id, "lease lost before the attempt was recorded");
             continue;
         }
-        sqlx::query(
-            "INSERT INTO delivery_attempts (message_id, attempt, at, transport, outcome, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&message.id)
-        .bind(message.attempts)
-        .bind(now.0)
-        .bind(attempt.transport)
-        .bind(attempt.outcome.as_str())
-        .bind(attempt.detail)
-        .execute(&mut *tx)
-        .await?;
+        for outcome in &attempt.recipients {
+            let recipient = outcome.recipient;
+            let sent_at = (outcome.status == RecipientStatus::Sent).then_some(now.0);
+            sqlx::query(
+                "UPDATE email_recipients SET status = $3, attempts = $4, last_reply = $5, \
+                 next_attempt_at = $6, updated_at = $7, sent_at = COALESCE(sent_at, $8) \
+                 WHERE email_id = $1 AND position = $2",
+            )
+            .bind(&email.id)
+            .bind(recipient.position)
+            .bind(outcome.status.as_str())
+            .bind(recipient.attempts)
+            .bind(outcome.detail)
+            .bind(outcome.next_attempt_at)
+            .bind(now.0)
+            .bind(sent_at)
+            .execute(&mut *tx)
+            .await?;
+            let detail = format!("{}: {}", attempt.transport, outcome.detail);
+            record_event(
+                &mut tx,
+                email.account_id.as_deref(),
+                &email.id,
+                Some(&recipient.address),
+                outcome.status.as_str(),
+                Some(&detail),
+                now,
+            )
+            .await?;
+            if outcome.status == RecipientStatus::Bounced
+                && let Some(account_id) = &email.account_id
+                && let Ok(address) = EmailAddress::parse(&recipient.address)
+            {
+                sqlx::query(
+                    "INSERT INTO suppressions (account_id, email, reason, detail, created_at) \
+                     VALUES ($1, $2, 'bounce', $3, $4) ON CONFLICT (account_id, email) DO NOTHING",
+                )
+                .bind(account_id)
+                .bind(suppression_key(&address))
+                .bind(outcome.detail)
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        settle(&mut tx, email, attempt, now).await?;
         recorded.push(attempt);
     }
     tx.commit().await?;
     Ok(recorded)
 }
 
-/// How the outbox stands: messages waiting, how overdue the oldest is, failures lately.
+/// Sets the email's status from its recipients': waiting again until the next due one,
+/// or final (and its body deleted).
+async fn settle(
+    conn: &mut sqlx::AnyConnection,
+    email: &Claimed,
+    attempt: &Attempt<'_>,
+    now: Timestamp,
+) -> sqlx::Result<()> {
+    let rows =
+        sqlx::query("SELECT status, next_attempt_at FROM email_recipients WHERE email_id = $1")
+            .bind(&email.id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut next: Option<i64> = None;
+    let mut any_pending = false;
+    let mut any_sent = false;
+    for row in &rows {
+        let status: String = row.try_get("status")?;
+        let status =
+            RecipientStatus::parse(&status).ok_or_else(|| decode_error("status", &status))?;
+        any_sent |= status == RecipientStatus::Sent;
+        if !status.is_final() {
+            any_pending = true;
+            let at: Option<i64> = row.try_get("next_attempt_at")?;
+            let at = at.unwrap_or(now.0);
+            next = Some(next.map_or(at, |next| next.min(at)));
+        }
+    }
+    let last_error = attempt
+        .recipients
+        .iter()
+        .rev()
+        .find(|outcome| outcome.status != RecipientStatus::Sent)
+        .map(|outcome| outcome.detail);
+    let sent_at = any_sent.then_some(now.0);
+    if any_pending {
+        sqlx::query(
+            "UPDATE emails SET status = 'queued', next_attempt_at = $2, last_error = COALESCE($3, last_error), \
+             sent_at = COALESCE(sent_at, $4) WHERE id = $1",
+        )
+        .bind(&email.id)
+        .bind(next)
+        .bind(last_error)
+        .bind(sent_at)
+        .execute(&mut *conn)
+        .await?;
+    } else {
+        let status = match any_sent {
+            true => EmailStatus::Sent,
+            false => EmailStatus::Failed,
+        };
+        sqlx::query(
+            "UPDATE emails SET status = $2, next_attempt_at = NULL, last_error = COALESCE($3, last_error), \
+             sent_at = COALESCE(sent_at, $4), body = NULL, body_deleted_at = $5 WHERE id = $1",
+        )
+        .bind(&email.id)
+        .bind(status.as_str())
+        .bind(last_error)
+        .bind(sent_at)
+        .bind(now.0)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Deletes the bodies kept longer than `retention_ms` (from the email's scheduled time, so
+/// that a far scheduled email keeps its body until then) and those of final emails;
+/// answers how many went.
+pub async fn delete_old_bodies(db: &Db, retention_ms: i64) -> sqlx::Result<u64> {
+    let now = db.now().0;
+    let deleted = sqlx::query(
+        "UPDATE emails SET body = NULL, body_deleted_at = $1 WHERE body IS NOT NULL AND \
+         (status IN ('sent', 'failed', 'suppressed', 'cancelled') OR COALESCE(scheduled_at, created_at) < $2)",
+    )
+    .bind(now)
+    .bind(now.saturating_sub(retention_ms))
+    .execute(&db.pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// How the outbox stands: emails waiting, how overdue the oldest is, failures lately.
 pub struct Depth {
     pub waiting: i64,
     pub oldest_due: Option<i64>,
@@ -381,12 +992,13 @@ pub struct Depth {
 
 pub async fn depth(db: &Db) -> sqlx::Result<Depth> {
     let row = sqlx::query(
-        "SELECT COUNT(*) AS depth, MIN(next_attempt_at) AS oldest FROM outbox WHERE status IN ('queued', 'sending')",
+        "SELECT COUNT(*) AS depth, MIN(next_attempt_at) AS oldest FROM emails \
+         WHERE status IN ('queued', 'sending')",
     )
     .fetch_one(&db.pool)
     .await?;
     let failed_last_hour = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM outbox WHERE status = 'failed' AND updated_at > $1",
+        "SELECT COUNT(*) FROM emails WHERE status = 'failed' AND updated_at > $1",
     )
     .bind(db.now().0 - 3_600_000)
     .fetch_one(&db.pool)
@@ -398,18 +1010,20 @@ pub async fn depth(db: &Db) -> sqlx::Result<Depth> {
     })
 }
 
-/// The outbox at a scrape, in one query on the `outbox_due` index: messages waiting,
-/// those due now (queued and due, or left sending by an instance whose lease ran out,
-/// as `claim_due` takes them), and since when the oldest of those has been due.
+/// The outbox at a scrape, in one query on the `emails_due` index: emails waiting (not
+/// those scheduled for later), those due now (queued or scheduled and due, or left sending
+/// by an instance whose lease ran out, as `claim_due` takes them), and since when the
+/// oldest of those has been due.
 pub async fn queue(db: &Db) -> sqlx::Result<Queue> {
     let now = db.now().0;
     let row = sqlx::query(
-        "SELECT COUNT(*) AS queued, \
-         COALESCE(SUM(CASE WHEN (status = 'queued' AND next_attempt_at <= $1) \
+        "SELECT COALESCE(SUM(CASE WHEN status IN ('queued', 'sending') OR next_attempt_at <= $1 \
+           THEN 1 ELSE 0 END), 0) AS queued, \
+         COALESCE(SUM(CASE WHEN (status IN ('queued', 'scheduled') AND next_attempt_at <= $1) \
            OR (status = 'sending' AND lease_until < $1) THEN 1 ELSE 0 END), 0) AS due, \
-         MIN(CASE WHEN status = 'queued' AND next_attempt_at <= $1 THEN next_attempt_at \
+         MIN(CASE WHEN status IN ('queued', 'scheduled') AND next_attempt_at <= $1 THEN next_attempt_at \
            WHEN status = 'sending' AND lease_until < $1 THEN lease_until END) AS due_since \
-         FROM outbox WHERE status IN ('queued', 'sending')",
+         FROM emails WHERE status IN ('scheduled', 'queued', 'sending')",
     )
     .bind(now)
     .fetch_one(&db.pool)

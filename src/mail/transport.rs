@@ -762,6 +762,179 @@ pub async fn deliver(
     }
 }
 
+/// What came of one recipient in a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientReply {
+    /// The server took the message for this recipient: its reply to the message.
+    Sent(String),
+    /// The server refused this recipient (its reply to `RCPT TO`), the others aside.
+    Refused(Failure),
+    /// The message or the connection failed, for every recipient alike.
+    Failed(Failure),
+}
+
+/// Delivers one message to several recipients in one SMTP transaction (one `MAIL FROM`,
+/// a `RCPT TO` each, one `DATA`), reading each recipient's reply on its own, so that one
+/// refused recipient does not hold back the others. Answers a reply per recipient, in
+/// their order.
+pub async fn deliver_each(
+    transport: &Transport,
+    message_id: &str,
+    from: &lettre::Address,
+    recipients: &[lettre::Address],
+    bytes: &[u8],
+) -> Vec<RecipientReply> {
+    let all = |reply: RecipientReply| vec![reply; recipients.len()];
+    match transport {
+        Transport::Files(dir) => match write_file(dir, message_id, bytes).await {
+            Ok(path) => all(RecipientReply::Sent(format!(
+                "written to {}",
+                path.display()
+            ))),
+            Err(error) => all(RecipientReply::Failed(Failure::Temporary(format!(
+                "cannot write the message: {error:#}"
+            )))),
+        },
+        Transport::Smtp(target) => {
+            let mut replies = all(RecipientReply::Failed(Failure::Temporary(format!(
+                "the SMTP conversation with {}:{} took longer than {:?}",
+                target.host, target.port, target.limits.timeout
+            ))));
+            let timeout = target.limits.timeout;
+            let _ = tokio::time::timeout(
+                timeout,
+                converse(target, from, recipients, bytes, &mut replies),
+            )
+            .await;
+            replies
+        }
+    }
+}
+
+/// The transaction of `deliver_each`: `replies` holds each recipient's outcome as it is
+/// known, so that a timeout leaves the rest as they were set.
+async fn converse(
+    target: &SmtpTarget,
+    from: &lettre::Address,
+    recipients: &[lettre::Address],
+    bytes: &[u8],
+    replies: &mut [RecipientReply],
+) {
+    use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+    use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
+
+    let mut conversation = Conversation::new(target);
+    let fail_all = |replies: &mut [RecipientReply], failure: Failure| {
+        for reply in replies.iter_mut() {
+            *reply = RecipientReply::Failed(failure.clone());
+        }
+    };
+    let Some(mut connection) = conversation.open().await else {
+        let last = conversation
+            .steps
+            .last()
+            .map(|s| (s.step, s.detail.clone()));
+        let (step, detail) = last.unwrap_or(("connect", "no connection".to_string()));
+        let failure = match conversation.refused {
+            true => Failure::Permanent(format!("{step}: {detail}")),
+            false => classify_text(step, &detail),
+        };
+        fail_all(replies, failure);
+        return;
+    };
+    let info = connection.server_info();
+    let mut options = Vec::new();
+    let ascii = |address: &lettre::Address| AsRef::<str>::as_ref(address).is_ascii();
+    let non_ascii = !ascii(from) || !recipients.iter().all(ascii);
+    if non_ascii {
+        if !info.supports_feature(Extension::SmtpUtfEight) {
+            let failure = Failure::Permanent(
+                "send: the server does not take non-ASCII addresses (SMTPUTF8)".to_string(),
+            );
+            fail_all(replies, failure);
+            let _ = connection.quit().await;
+            return;
+        }
+        options.push(MailParameter::SmtpUtfEight);
+    }
+    if !bytes.is_ascii() {
+        if !info.supports_feature(Extension::EightBitMime) {
+            let failure = Failure::Permanent(
+                "send: the server does not take 8-bit messages (8BITMIME)".to_string(),
+            );
+            fail_all(replies, failure);
+            let _ = connection.quit().await;
+            return;
+        }
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    if let Err(error) = connection
+        .command(Mail::new(Some(from.clone()), options))
+        .await
+    {
+        conversation.record("mail", false, describe(&error));
+        fail_all(replies, classify_at("MAIL FROM", &error));
+        let _ = connection.quit().await;
+        return;
+    }
+    let mut accepted = Vec::new();
+    for (index, recipient) in recipients.iter().enumerate() {
+        match connection
+            .command(Rcpt::new(recipient.clone(), vec![]))
+            .await
+        {
+            Ok(_) => accepted.push(index),
+            Err(error) if error.status().is_some() => {
+                conversation.record("rcpt", false, describe(&error));
+                replies[index] = RecipientReply::Refused(classify_at("RCPT TO", &error));
+            }
+            Err(error) => {
+                // The connection broke: whoever has no reply yet is tried again later.
+                conversation.record("rcpt", false, describe(&error));
+                let failure = Failure::Temporary(format!("RCPT TO: {}", describe(&error)));
+                for reply in replies.iter_mut().skip(index) {
+                    *reply = RecipientReply::Failed(failure.clone());
+                }
+                for &index in &accepted {
+                    replies[index] = RecipientReply::Failed(failure.clone());
+                }
+                return;
+            }
+        }
+    }
+    if accepted.is_empty() {
+        let _ = connection.quit().await;
+        return;
+    }
+    let sent = match connection.command(Data).await {
+        Ok(_) => connection.message(bytes).await,
+        Err(error) => Err(error),
+    };
+    let outcome = match sent {
+        Ok(response) => {
+            let reply = reply_text(&response);
+            conversation.record("send", true, reply.clone());
+            RecipientReply::Sent(reply)
+        }
+        Err(error) => {
+            conversation.record("send", false, describe(&error));
+            RecipientReply::Failed(classify_at("DATA", &error))
+        }
+    };
+    for index in accepted {
+        replies[index] = outcome.clone();
+    }
+    let _ = connection.quit().await;
+}
+
+/// A failed command's reply, prefixed with the command.
+fn classify_at(command: &str, error: &lettre::transport::smtp::Error) -> Failure {
+    match classify(error) {
+        Failure::Permanent(detail) => Failure::Permanent(format!("{command}: {detail}")),
+        Failure::Temporary(detail) => Failure::Temporary(format!("{command}: {detail}")),
+    }
+}
+
 fn classify(error: &lettre::transport::smtp::Error) -> Failure {
     if error.is_permanent() {
         Failure::Permanent(describe(error))

@@ -1,5 +1,7 @@
-//! The delivery worker: claims due messages (one instance each), sends them through the
-//! right transport, records every attempt, and retries temporary failures with backoff.
+//! The delivery worker: claims due emails (one instance each), sends each to all its due
+//! recipients in one SMTP transaction through the right transport, records every
+//! recipient's reply on its own, and retries temporary failures with backoff, recipient
+//! by recipient.
 //!
 //! Messages go independently: the slot a message frees is filled at once, so a relay that
 //! never answers holds the slots of its own messages only, never a whole batch. The mail
@@ -14,11 +16,11 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use super::compose::{Composed, Parts, compose};
-use super::outbox::{self, Attempt, Claimed, MessageStatus, Outcome};
+use super::compose::{self, Email, compose_email};
+use super::outbox::{self, Attempt, Claimed, RecipientAttempt, RecipientStatus, RecipientType};
 use super::port::Directory;
 use super::templates::{Kind, render};
-use super::transport::{Failure, SmtpTarget, Transport, deliver};
+use super::transport::{Failure, RecipientReply, SmtpTarget, Transport, deliver, deliver_each};
 use crate::config::Settings;
 use crate::metrics::{self, Metrics};
 use crate::store::crypto::MasterKey;
@@ -26,7 +28,7 @@ use crate::store::{Db, new_id};
 use crate::types::text::Escaped;
 use crate::types::{DomainName, EmailAddress};
 
-/// Attempts before a message is given up: with the default 30 s first retry, doubling up
+/// Attempts before a recipient is given up: with the default 30 s first retry, doubling up
 /// to 4 hours apart, the last comes about a day after the first.
 pub const MAX_ATTEMPTS: i64 = 13;
 const MAX_RETRY_DELAY_MS: i64 = 4 * 3_600_000;
@@ -54,18 +56,20 @@ pub struct Delivery {
     pub metrics: Metrics,
 }
 
-/// A claimed message, built, signed and routed — or why it cannot go.
+/// A claimed email, built, signed and routed — or why it cannot go.
 struct Ready {
     message: Claimed,
     /// Where it goes, as the delivery log says it.
     transport: String,
-    plan: Result<(Transport, Composed), Failure>,
+    /// The transport and the message's bytes, the same for every recipient.
+    plan: Result<(Transport, Vec<u8>), Failure>,
     /// The account whose own relay carries it: it takes one of that account's slots.
     account: Option<String>,
 }
 
-/// A message after its attempt: where it went and what came of it.
-type Finished = (Claimed, String, Result<String, Failure>);
+/// An email after its attempt: where it went and what came of it for each recipient tried
+/// (in the order of `Claimed::pending`).
+type Finished = (Claimed, String, Vec<RecipientReply>);
 
 impl Delivery {
     /// How long a claimed message stays with one instance: a whole conversation fits twice.
@@ -145,56 +149,46 @@ impl Delivery {
                 return cannot(message, none(), failure);
             }
         };
-        let parts = Parts {
-            from: &message.from,
-            to: &message.to,
-            subject: &message.subject,
-            text: &body.text,
-            html: &body.html,
-            message_id: &message.message_id,
-            date: message.created_at,
-        };
-        let composed = self.compose(parts, owner.as_deref(), &from_domain).await;
         let described = transport.describe();
-        match composed {
-            Ok(composed) => Ready {
+        let key = match self
+            .directory
+            .signing_key(owner.as_deref(), &from_domain)
+            .await
+        {
+            Ok(key) => key,
+            Err(error) => {
+                let failure = Failure::Temporary(format!("no signing key: {error:#}"));
+                return cannot(message, described, failure);
+            }
+        };
+        match compose_claimed(&message, &body, key.as_ref()) {
+            Ok(bytes) => Ready {
                 message,
                 transport: described,
-                plan: Ok((transport, composed)),
+                plan: Ok((transport, bytes)),
                 account,
             },
             Err(error) => {
-                let failure = Failure::Temporary(format!("cannot build the message: {error:#}"));
+                let failure = Failure::Permanent(format!("cannot build the message: {error:#}"));
                 cannot(message, described, failure)
             }
         }
     }
 
-    async fn compose(
-        &self,
-        parts: Parts<'_>,
-        owner: Option<&str>,
-        from_domain: &DomainName,
-    ) -> anyhow::Result<Composed> {
-        let key = self.directory.signing_key(owner, from_domain).await?;
-        compose(parts, key.as_ref())
-    }
-
-    /// Sends a ready message; answers what came of it.
+    /// Sends a ready email to its due recipients, all in one transaction; answers what
+    /// came of each.
     async fn send(&self, ready: Ready) -> Finished {
-        let result = match &ready.plan {
-            Ok((transport, composed)) => {
-                deliver(
-                    transport,
-                    &ready.message.message_id,
-                    &composed.envelope,
-                    &composed.bytes,
-                )
-                .await
+        let pending = &ready.message.pending;
+        let replies = match (&ready.plan, envelope(&ready.message)) {
+            // Every recipient due was final already (a lease taken back): nothing to send.
+            _ if pending.is_empty() => Vec::new(),
+            (Ok((transport, bytes)), Ok((from, to))) => {
+                deliver_each(transport, &ready.message.message_id, &from, &to, bytes).await
             }
-            Err(failure) => Err(failure.clone()),
+            (Err(failure), _) => vec![RecipientReply::Failed(failure.clone()); pending.len()],
+            (_, Err(failure)) => vec![RecipientReply::Failed(failure); pending.len()],
         };
-        (ready.message, ready.transport, result)
+        (ready.message, ready.transport, replies)
     }
 
     /// A message that waited for a slot may be near the end of its lease: renewed before
@@ -262,71 +256,103 @@ impl Delivery {
         shared.room.notify_one();
     }
 
-    /// What an attempt leaves the message as.
+    /// What an attempt leaves each recipient as.
     fn judge<'a>(
         &self,
         message: &'a Claimed,
         transport: &'a str,
-        result: &'a Result<String, Failure>,
+        replies: &'a [RecipientReply],
     ) -> Attempt<'a> {
         let now = self.db.now().0;
         let base_ms = (self.settings.mail_retry_seconds.max(1) as i64).saturating_mul(1000);
-        let (outcome, detail, status, next_attempt_at) = match result {
-            Ok(reply) => (Outcome::Sent, reply, MessageStatus::Sent, None),
-            Err(Failure::Temporary(error)) if message.attempts < MAX_ATTEMPTS => (
-                Outcome::Temporary,
-                error,
-                MessageStatus::Queued,
-                Some(now + retry_delay_ms(base_ms, message.attempts)),
-            ),
-            Err(Failure::Temporary(error)) => {
-                (Outcome::Temporary, error, MessageStatus::Failed, None)
-            }
-            Err(Failure::Permanent(error)) => {
-                (Outcome::Permanent, error, MessageStatus::Failed, None)
-            }
-        };
+        let recipients = message
+            .pending
+            .iter()
+            .zip(replies)
+            .map(|(recipient, reply)| {
+                let (status, detail, next_attempt_at) = match reply {
+                    RecipientReply::Sent(reply) => (RecipientStatus::Sent, reply, None),
+                    RecipientReply::Refused(Failure::Permanent(error)) => {
+                        (RecipientStatus::Bounced, error, None)
+                    }
+                    RecipientReply::Failed(Failure::Permanent(error)) => {
+                        (RecipientStatus::Failed, error, None)
+                    }
+                    RecipientReply::Refused(Failure::Temporary(error))
+                    | RecipientReply::Failed(Failure::Temporary(error)) => {
+                        if recipient.attempts < MAX_ATTEMPTS {
+                            let at = now + retry_delay_ms(base_ms, recipient.attempts);
+                            (RecipientStatus::Deferred, error, Some(at))
+                        } else {
+                            (RecipientStatus::Failed, error, None)
+                        }
+                    }
+                };
+                RecipientAttempt {
+                    recipient,
+                    status,
+                    detail,
+                    next_attempt_at,
+                }
+            })
+            .collect();
         Attempt {
-            message,
+            email: message,
             transport,
-            outcome,
-            detail,
-            status,
-            next_attempt_at,
+            recipients,
         }
     }
 
     /// Records the outcome of each attempt, all in one transaction.
-    async fn record(&self, results: &[(Claimed, String, Result<String, Failure>)]) {
+    async fn record(&self, results: &[Finished]) {
         let attempts: Vec<Attempt> = results
             .iter()
-            .map(|(message, transport, result)| self.judge(message, transport, result))
+            .map(|(message, transport, replies)| self.judge(message, transport, replies))
             .collect();
         let recorded = match outbox::record(&self.db, &attempts, self.db.now()).await {
             Ok(recorded) => recorded,
             Err(error) => {
-                tracing::error!(%error, messages = attempts.len(), "cannot record delivery attempts");
+                tracing::error!(%error, emails = attempts.len(), "cannot record delivery attempts");
                 return;
             }
         };
         for attempt in recorded {
-            let (message, transport, error) = (attempt.message, attempt.transport, attempt.detail);
-            self.metrics.delivery(match attempt.status {
-                MessageStatus::Sent => metrics::Delivery::Sent,
-                MessageStatus::Queued => metrics::Delivery::Retry,
-                _ => metrics::Delivery::Failed,
-            });
-            match attempt.status {
-                MessageStatus::Sent => {
-                    tracing::info!(message = %message.id, to = %message.to, transport, "sent")
-                }
-                MessageStatus::Queued => {
-                    tracing::warn!(message = %message.id, attempt = message.attempts, transport, error = %Escaped(error), "delivery failed; will retry")
-                }
-                _ => {
-                    tracing::error!(message = %message.id, attempt = message.attempts, transport, error = %Escaped(error), "delivery failed for good")
+            let (email, transport) = (attempt.email, attempt.transport);
+            for outcome in &attempt.recipients {
+                let (to, error) = (&outcome.recipient.address, outcome.detail);
+                let tries = outcome.recipient.attempts;
+                self.metrics.delivery(match outcome.status {
+                    RecipientStatus::Sent => metrics::Delivery::Sent,
+                    RecipientStatus::Deferred => metrics::Delivery::Retry,
+                    _ => metrics::Delivery::Failed,
+                });
+                match outcome.status {
+                    RecipientStatus::Sent => {
+                        tracing::info!(email = %email.id, to = %Escaped(to), transport, "sent")
+                    }
+                    RecipientStatus::Deferred => {
+                        tracing::warn!(email = %email.id, to = %Escaped(to), attempt = tries, transport, error = %Escaped(error), "delivery failed; will retry")
+                    }
+                    _ => {
+                        tracing::error!(email = %email.id, to = %Escaped(to), attempt = tries, transport, error = %Escaped(error), "delivery failed for good")
+                    }
                 }
             }
+        }
+    }
+
+    fn retention_ms(&self) -> i64 {
+        i64::try_from(self.settings.body_retention_hours)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(3_600_000)
+    }
+
+    /// Deletes the bodies past their retention (and any final email's left behind).
+    async fn delete_old_bodies(&self) {
+        match outbox::delete_old_bodies(&self.db, self.retention_ms()).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "email bodies past their retention deleted"),
+            Err(error) => tracing::warn!(%error, "cannot delete old email bodies"),
         }
     }
 
@@ -365,6 +391,7 @@ impl Delivery {
         while !*stop.borrow() {
             if last_metrics.elapsed() >= METRICS_EVERY {
                 self.log_depth().await;
+                self.delete_old_bodies().await;
                 last_metrics = Instant::now();
             }
             // As many messages as there are free slots, each off on its own at once —
@@ -372,7 +399,10 @@ impl Delivery {
             let free = slots.available_permits();
             if free > 0 {
                 let crowded = shared.lines.crowded();
-                match outbox::claim_due(&self.db, free as i64, self.lease_ms(), &crowded).await {
+                let (lease_ms, retention_ms) = (self.lease_ms(), self.retention_ms());
+                match outbox::claim_due(&self.db, free as i64, lease_ms, retention_ms, &crowded)
+                    .await
+                {
                     Ok(claimed) => {
                         for message in claimed {
                             match slots.clone().try_acquire_owned() {
@@ -436,18 +466,33 @@ impl Delivery {
             &[],
         )?;
         let message_id = format!("<{}@{}>", &new_id("msg")[4..], from.domain());
-        let parts = Parts {
-            from: &from.to_string(),
-            to: &to.to_string(),
+        let (from_text, to_text) = (from.to_string(), to.to_string());
+        let recipients = [compose::Address {
+            name: None,
+            email: &to_text,
+        }];
+        let message = Email {
+            from: compose::Address {
+                name: None,
+                email: &from_text,
+            },
+            to: &recipients,
+            cc: &[],
+            reply_to: &[],
             subject: &email.subject,
-            text: &email.text,
-            html: &email.html,
+            text: Some(&email.text),
+            html: Some(&email.html),
+            attachments: &[],
+            headers: &[],
             message_id: &message_id,
             date: sent_at.0,
         };
-        let composed = self.compose(parts, None, from.domain()).await?;
+        let key = self.directory.signing_key(None, from.domain()).await?;
+        let bytes = compose_email(&message, key.as_ref())?;
+        let envelope =
+            lettre::address::Envelope::new(Some(from_text.parse()?), vec![to_text.parse()?])?;
         let transport = self.system_transport()?;
-        let result = deliver(&transport, &message_id, &composed.envelope, &composed.bytes).await;
+        let result = deliver(&transport, &message_id, &envelope, &bytes).await;
         Ok((transport.describe(), result))
     }
 }
@@ -544,6 +589,88 @@ impl Lines {
             .flat_map(|(_, line)| line.waiting)
             .collect()
     }
+}
+
+/// The message of a claimed email: the same bytes for every recipient, Bcc never in them.
+fn compose_claimed(
+    message: &Claimed,
+    body: &outbox::Body,
+    key: Option<&super::port::SigningKey>,
+) -> anyhow::Result<Vec<u8>> {
+    let address = |recipient: &'_ outbox::Pending| -> (RecipientType, (Option<String>, String)) {
+        (
+            recipient.kind,
+            (recipient.name.clone(), recipient.address.clone()),
+        )
+    };
+    let all: Vec<_> = message.recipients.iter().map(address).collect();
+    let listed = |kind: RecipientType| -> Vec<compose::Address<'_>> {
+        all.iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, (name, email))| compose::Address {
+                name: name.as_deref(),
+                email,
+            })
+            .collect()
+    };
+    let (to, cc) = (listed(RecipientType::To), listed(RecipientType::Cc));
+    let reply_to_list: Vec<&str> = message
+        .reply_to
+        .as_deref()
+        .map(|list| list.split(", ").collect())
+        .unwrap_or_default();
+    let reply_to: Vec<compose::Address<'_>> = reply_to_list
+        .iter()
+        .map(|email| compose::Address { name: None, email })
+        .collect();
+    let attachments: Vec<compose::Attachment<'_>> = body
+        .attachments
+        .iter()
+        .map(|a| compose::Attachment {
+            filename: &a.filename,
+            content_type: &a.content_type,
+            content_id: a.content_id.as_deref(),
+            bytes: &a.content,
+        })
+        .collect();
+    let headers: Vec<(&str, &str)> = body
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let email = Email {
+        from: compose::Address {
+            name: message.from_name.as_deref(),
+            email: &message.from,
+        },
+        to: &to,
+        cc: &cc,
+        reply_to: &reply_to,
+        subject: &message.subject,
+        text: body.text.as_deref(),
+        html: body.html.as_deref(),
+        attachments: &attachments,
+        headers: &headers,
+        message_id: &message.message_id,
+        date: message.created_at,
+    };
+    compose_email(&email, key)
+}
+
+/// The envelope of an attempt: the email's From, and the recipients tried now.
+fn envelope(message: &Claimed) -> Result<(lettre::Address, Vec<lettre::Address>), Failure> {
+    let parse = |address: &str| {
+        address
+            .parse::<lettre::Address>()
+            .map_err(|e| Failure::Permanent(format!("the address {address}: {e}")))
+    };
+    let from = parse(&message.from)?;
+    let to = message
+        .pending
+        .iter()
+        .map(|recipient| parse(&recipient.address))
+        .collect::<Result<_, _>>()?;
+    Ok((from, to))
 }
 
 fn from_domain(from: &str) -> Result<DomainName, String> {

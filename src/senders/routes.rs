@@ -175,12 +175,7 @@ async fn send_verification(
         &[("email", &email.to_string()), ("scope", &scope_name)],
         &[("link", &link), ("code", &code)],
     )?;
-    let outgoing = Outgoing {
-        account_id: Some(account_id),
-        from,
-        to: email,
-        email: email_text,
-    };
+    let outgoing = Outgoing::rendered(Some(account_id), from, email, email_text);
     enqueue(&mut *tx, &state.master_key, outgoing, now).await?;
     Ok(())
 }

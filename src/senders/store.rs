@@ -276,3 +276,15 @@ pub async fn effective_from(
     let address = found.as_deref().unwrap_or(system_from);
     EmailAddress::parse(address).map_err(|e| anyhow::anyhow!("sender address {address}: {e}"))
 }
+
+/// The account's sender addresses (of any scope) that are `email`, compared ignoring
+/// case: what decides whether the account may send as it.
+pub async fn with_email(db: &Db, account_id: &str, email: &str) -> sqlx::Result<Vec<Stored>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} {FROM} WHERE s.account_id = $1 AND LOWER(s.email) = LOWER($2)"
+    ))
+    .bind(account_id)
+    .bind(email)
+    .fetch_all(&db.pool)
+    .await
+}

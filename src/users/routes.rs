@@ -198,12 +198,7 @@ async fn send_reset_link(state: &AppState, user: &store::StoredUser) -> anyhow::
         now,
     )
     .await?;
-    let outgoing = Outgoing {
-        account_id: None,
-        from: &from,
-        to: &email,
-        email: email_text,
-    };
+    let outgoing = Outgoing::rendered(None, &from, &email, email_text);
     enqueue(&mut tx, &state.master_key, outgoing, now).await?;
     tx.commit().await?;
     state.wake_outbox();

@@ -87,7 +87,7 @@ async fn a_killed_worker_loses_nothing_and_no_password_leaks(engine: Engine) {
     .await
     .unwrap();
     let master_key = MasterKey::from_hex(&secret_key).unwrap();
-    let mut conn = db.pool.acquire().await.unwrap();
+    let mut conn = db.begin().await.unwrap();
     let (from, to) = (
         EmailAddress::parse("billing@customer.com").unwrap(),
         EmailAddress::parse("client@example.org").unwrap(),
@@ -95,11 +95,11 @@ async fn a_killed_worker_loses_nothing_and_no_password_leaks(engine: Engine) {
     let id = enqueue(
         &mut conn,
         &master_key,
-        Outgoing {
-            account_id: Some(&account_id),
-            from: &from,
-            to: &to,
-            email: render(
+        Outgoing::rendered(
+            Some(&account_id),
+            &from,
+            &to,
+            render(
                 Kind::Test,
                 &[
                     ("from", "billing@customer.com"),
@@ -109,12 +109,13 @@ async fn a_killed_worker_loses_nothing_and_no_password_leaks(engine: Engine) {
                 &[],
             )
             .unwrap(),
-        },
+        ),
         db.now(),
     )
     .await
-    .unwrap();
-    drop(conn);
+    .unwrap()
+    .id;
+    conn.commit().await.unwrap();
 
     // The process dies in the middle of the SMTP conversation, the message unsent.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -127,7 +128,7 @@ async fn a_killed_worker_loses_nothing_and_no_password_leaks(engine: Engine) {
 
     let _second = ServerProcess::serve_with(&dir, &database, &env);
     let received = relay.wait_for(1, Duration::from_secs(30)).await;
-    let message_id: String = sqlx::query_scalar("SELECT message_id FROM outbox WHERE id = $1")
+    let message_id: String = sqlx::query_scalar("SELECT message_id FROM emails WHERE id = $1")
         .bind(&id)
         .fetch_one(&db.pool)
         .await
@@ -135,7 +136,7 @@ async fn a_killed_worker_loses_nothing_and_no_password_leaks(engine: Engine) {
     assert_eq!(received[0].header("Message-ID").unwrap(), message_id);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status: String = sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1")
+        let status: String = sqlx::query_scalar("SELECT status FROM emails WHERE id = $1")
             .bind(&id)
             .fetch_one(&db.pool)
             .await
@@ -575,14 +576,14 @@ async fn temporary_failures_retry_and_permanent_ones_stop(engine: Engine) {
         .await;
     assert_eq!(sent["attempts"], 2);
     let attempts: Vec<(String, String)> = sqlx::query_as(
-        "SELECT outcome, detail FROM delivery_attempts WHERE message_id = $1 ORDER BY attempt",
+        "SELECT type, detail FROM events WHERE email_id = $1 AND type <> 'queued' ORDER BY at",
     )
     .bind(&retried)
     .fetch_all(&app.db.pool)
     .await
     .unwrap();
     assert_eq!(attempts.len(), 2);
-    assert_eq!(attempts[0].0, "temporary");
+    assert_eq!(attempts[0].0, "deferred");
     assert!(attempts[0].1.contains("451"), "{attempts:?}");
     assert_eq!(attempts[1].0, "sent");
 
@@ -659,7 +660,7 @@ async fn two_instances_deliver_each_message_once(engine: Engine) {
     message_ids.dedup();
     assert_eq!(message_ids.len(), 40);
     let sent: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'sent' AND attempts = 1")
+        sqlx::query_scalar("SELECT COUNT(*) FROM emails WHERE status = 'sent' AND attempts = 1")
             .fetch_one(&app.db.pool)
             .await
             .unwrap();

@@ -110,7 +110,7 @@ async fn drained(database: &str) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let waiting: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status IN ('queued', 'sending')")
+            sqlx::query_scalar("SELECT COUNT(*) FROM emails WHERE status IN ('queued', 'sending')")
                 .fetch_one(&db.pool)
                 .await
                 .unwrap();
@@ -120,12 +120,12 @@ async fn drained(database: &str) -> Vec<String> {
         assert!(Instant::now() < deadline, "{waiting} emails never left");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'failed'")
+    let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM emails WHERE status = 'failed'")
         .fetch_one(&db.pool)
         .await
         .unwrap();
     assert_eq!(failed, 0);
-    sqlx::query_scalar("SELECT message_id FROM outbox")
+    sqlx::query_scalar("SELECT message_id FROM emails")
         .fetch_all(&db.pool)
         .await
         .unwrap()

@@ -75,7 +75,7 @@ async fn settings_test(app: &TestApp, domain: &str) -> Value {
 /// Queues an email of `account_id`, as its senders and invitations would; answers its id.
 async fn queue_as(app: &TestApp, account_id: &str, from: &str, to: &str) -> String {
     let master_key = MasterKey::load(&app.settings).unwrap();
-    let mut conn = app.db.pool.acquire().await.unwrap();
+    let mut conn = app.db.begin().await.unwrap();
     let (from, to) = (
         EmailAddress::parse(from).unwrap(),
         EmailAddress::parse(to).unwrap(),
@@ -90,15 +90,12 @@ async fn queue_as(app: &TestApp, account_id: &str, from: &str, to: &str) -> Stri
         &[],
     )
     .unwrap();
-    let outgoing = Outgoing {
-        account_id: Some(account_id),
-        from: &from,
-        to: &to,
-        email,
-    };
-    enqueue(&mut conn, &master_key, outgoing, app.db.now())
+    let outgoing = Outgoing::rendered(Some(account_id), &from, &to, email);
+    let queued = enqueue(&mut conn, &master_key, outgoing, app.db.now())
         .await
-        .unwrap()
+        .unwrap();
+    conn.commit().await.unwrap();
+    queued.id
 }
 
 /// Waits until `relay` received an email to `to`.

@@ -22,6 +22,10 @@ struct Owned {
     member: String,
     /// An access token of `member`, a user who is admin of the first entity only.
     member_token: String,
+    /// An email sent in the first entity, scheduled (so that it can still be cancelled).
+    email: String,
+    /// An address on the account's suppression list.
+    suppressed: &'static str,
 }
 
 async fn set_up(app: &TestApp) -> Owned {
@@ -95,6 +99,33 @@ async fn set_up(app: &TestApp) -> Owned {
     let (member_token, _) = mailroom::identity::tokens::issue(&mut conn, &member, app.db.now())
         .await
         .unwrap();
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(20);
+    let later = later
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let email: Value = app
+        .api(Method::POST, "/v2/emails")
+        .header("x-entity-id", &first_entity)
+        .json(&json!({"from": "office@walls.example", "to": "client@walls.example", "subject": "Later",
+                      "text": "Hello", "scheduled_at": later}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let email = email["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{email}"))
+        .to_string();
+    let suppressed = "blocked@walls.example";
+    let added = app
+        .api(Method::POST, "/v2/suppressions")
+        .json(&json!({"email": suppressed}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
     Owned {
         member_token,
         first_entity,
@@ -103,6 +134,8 @@ async fn set_up(app: &TestApp) -> Owned {
         message: messages["items"][0]["id"].as_str().unwrap().to_string(),
         invitation: invitation["id"].as_str().unwrap().to_string(),
         member,
+        email,
+        suppressed,
     }
 }
 
@@ -120,6 +153,8 @@ async fn snapshot(app: &TestApp, owned: &Owned) -> Vec<Value> {
         format!("/entities/invitations/{}", owned.invitation),
         "/entities/users".to_string(),
         format!("/v2/messages/{}", owned.message),
+        format!("/v2/emails/{}", owned.email),
+        "/v2/suppressions".to_string(),
     ] {
         let mut value: Value = app
             .api(Method::GET, &path)
@@ -155,6 +190,10 @@ fn concrete(path: &str, owned: &Owned) -> Option<(String, Value)> {
         ),
         "/v2/email-accounts/delete" => (path.to_string(), json!({"id": owned.mailbox})),
         "/v2/messages/{id}" => (format!("/v2/messages/{}", owned.message), json!({})),
+        "/v2/emails/{id}" | "/v2/emails/{id}/cancel" => {
+            (path.replace("{id}", &owned.email), json!({}))
+        }
+        "/v2/suppressions/{email}" => (format!("/v2/suppressions/{}", owned.suppressed), json!({})),
         "/entities/invitations/{id}" | "/entities/invitations/{id}/resend" => {
             (path.replace("{id}", &owned.invitation), json!({}))
         }
@@ -223,6 +262,7 @@ async fn no_route_reaches_another_tenants_objects(engine: Engine) {
             // An entity-scoped key of another entity is walled off the entity's own objects.
             let entity_owned = path.starts_with("/entities")
                 || path.starts_with("/v1/organizations")
+                || path.starts_with("/v2/emails")
                 || path.starts_with("/api-keys");
             let intruders: Vec<&str> = if entity_owned {
                 vec![&other_account, &other_entity]
@@ -262,6 +302,7 @@ fn account_scoped(method: &Method, path: &str) -> bool {
         "/api/v2/email/settings",
         "/v2/messages",
         "/v1/email-address",
+        "/v2/suppressions",
     ]
     .iter()
     .any(|prefix| path.starts_with(prefix))
@@ -279,6 +320,7 @@ fn valid_body(path: &str, owned: &Owned) -> Value {
         "/v1/email-address" => json!({"email": "intruder@walls.example"}),
         "/v1/email-address/verify" => json!({"code": "000000"}),
         "/entities" => json!({"name": "Intruder"}),
+        "/v2/suppressions" => json!({"email": "intruder@walls.example"}),
         _ => concrete(path, owned).map_or(json!({}), |(_, body)| body),
     }
 }

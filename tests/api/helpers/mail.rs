@@ -32,7 +32,8 @@ impl TestApp {
     /// answers its id.
     pub async fn queue(&self, from: &str, to: &str) -> String {
         let master_key = MasterKey::load(&self.settings).unwrap();
-        let mut conn = self.db.pool.acquire().await.unwrap();
+        // In a transaction, as every caller queues: the worker sees the email whole.
+        let mut conn = self.db.begin().await.unwrap();
         let from = EmailAddress::parse(from).unwrap();
         let to = EmailAddress::parse(to).unwrap();
         let email = render(
@@ -45,19 +46,16 @@ impl TestApp {
             &[],
         )
         .unwrap();
-        enqueue(
+        let queued = enqueue(
             &mut conn,
             &master_key,
-            Outgoing {
-                account_id: Some(&self.admin.account_id),
-                from: &from,
-                to: &to,
-                email,
-            },
+            Outgoing::rendered(Some(&self.admin.account_id), &from, &to, email),
             self.db.now(),
         )
         .await
-        .unwrap()
+        .unwrap();
+        conn.commit().await.unwrap();
+        queued.id
     }
 
     /// The message log's entry for `id`.

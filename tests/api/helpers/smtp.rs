@@ -80,6 +80,12 @@ struct Script {
     auth_attempts: Vec<(String, String, bool)>,
     /// The name after each EHLO or HELO.
     hellos: Vec<String>,
+    /// Recipients whose RCPT TO is answered with the reply every time.
+    refused: Vec<(String, String)>,
+    /// Recipients whose next RCPT TO is answered with the reply, once.
+    deferred: Vec<(String, String)>,
+    /// Every MAIL FROM accepted: one per transaction.
+    transactions: usize,
 }
 
 #[derive(Clone)]
@@ -192,6 +198,28 @@ impl TestSmtp {
             .unwrap()
             .replies
             .push_back(reply.to_string());
+    }
+
+    /// Every RCPT TO for `address` is answered with `reply` (such as `550 5.1.1 no such user`).
+    pub fn refuse(&self, address: &str, reply: &str) {
+        let mut script = self.script.lock().unwrap();
+        script
+            .refused
+            .push((address.to_string(), reply.to_string()));
+    }
+
+    /// The next RCPT TO for `address` is answered with `reply` (such as `451 4.2.1 later`);
+    /// the ones after are accepted.
+    pub fn defer_once(&self, address: &str, reply: &str) {
+        let mut script = self.script.lock().unwrap();
+        script
+            .deferred
+            .push((address.to_string(), reply.to_string()));
+    }
+
+    /// How many transactions (accepted MAIL FROMs) clients began.
+    pub fn transactions(&self) -> usize {
+        self.script.lock().unwrap().transactions
     }
 
     /// While on, DATA is read but never answered.
@@ -329,11 +357,21 @@ fn session<'a>(
                         .unwrap_or("")
                         .to_string();
                     to.clear();
+                    config.script.lock().unwrap().transactions += 1;
                     "250 2.1.0 ok".into()
                 }
             } else if upper.starts_with("RCPT TO:") {
-                to.push(command[8..].trim().trim_matches(['<', '>']).to_string());
-                "250 2.1.5 ok".into()
+                let address = command[8..].trim().trim_matches(['<', '>']).to_string();
+                let mut script = config.script.lock().unwrap();
+                let refused = script.refused.iter().find(|(a, _)| *a == address);
+                if let Some((_, reply)) = refused {
+                    reply.clone()
+                } else if let Some(i) = script.deferred.iter().position(|(a, _)| *a == address) {
+                    script.deferred.remove(i).1
+                } else {
+                    to.push(address);
+                    "250 2.1.5 ok".into()
+                }
             } else if upper == "DATA" {
                 reader.get_mut().write_all(b"354 go ahead\r\n").await?;
                 let mut data = String::new();
