@@ -1,4 +1,5 @@
-//! The mailbox-creation burst, with GETs timed beside it.
+//! The load that is not a plain wrk run: the mailbox-creation burst, with GETs timed beside
+//! it, and a fixed count of emails sent through the API.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +96,63 @@ pub async fn create_burst(
             "get_p99_ms": percentile(0.99),
             "get_max_ms": percentile(1.0),
         })
+    );
+    Ok(())
+}
+
+/// A 2 KB text body, as `bench/emails.lua` sends.
+fn text_body() -> String {
+    "A line of the benchmark's text body, sixty-four bytes long.....\n".repeat(32)
+}
+
+/// Posts `count` emails from `from` to `to`, `concurrency` at once, each with a fresh
+/// `Idempotency-Key`; stops at the first refusal. Prints the rate they were accepted at.
+pub async fn send_burst(
+    url: &str,
+    key: &str,
+    from: &str,
+    to: &str,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let run = mailroom::store::new_id("b");
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, run) = (client.clone(), next.clone(), run.clone());
+        let (url, key) = (url.to_string(), key.to_string());
+        let email = json!({ "from": from, "to": to, "subject": "Benchmark", "text": text_body() });
+        senders.push(tokio::spawn(async move {
+            loop {
+                let number = next.fetch_add(1, Ordering::Relaxed);
+                if number >= count as u64 {
+                    return anyhow::Ok(());
+                }
+                let answer = client
+                    .post(format!("{url}/v2/emails"))
+                    .bearer_auth(&key)
+                    .header("Idempotency-Key", format!("{run}-{number}"))
+                    .json(&email)
+                    .send()
+                    .await?;
+                let status = answer.status();
+                anyhow::ensure!(
+                    status.as_u16() == 202,
+                    "POST /v2/emails answered {status}: {}",
+                    answer.text().await.unwrap_or_default()
+                );
+            }
+        }));
+    }
+    for sender in senders {
+        sender.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({ "accepted": count, "seconds": elapsed, "rate": count as f64 / elapsed })
     );
     Ok(())
 }

@@ -17,12 +17,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serves the mailbox SELECTs of the read path with bare axum + sqlx and no auth.
+    /// Serves the mailbox SELECTs of the read path, and the rows of an accepted email,
+    /// with bare axum + sqlx and no auth.
     Baseline {
         #[arg(long)]
         database_url: String,
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+        /// The account the baseline's emails are written to.
+        #[arg(long)]
+        account: String,
     },
     /// Raw Argon2id hashes per second on every core, with mailroom's parameters.
     HashRate {
@@ -48,6 +52,22 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
         #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Sends `count` emails through `POST /v2/emails`, `concurrency` at once, each with its
+    /// own `Idempotency-Key`; prints the rate at which they were accepted.
+    SendBurst {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
     /// The same DNS queries as the last verifier sweep, through a plain hickory resolver.
@@ -104,7 +124,7 @@ enum Command {
         count: usize,
     },
     /// Waits until what was queued since `since` (ms) is delivered; prints the rate
-    /// between the first and the last delivery.
+    /// between the first and the last delivery and the latency from accept to the 250.
     DeliveryDone {
         #[arg(long)]
         since: i64,
@@ -118,7 +138,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Baseline {
             database_url,
             listen,
-        } => baseline::serve(&database_url, listen).await,
+            account,
+        } => baseline::serve(&database_url, listen, account).await,
         Command::HashRate { seconds } => limits::hash_rate(seconds),
         Command::SignRate { seconds } => limits::sign_rate(seconds),
         Command::CreateBurst {
@@ -129,6 +150,14 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             concurrency,
         } => load::create_burst(&url, &key, &domain, probe_id, seconds, concurrency).await,
+        Command::SendBurst {
+            url,
+            key,
+            from,
+            to,
+            count,
+            concurrency,
+        } => load::send_burst(&url, &key, &from, &to, count, concurrency).await,
         Command::ResolveLoop {
             nameserver,
             suffix,

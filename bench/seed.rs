@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use mailroom::config::Settings;
+use mailroom::mail::compose::{Address, Email, compose_email};
 use mailroom::mail::outbox::{self, Outgoing};
 use mailroom::mail::templates::{Kind, render};
 use mailroom::store::crypto::MasterKey;
@@ -223,23 +224,30 @@ pub async fn enqueue(from: &str, to: &str, count: usize) -> anyhow::Result<()> {
     for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
         let mut tx = db.begin().await?;
         for _ in chunk {
-            let outgoing = Outgoing {
-                account_id: None,
-                from: &from,
-                to: &to,
-                email: email()?,
-            };
+            let outgoing = Outgoing::rendered(None, &from, &to, email()?);
             outbox::enqueue(&mut tx, &master_key, outgoing, db.now()).await?;
         }
         tx.commit().await?;
     }
     let sample = email()?;
-    let parts = mailroom::mail::compose::Parts {
-        from: &from.to_string(),
-        to: &to.to_string(),
+    let (from_text, to_text) = (from.to_string(), to.to_string());
+    let to_list = [Address {
+        name: None,
+        email: &to_text,
+    }];
+    let parts = Email {
+        from: Address {
+            name: None,
+            email: &from_text,
+        },
+        to: &to_list,
+        cc: &[],
+        reply_to: &[],
         subject: &sample.subject,
-        text: &sample.text,
-        html: &sample.html,
+        text: Some(&sample.text),
+        html: Some(&sample.html),
+        attachments: &[],
+        headers: &[],
         message_id: "<sample@bench.test>",
         date: queued_at,
     };
@@ -249,23 +257,24 @@ pub async fn enqueue(from: &str, to: &str, count: usize) -> anyhow::Result<()> {
             selector,
             private_der,
         });
-    let composed = mailroom::mail::compose::compose(parts, key.as_ref())?;
-    let signed = String::from_utf8_lossy(&composed.bytes).contains("DKIM-Signature:");
+    let composed = compose_email(&parts, key.as_ref())?;
+    let signed = String::from_utf8_lossy(&composed).contains("DKIM-Signature:");
     println!(
         "{}",
-        json!({ "queued": count, "queued_at": queued_at, "bytes": composed.bytes.len(), "signed": signed })
+        json!({ "queued": count, "queued_at": queued_at, "bytes": composed.len(), "signed": signed })
     );
     Ok(())
 }
 
 /// Waits until nothing queued since `since` is left; prints the rate between the first
-/// and the last delivery.
+/// and the last delivery, and the percentiles of the time from accept (`created_at`) to
+/// the relay's 250 (the recipient's `sent_at`).
 pub async fn delivery_done(since: i64) -> anyhow::Result<()> {
     let db = open().await?;
     let failed_attempts = || {
         sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM delivery_attempts a JOIN outbox o ON o.id = a.message_id \
-             WHERE o.created_at >= $1 AND a.outcome <> 'sent'",
+            "SELECT COUNT(*) FROM events v JOIN emails e ON e.id = v.email_id \
+             WHERE e.created_at >= $1 AND v.type IN ('deferred', 'bounced', 'failed')",
         )
         .bind(since)
         .fetch_one(&db.pool)
@@ -277,7 +286,8 @@ pub async fn delivery_done(since: i64) -> anyhow::Result<()> {
             "the outbox was not delivered within {WAIT_AT_MOST:?}"
         );
         let left: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM outbox WHERE status IN ('queued', 'sending') AND created_at >= $1",
+            "SELECT COUNT(*) FROM emails WHERE status IN ('scheduled', 'queued', 'sending') \
+             AND created_at >= $1",
         )
         .bind(since)
         .fetch_one(&db.pool)
@@ -291,22 +301,30 @@ pub async fn delivery_done(since: i64) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS sent, MIN(a.at) AS first, MAX(a.at) AS last FROM delivery_attempts a \
-         JOIN outbox o ON o.id = a.message_id WHERE o.created_at >= $1 AND a.outcome = 'sent'",
+    let delivered: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT e.created_at, r.sent_at FROM email_recipients r JOIN emails e ON e.id = r.email_id \
+         WHERE e.created_at >= $1 AND r.status = 'sent' ORDER BY r.sent_at",
     )
     .bind(since)
-    .fetch_one(&db.pool)
+    .fetch_all(&db.pool)
     .await?;
-    let sent: i64 = row.try_get("sent")?;
-    let first: i64 = row.try_get("first")?;
-    let last: i64 = row.try_get("last")?;
+    anyhow::ensure!(!delivered.is_empty(), "nothing was delivered");
+    let sent = delivered.len() as i64;
+    let first = delivered[0].1;
+    let last = delivered[delivered.len() - 1].1;
+    let mut latencies: Vec<i64> = delivered
+        .iter()
+        .map(|(accepted, sent)| sent - accepted)
+        .collect();
+    latencies.sort_unstable();
+    let percentile = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
     let other = failed_attempts().await?;
     let seconds = (last - first).max(1) as f64 / 1000.0;
     println!(
         "{}",
         json!({ "sent": sent, "failed_attempts": other, "seconds": seconds,
-                "rate": (sent - 1) as f64 / seconds })
+                "rate": (sent - 1) as f64 / seconds,
+                "p50_ms": percentile(50), "p99_ms": percentile(99) })
     );
     Ok(())
 }
