@@ -32,10 +32,11 @@ CREATE TABLE emails (
     updated_at       BIGINT NOT NULL,
     sent_at          BIGINT
 );
-CREATE INDEX emails_due ON emails (next_attempt_at) WHERE status IN ('scheduled', 'queued', 'sending');
+-- Covering for the metrics' reading of the queue too (status and lease_until in the index).
+CREATE INDEX emails_due ON emails (next_attempt_at, status, lease_until) WHERE status IN ('scheduled', 'queued', 'sending');
 CREATE INDEX emails_by_account ON emails (account_id, position);
 CREATE INDEX emails_by_status ON emails (account_id, status, position);
-CREATE INDEX emails_by_from ON emails (account_id, from_address, position);
+CREATE INDEX emails_by_from ON emails (account_id, LOWER(from_address), position);
 CREATE INDEX emails_with_body ON emails (created_at) WHERE body IS NOT NULL;
 
 -- Each recipient of an email, in the order given; its own status, attempts and reply.
@@ -54,7 +55,7 @@ CREATE TABLE email_recipients (
     sent_at          BIGINT,
     PRIMARY KEY (email_id, position)
 );
-CREATE INDEX email_recipients_by_address ON email_recipients (address, email_id);
+CREATE INDEX email_recipients_by_address ON email_recipients (LOWER(address), email_id);
 
 -- Tags of an email (also in `emails.tags` as shown), one row each so that a list filters
 -- on an index.

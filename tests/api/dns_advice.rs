@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Command;
 
 use hickory_resolver::Resolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
@@ -18,6 +17,7 @@ use serde_json::Value;
 
 use crate::both_engines;
 use crate::helpers::dns::TestDns;
+use crate::helpers::judges::{importable, judge};
 use crate::helpers::{Engine, spawn_app_with};
 
 both_engines!(
@@ -27,23 +27,6 @@ both_engines!(
 
 const ZONE: &str = "dkim.mailroom.test";
 
-/// Whether python3 can import pyspf and dnspython; without them the SPF check is skipped,
-/// unless `MAILROOM_TEST_REQUIRE_EXTERNAL=1` makes that a failure.
-fn pyspf_installed() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import spf, dns.resolver"])
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !found {
-        assert!(
-            std::env::var("MAILROOM_TEST_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "MAILROOM_TEST_REQUIRE_EXTERNAL=1 but pyspf or dnspython is not installed"
-        );
-        eprintln!("skipped: pyspf or dnspython is not installed");
-    }
-    found
-}
-
 /// pyspf's verdict for mail from `sender` sent from each of `ips`.
 fn spf_results(
     zone_dns: SocketAddr,
@@ -51,20 +34,21 @@ fn spf_results(
     sender: &str,
     ips: &[&str],
 ) -> BTreeMap<String, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/judges/spf_check.py");
-    let output = Command::new("python3")
-        .arg(script)
-        .args(["--zone", ZONE, "--zone-dns", &zone_dns.to_string()])
-        .args(["--dns", &dns.to_string(), "--sender", sender])
-        .args(ips)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (zone_dns, dns) = (zone_dns.to_string(), dns.to_string());
+    let mut args = vec![
+        "--zone",
+        ZONE,
+        "--zone-dns",
+        &zone_dns,
+        "--dns",
+        &dns,
+        "--sender",
+        sender,
+    ];
+    args.extend(ips);
+    let (ok, output) = judge("spf_check.py", &args, b"");
+    assert!(ok, "the SPF judge failed");
+    let results: Value = serde_json::from_str(&output).unwrap();
     results
         .as_object()
         .unwrap()
@@ -189,7 +173,7 @@ async fn the_advised_records_pass_independent_checkers(engine: Engine) {
 
     // SPF: pyspf, as a receiver, through the tenant's include into mailroom's zone and on
     // into the upstream's record.
-    if pyspf_installed() {
+    if importable("spf, dns.resolver") {
         let results = spf_results(
             zone_dns,
             dns.address,

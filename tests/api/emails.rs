@@ -13,11 +13,14 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both_engines;
+use crate::helpers::dns::TestDns;
+use crate::helpers::judges::{dkim_verifies, importable, judge};
 use crate::helpers::smtp::TestSmtp;
 use crate::helpers::{Engine, TestApp, error_code, spawn_app_with_relay};
 
 both_engines!(
     every_field_arrives_at_the_relay,
+    a_mail_client_reads_what_was_sent_and_dkim_verifies,
     from_must_be_a_verified_sender_or_an_active_domain,
     another_accounts_senders_and_domains_are_refused,
     entity_limited_callers_send_and_read_in_their_entity,
@@ -1018,4 +1021,102 @@ async fn a_scheduled_email_is_cancelled_and_never_sent(engine: Engine) {
     );
     let list = app.get_json("/v2/emails?status=cancelled").await;
     assert_eq!(list["items"][0]["id"], id);
+}
+
+/// The bytes that reach the relay, read by Python's `email` package as a mail client would
+/// and verified by dkimpy through the domain's CNAME and mailroom's DNS server.
+async fn a_mail_client_reads_what_was_sent_and_dkim_verifies(engine: Engine) {
+    if !importable("email.policy, dkim, dns.message") {
+        return;
+    }
+    let dns = TestDns::start().await;
+    let (app, relay) = spawn_app_with_relay(engine, |s| {
+        s.dns_listen = Some("127.0.0.1:0".parse().unwrap());
+        s.dns_nameservers = vec![dns.address];
+    })
+    .await;
+    let domain = app.add_domain("zoe.example").await;
+    dns.publish(&domain);
+    assert_eq!(app.verify_domain("zoe.example").await["status"], "active");
+
+    let mut pdf = vec![0u8; 200_000];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut pdf);
+    let png = b"\x89PNG\r\n\x1a\n not really an image".to_vec();
+    let sent = accepted(
+        &app,
+        &json!({
+            "from": "Zoë Ångström <zoe@zoe.example>",
+            "to": "Jürgen Groß <juergen@client.example>",
+            "cc": "cc@client.example",
+            "bcc": "hidden@client.example",
+            "subject": "Rechnung für März — 100 €",
+            "text": "Grüße,\nZoë",
+            "html": "<p>Grüße</p><img src=\"cid:logo@zoe\">",
+            "attachments": [
+                {"filename": "Rechnung März.pdf", "content": STANDARD.encode(&pdf),
+                 "content_type": "application/pdf"},
+                {"filename": "logo.png", "content": STANDARD.encode(&png),
+                 "content_type": "image/png", "content_id": "logo@zoe"},
+            ],
+        }),
+    )
+    .await;
+    wait_until_final(&app, sent["id"].as_str().unwrap()).await;
+    let message = relay.wait_for(1, Duration::from_secs(20)).await.remove(0);
+
+    let (ok, read) = judge("mime_read.py", &[], message.data.as_bytes());
+    assert!(ok, "the MIME reader failed");
+    let read: Value = serde_json::from_str(&read).unwrap();
+    assert_eq!(read["defects"], json!([]), "{read}");
+    assert_eq!(read["subject"], "Rechnung für März — 100 €");
+    assert_eq!(
+        read["from"],
+        json!([{"name": "Zoë Ångström", "email": "zoe@zoe.example"}])
+    );
+    assert_eq!(
+        read["to"],
+        json!([{"name": "Jürgen Groß", "email": "juergen@client.example"}])
+    );
+    assert_eq!(read["cc"][0]["email"], "cc@client.example");
+    let headers = read["headers"].to_string().to_lowercase();
+    assert!(
+        !headers.contains("bcc") && !headers.contains("hidden@"),
+        "{headers}"
+    );
+    let parts = read["parts"].as_array().unwrap();
+    let part = |kind: &str| {
+        parts
+            .iter()
+            .find(|p| p["type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} part: {read}"))
+    };
+    assert_eq!(
+        part("text/plain")["text"].as_str().unwrap().trim_end(),
+        "Grüße,\nZoë"
+    );
+    assert!(
+        part("text/html")["text"]
+            .as_str()
+            .unwrap()
+            .contains("cid:logo@zoe")
+    );
+    let sha256 = |bytes: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+    let attachment = part("application/pdf");
+    assert_eq!(attachment["filename"], "Rechnung März.pdf");
+    assert_eq!(
+        attachment["sha256"],
+        sha256(&pdf),
+        "the PDF arrives byte for byte"
+    );
+    let inline = part("image/png");
+    assert_eq!(inline["content_id"], "<logo@zoe>");
+    assert_eq!(inline["disposition"], "inline");
+    assert_eq!(inline["sha256"], sha256(&png));
+
+    assert!(dkim_verifies(message.data.as_bytes(), dns.address, &app));
+    let forged = message.data.replacen("Rechnung", "Mahnung", 1);
+    assert!(
+        !dkim_verifies(forged.as_bytes(), dns.address, &app),
+        "the judge judges"
+    );
 }

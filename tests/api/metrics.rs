@@ -3,8 +3,6 @@
 //! a path a stranger made up.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -13,6 +11,7 @@ use serde_json::Value;
 use crate::both_engines;
 use crate::helpers::dns::TestDns;
 use crate::helpers::domains::required;
+use crate::helpers::judges::{importable, judge};
 use crate::helpers::smtp::{Encryption, TestSmtp};
 use crate::helpers::{Engine, TestApp, spawn_app, spawn_app_with, spawn_app_with_relay};
 
@@ -21,24 +20,6 @@ both_engines!(
     the_queue_gauges_show_mail_waiting_for_the_worker,
     no_metrics_unless_asked,
 );
-
-/// Whether Python's `prometheus_client` is there; without it the test is skipped, unless
-/// `MAILROOM_TEST_REQUIRE_EXTERNAL=1` makes that a failure.
-fn parser_installed() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !found {
-        assert!(
-            std::env::var("MAILROOM_TEST_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "MAILROOM_TEST_REQUIRE_EXTERNAL=1 but python3 -m prometheus_client is missing"
-        );
-        eprintln!("skipped: Python's prometheus_client is not installed");
-    }
-    found
-}
 
 /// The samples of a scrape, as the Prometheus client's OpenMetrics parser reads them.
 struct Scrape {
@@ -82,28 +63,9 @@ async fn scrape(address: SocketAddr) -> Scrape {
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let text = response.text().await.unwrap();
-    let judge = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/judges/metrics_parse.py");
-    let mut child = Command::new("python3")
-        .arg(judge)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}\n{text}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let parsed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (ok, parsed) = judge("metrics_parse.py", &[], text.as_bytes());
+    assert!(ok, "{text}");
+    let parsed: Value = serde_json::from_str(&parsed).unwrap();
     Scrape {
         samples: parsed["samples"].as_array().unwrap().clone(),
     }
@@ -152,7 +114,7 @@ async fn status_of(app: &TestApp, method: Method, path: &str, with_key: bool) ->
 }
 
 async fn the_counters_match_the_traffic(engine: Engine) {
-    if !parser_installed() {
+    if !importable("prometheus_client") {
         return;
     }
     let dns = TestDns::start().await;
@@ -324,7 +286,7 @@ async fn the_counters_match_the_traffic(engine: Engine) {
 }
 
 async fn the_queue_gauges_show_mail_waiting_for_the_worker(engine: Engine) {
-    if !parser_installed() {
+    if !importable("prometheus_client") {
         return;
     }
     let relay = TestSmtp::start(Encryption::Plain, None).await;

@@ -2,10 +2,7 @@
 //! package as a mail client would parse it, and dkimpy as a receiving server would verify
 //! it. What the sender put in is what they see, and nothing else.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
-
+use crate::helpers::judges::{importable, judge};
 use base64::Engine as _;
 use mailroom::mail::compose::{Address, Attachment, Email, compose_email};
 use mailroom::mail::port::SigningKey;
@@ -13,48 +10,6 @@ use rand::RngCore;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-
-/// Whether python3 can import `module`; without it the test is skipped, unless
-/// `MAILROOM_TEST_REQUIRE_EXTERNAL=1` makes that a failure.
-fn importable(module: &str) -> bool {
-    let found = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("MAILROOM_TEST_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "MAILROOM_TEST_REQUIRE_EXTERNAL=1 but python3 cannot import {module}"
-        );
-        eprintln!("skipped: python3 cannot import {module}");
-    }
-    found
-}
-
-/// Runs the judge `script` with `args` on `message`: whether it succeeded, and its output.
-fn judge(script: &str, args: &[&str], message: &[u8]) -> (bool, String) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/judges")
-        .join(script);
-    let mut child = Command::new("python3")
-        .arg(path)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let message = message.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&message));
-    let output = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    eprintln!("{script}: {}", String::from_utf8_lossy(&output.stderr));
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).unwrap(),
-    )
-}
 
 /// The message as Python's `email` package reads it.
 fn read(message: &[u8]) -> Value {

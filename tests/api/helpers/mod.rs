@@ -7,6 +7,7 @@ pub mod browser;
 pub mod dns;
 pub mod domains;
 pub mod invitations;
+pub mod judges;
 pub mod mail;
 pub mod mailboxes;
 pub mod senders;

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use crate::both_engines;
 use crate::helpers::dns::TestDns;
+use crate::helpers::judges::{dkim_verifies, importable};
 use crate::helpers::smtp::{Encryption, TestSmtp};
 use crate::helpers::{Engine, TestApp, record_secret, spawn_app_with};
 use clients::{Imap, Smtp, message};
@@ -45,22 +46,6 @@ fn installed(program: &str) -> bool {
             "MAILROOM_TEST_REQUIRE_EXTERNAL=1 but {program} is not installed"
         );
         eprintln!("skipped: {program} is not installed");
-    }
-    found
-}
-
-/// Whether python3 can import `module`; as `installed`.
-fn importable(module: &str) -> bool {
-    let found = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("MAILROOM_TEST_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "MAILROOM_TEST_REQUIRE_EXTERNAL=1 but python3 cannot import {module}"
-        );
-        eprintln!("skipped: python3 cannot import {module}");
     }
     found
 }
@@ -143,30 +128,6 @@ impl MailHost {
             .starttls(&self.certificate)
             .await
     }
-}
-
-/// Runs tests/judges/dkim_verify.py on `message`: whether its DKIM signature verifies.
-fn dkim_verifies(message: &str, tenant_dns: std::net::SocketAddr, app: &TestApp) -> bool {
-    use std::io::Write;
-    let judge = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/judges/dkim_verify.py");
-    let mut child = Command::new("python3")
-        .arg(judge)
-        .arg(tenant_dns.to_string())
-        .arg(&app.settings.dkim_zone)
-        .arg(app.dns_address.unwrap().to_string())
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(message.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    eprintln!("dkim judge: {}", String::from_utf8_lossy(&output.stderr));
-    output.status.success()
 }
 
 fn maildirs(vmail: &Path) -> Vec<String> {
@@ -451,12 +412,12 @@ async fn the_mail_host_from_deploy_serves_what_the_api_says(engine: Engine) {
         "mailroom logged in as bob{logs}"
     );
     assert!(
-        dkim_verifies(&invitation, dns.address, &app),
+        dkim_verifies(invitation.as_bytes(), dns.address, &app),
         "{invitation}"
     );
     let tampered = invitation.replacen("/invitations/accept", "/invitations/decline", 1);
     assert!(
-        !dkim_verifies(&tampered, dns.address, &app),
+        !dkim_verifies(tampered.as_bytes(), dns.address, &app),
         "the judge judges"
     );
 
