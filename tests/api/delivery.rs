@@ -266,7 +266,7 @@ async fn scheduled_emails_wait_for_their_time_and_cancelled_ones_never_go(engine
     assert_eq!(email_status(&app.db, &kept.id).await, "scheduled");
 
     // At its time it goes; the cancelled one never does.
-    app.advance_clock(Duration::from_secs(3_601));
+    app.advance_clock(Duration::from_secs(3_601)).await;
     wait_for_email(&app.db, &kept.id, "sent", Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(relay.received().len(), 1);
@@ -315,7 +315,7 @@ async fn bodies_are_deleted_once_final_or_after_the_retention(engine: Engine) {
     }
     assert_eq!(email_status(&app.db, &waiting.id).await, "queued");
     assert!(body_kept(&app.db, &waiting.id).await);
-    app.advance_clock(Duration::from_secs(73 * 3600));
+    app.advance_clock(Duration::from_secs(73 * 3600)).await;
     wait_for_email(&app.db, &waiting.id, "failed", Duration::from_secs(30)).await;
     assert!(!body_kept(&app.db, &waiting.id).await);
     let found = recipients_of(&app, &waiting.id).await;

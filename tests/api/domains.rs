@@ -242,7 +242,7 @@ async fn a_lost_proof_demotes_only_after_the_grace(engine: Engine) {
     assert_eq!(required(&within_grace)[0]["status"], "not_found");
 
     // The proof has now been missing for 25 hours.
-    app.advance_clock(Duration::from_secs(25 * 3600));
+    app.advance_clock(Duration::from_secs(25 * 3600)).await;
     assert_eq!(app.verify_domain("customer.com").await["status"], "pending");
     let statuses: Vec<String> = app
         .domain_events("customer.com")
@@ -266,7 +266,7 @@ async fn a_failed_lookup_changes_nothing(engine: Engine) {
     assert_eq!(required(&missing)[0]["status"], "not_found");
     // Its lookup then fails, long after the day of grace ran out.
     dns.fail(&first);
-    app.advance_clock(Duration::from_secs(25 * 3600));
+    app.advance_clock(Duration::from_secs(25 * 3600)).await;
     let checked = app.verify_domain("customer.com").await;
     assert_eq!(
         checked["status"], "active",
@@ -292,7 +292,7 @@ async fn a_failed_lookup_changes_nothing(engine: Engine) {
 async fn a_pending_domain_fails_after_72_hours(engine: Engine) {
     let (app, dns) = app_with_dns(engine).await;
     let domain = app.add_domain("customer.com").await;
-    app.advance_clock(Duration::from_secs(73 * 3600));
+    app.advance_clock(Duration::from_secs(73 * 3600)).await;
     assert_eq!(app.verify_domain("customer.com").await["status"], "failed");
     // The records can still come, and a verify then activates it.
     dns.publish(&domain);

@@ -622,7 +622,7 @@ async fn one_key_sends_once(engine: Engine) {
     // A key is 1 to 255 printable characters; it lasts a day.
     let error = error_code(send_key(&app, &"k".repeat(256)).await, 400).await;
     assert_eq!(error["code"], "invalid_idempotency_key");
-    app.advance_clock(Duration::from_secs(25 * 3600));
+    app.advance_clock(Duration::from_secs(25 * 3600)).await;
     let later = send("order-1", other).await.unwrap();
     assert_eq!(later.status(), 202, "an expired key is free again");
 }
@@ -883,7 +883,7 @@ async fn the_sending_rate_is_limited(engine: Engine) {
         "sender_not_allowed"
     );
 
-    app.advance_clock(Duration::from_secs(61));
+    app.advance_clock(Duration::from_secs(61)).await;
     accepted(&app, &minimal()).await;
 }
 
@@ -1010,7 +1010,7 @@ async fn a_scheduled_email_is_cancelled_and_never_sent(engine: Engine) {
     error_code(late, 409).await;
 
     // Its time comes and goes: it stays unsent.
-    app.advance_clock(Duration::from_secs(3 * 3600));
+    app.advance_clock(Duration::from_secs(3 * 3600)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let received = relay.received();
     assert_eq!(received.len(), 1, "only the email sent at once");

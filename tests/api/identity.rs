@@ -233,7 +233,7 @@ async fn concurrent_resends_send_one_email(engine: Engine) {
         .await;
     relay.wait_for(1, Duration::from_secs(20)).await;
     // Past the minute between emails, and well inside the first email's lease.
-    app.advance_clock(Duration::from_secs(61));
+    app.advance_clock(Duration::from_secs(61)).await;
     let resends = (0..20).map(|_| app.api(Method::POST, "/v1/email-address/resend-verification"));
     let sent = all_at_once(resends)
         .await

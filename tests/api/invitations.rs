@@ -215,7 +215,7 @@ async fn resending_replaces_the_link(engine: Engine) {
     let too_soon = resend().send().await.unwrap();
     assert!(too_soon.headers().contains_key("retry-after"));
     error_code(too_soon, 429).await;
-    app.advance_clock(Duration::from_secs(61));
+    app.advance_clock(Duration::from_secs(61)).await;
     let resent = resend().send().await.unwrap();
     assert_eq!(resent.status(), 200);
     let resent: Value = resent.json().await.unwrap();
@@ -239,7 +239,7 @@ async fn resending_replaces_the_link(engine: Engine) {
 
     // An invitation over 30 days old is not resent: invite again.
     let old_one = app.invite("late@example.com", "viewer").await;
-    app.advance_clock(Duration::from_secs(31 * 24 * 3600));
+    app.advance_clock(Duration::from_secs(31 * 24 * 3600)).await;
     let refused = app
         .api(
             Method::POST,
@@ -286,7 +286,7 @@ async fn expired_and_cancelled_invitations(engine: Engine) {
     let expiring = app.invite("late@example.com", "viewer").await;
     let token = token_of(&relay.invitation_link("late@example.com", 1).await);
     // A day past its seven days (and so long after it was last sent).
-    app.advance_clock(Duration::from_secs(8 * 24 * 3600));
+    app.advance_clock(Duration::from_secs(8 * 24 * 3600)).await;
     error_code(
         app.accept_invitation(&token, "Late", "a late password")
             .await,

@@ -316,7 +316,7 @@ async fn the_queue_gauges_show_mail_waiting_for_the_worker(engine: Engine) {
         assert!(Instant::now() < deadline, "{}", relay.data_started());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    app.advance_clock(Duration::from_secs(90));
+    app.advance_clock(Duration::from_secs(90)).await;
 
     let scraped = scrape(metrics).await;
     assert_eq!(scraped.value("mailroom_outbox_queued", &[]), 17.0);

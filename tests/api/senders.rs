@@ -157,7 +157,7 @@ async fn expired_and_reused_secrets_fail_clearly(engine: Engine) {
         .verification_link_and_code("billing@customer.com", 1)
         .await;
     // A day passes, and a minute: the link and the code have expired.
-    app.advance_clock(Duration::from_secs(24 * 3600 + 60));
+    app.advance_clock(Duration::from_secs(24 * 3600 + 60)).await;
     assert_eq!(
         app.get_json("/v1/email-address").await["emailVerificationStatus"],
         "expired"
@@ -227,7 +227,7 @@ async fn resending_is_limited(engine: Engine) {
     );
     error_code(too_soon, 429).await;
 
-    app.advance_clock(Duration::from_secs(61));
+    app.advance_clock(Duration::from_secs(61)).await;
     let resent = resend().send().await.unwrap();
     assert_eq!(resent.status(), 200);
     assert_eq!(
@@ -258,7 +258,7 @@ async fn resending_is_limited(engine: Engine) {
         .await
         .unwrap();
     }
-    app.advance_clock(Duration::from_secs(61));
+    app.advance_clock(Duration::from_secs(61)).await;
     let capped = resend().send().await.unwrap();
     assert!(
         error_code(capped, 429).await["message"]

@@ -216,7 +216,22 @@ pub async fn spawn_app_with_relay(
 impl TestApp {
     /// Moves the app's clock forward by `by`: every rule that depends on time (the
     /// server's, its background workers', and the tests' reads of `db.now()`) sees it.
-    pub fn advance_clock(&self, by: Duration) {
+    pub async fn advance_clock(&self, by: Duration) {
+        // Time passes once the emails being sent are recorded (5 s at most, for tests that
+        // stall a relay on purpose): a jump past a live lease would hand the email to a
+        // second attempt, as if the instance sending it had died.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let sending: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM emails WHERE status = 'sending'")
+                    .fetch_one(&self.db.pool)
+                    .await
+                    .unwrap();
+            if sending == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.db.clock.advance(by);
     }
 
