@@ -239,15 +239,24 @@ fn dkim_verifies_and_covers_what_the_reader_sees() {
     with_every_field(Some(&key), |message, _, _| {
         assert!(verifies(&message));
         let raw = String::from_utf8(message.clone()).unwrap();
-        let signature = raw.split("\r\n").next().unwrap();
+        let head = raw.split("\r\n\r\n").next().unwrap().replace("\r\n\t", " ");
+        let signature = head.split("\r\n").next().unwrap();
         assert!(signature.starts_with("DKIM-Signature: "));
         assert!(signature.contains(" d=customer.com;"));
-        assert!(
-            signature.contains(
-                " h=from:to:cc:reply-to:subject:date:message-id:mime-version:content-type;"
-            )
-        );
+        // Every header is signed, and those that say who and what once more than they
+        // appear, so that none can be added after.
+        for names in [
+            "from:from",
+            "to:to",
+            "cc:cc",
+            "reply-to:reply-to",
+            "subject:subject",
+        ] {
+            assert!(signature.contains(names), "{names}: {signature}");
+        }
         assert!(!signature.contains("bcc"));
+        let added = raw.replacen("\r\nFrom: ", "\r\nSubject: Pay now\r\nFrom: ", 1);
+        assert!(!verifies(added.as_bytes()), "a second Subject");
         // The signed message is still the same message to a reader.
         assert_eq!(read(&message)["subject"], SUBJECT);
 
