@@ -90,6 +90,9 @@ impl Application {
             settings,
             destination_policy,
             metrics,
+            large_bodies: Arc::new(tokio::sync::Semaphore::new(
+                crate::emails::LARGE_BODIES_AT_ONCE,
+            )),
         };
         let dns = match state.settings.dns_listen {
             Some(address) => {

@@ -80,8 +80,9 @@ pub struct Settings {
     /// a relay that accepts and never speaks gives up its delivery slot this soon.
     #[serde(deserialize_with = "number")]
     pub smtp_connect_timeout: u64,
-    /// Deliveries at once through one account's own relays, on each instance: the rest of
-    /// that account's mail waits its turn (queued, not failed) while others' goes on.
+    /// Deliveries at once of one account's mail (through its own relays or the system
+    /// relay), on each instance: the rest of it waits its turn (queued, not failed) while
+    /// others' goes on.
     #[serde(deserialize_with = "number")]
     pub relay_concurrency: u64,
     /// Address ranges (`10.0.0.0/8`, `fd00::/8`; comma-separated) that tenants' relays may
@@ -129,6 +130,15 @@ pub struct Settings {
     /// each of its emails); beyond it the API answers 429 with `Retry-After`. 0: no limit.
     #[serde(deserialize_with = "number")]
     pub send_rate_per_minute: u64,
+    /// Bytes of sealed bodies one account's emails may hold while they wait (scheduled or
+    /// being retried); an email that would pass it is refused with 429
+    /// `held_bytes_exceeded`. 0: no limit.
+    #[serde(deserialize_with = "number")]
+    pub held_bytes_per_account: u64,
+    /// Addresses one account's suppression list may hold; see the README for what
+    /// happens to bounces past it. 0: no limit.
+    #[serde(deserialize_with = "number")]
+    pub suppressions_per_account: u64,
     /// Where `GET /metrics` (Prometheus text, unauthenticated) is served, apart from the
     /// API; off when unset. Only the operator's monitoring should reach it.
     pub metrics_listen: Option<SocketAddr>,
@@ -174,6 +184,8 @@ impl Default for Settings {
             keygen_queue: 16,
             dns_rate_limit: 20,
             send_rate_per_minute: 1000,
+            held_bytes_per_account: 1024 * 1024 * 1024,
+            suppressions_per_account: 100_000,
             metrics_listen: None,
         }
     }

@@ -26,6 +26,8 @@ pub struct AppState {
     pub destination_policy: Arc<Policy>,
     /// This app's counters, which `/metrics` on the metrics listener shows.
     pub metrics: Metrics,
+    /// Turns to read a large email request's body; see `emails::LARGE_BODIES_AT_ONCE`.
+    pub large_bodies: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

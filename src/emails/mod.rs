@@ -14,6 +14,11 @@ use crate::state::AppState;
 /// Emails carry attachments (10 MB decoded, about 13.4 MB in base64): these routes take
 /// larger bodies than the rest of the API.
 pub const MAX_EMAIL_BODY_BYTES: usize = 15 * 1024 * 1024;
+/// Bodies over this size are read a few at a time.
+pub const LARGE_BODY_BYTES: u64 = 1024 * 1024;
+/// How many large bodies one instance reads and parses at once: each costs several times
+/// its size in memory until its email is queued, so a burst of them waits its turn.
+pub const LARGE_BODIES_AT_ONCE: usize = 4;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -1,9 +1,10 @@
 //! Emails as the sending API takes and shows them, and the rules of every field: a
 //! request is parsed once into a `Draft`, which holds only checked values.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use base64::Engine as _;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -75,7 +76,7 @@ const RESERVED_HEADERS: &[&str] = &[
 const RESERVED_HEADER_PREFIXES: &[&str] = &["content-", "resent-", "arc-"];
 
 /// One address or several.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -89,10 +90,116 @@ impl OneOrMany {
             OneOrMany::Many(many) => many.iter().map(String::as_str).collect(),
         }
     }
+
+    fn len(&self) -> usize {
+        match self {
+            OneOrMany::One(_) => 1,
+            OneOrMany::Many(many) => many.len(),
+        }
+    }
+}
+
+// Written by hand rather than `untagged`: serde buffers a whole untagged value before
+// trying its variants, so a 15 MB array of addresses would be held twice before being
+// refused. This stops reading past `MAX_RECIPIENTS`.
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Addresses;
+        impl<'de> Visitor<'de> for Addresses {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an address or an array of addresses")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(value.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, value: String) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(value))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<OneOrMany, A::Error> {
+                Ok(OneOrMany::Many(
+                    BoundedSeq::<String, MAX_RECIPIENTS>::visit(seq)?,
+                ))
+            }
+        }
+        deserializer.deserialize_any(Addresses)
+    }
+}
+
+/// Reads an array of at most `N` items, and stops at the first item past it: a request
+/// cannot make the server hold more than the rules allow.
+struct BoundedSeq<T, const N: usize>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>, const N: usize> BoundedSeq<T, N> {
+    fn visit<A: SeqAccess<'de>>(mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(N));
+        while let Some(item) = seq.next_element()? {
+            if items.len() == N {
+                return Err(de::Error::custom(format!("at most {N} items")));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for BoundedSeq<T, N> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "an array of at most {N} items")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Vec<T>, A::Error> {
+        Self::visit(seq)
+    }
+}
+
+/// An optional array of at most `N` items (see `BoundedSeq`).
+fn at_most<'de, D: Deserializer<'de>, T: Deserialize<'de>, const N: usize>(
+    deserializer: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    struct Seq<T, const N: usize>(Vec<T>);
+    impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Seq<T, N> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer
+                .deserialize_seq(BoundedSeq::<T, N>(std::marker::PhantomData))
+                .map(Seq)
+        }
+    }
+    Ok(Option::<Seq<T, N>>::deserialize(deserializer)?.map(|seq| seq.0))
+}
+
+/// An optional object of at most `N` fields, read no further than that.
+fn at_most_fields<'de, D: Deserializer<'de>, const N: usize>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct Fields<const N: usize>(BTreeMap<String, String>);
+    impl<'de, const N: usize> Deserialize<'de> for Fields<N> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Read<const N: usize>;
+            impl<'de, const N: usize> Visitor<'de> for Read<N> {
+                type Value = BTreeMap<String, String>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    write!(f, "an object of at most {N} string fields")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut fields = BTreeMap::new();
+                    while let Some((key, value)) = map.next_entry::<String, String>()? {
+                        if fields.len() == N && !fields.contains_key(&key) {
+                            return Err(de::Error::custom(format!("at most {N} fields")));
+                        }
+                        fields.insert(key, value);
+                    }
+                    Ok(fields)
+                }
+            }
+            deserializer.deserialize_map(Read::<N>).map(Fields)
+        }
+    }
+    Ok(Option::<Fields<N>>::deserialize(deserializer)?.map(|fields| fields.0))
 }
 
 /// An email to send.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendEmail {
     /// `"Name <address>"` or `address`: a verified sender address of the account or of
@@ -121,21 +228,21 @@ pub struct SendEmail {
     #[serde(default)]
     pub html: Option<String>,
     /// Files, up to 10 MB decoded in all; programs and scripts are refused.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "at_most::<_, _, MAX_ATTACHMENTS>")]
     pub attachments: Option<Vec<AttachmentInput>>,
     /// Custom header fields (name → value); the ones mailroom writes itself (From, To,
     /// Subject, Message-ID, DKIM-Signature, Content-*, …) are refused.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "at_most_fields::<_, MAX_HEADERS>")]
     pub headers: Option<BTreeMap<String, String>>,
     /// Up to 10 labels (key → value) shown wherever the email is, and filterable.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "at_most_fields::<_, MAX_TAGS>")]
     pub tags: Option<BTreeMap<String, String>>,
     /// RFC 3339 time to send at, at most 30 days ahead; a time past means now.
     #[serde(default)]
     pub scheduled_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachmentInput {
     /// The file's name: no path separators or control characters.
@@ -195,7 +302,21 @@ impl SendEmail {
             }
             None => None,
         };
-        let mut recipients: Vec<(Named, RecipientType)> = Vec::new();
+        // Counted before anything is parsed: a long list costs nothing to refuse.
+        let given = [&self.to, &self.cc, &self.bcc]
+            .iter()
+            .map(|l| l.as_ref().map_or(0, OneOrMany::len))
+            .sum::<usize>();
+        if given > MAX_RECIPIENTS {
+            return Err(invalid(
+                "to",
+                format!(
+                    "an email has at most {MAX_RECIPIENTS} recipients in to, cc and bcc together; this one has {given}"
+                ),
+            ));
+        }
+        let mut recipients: Vec<(Named, RecipientType)> = Vec::with_capacity(given);
+        let mut seen = HashSet::with_capacity(given);
         for (name, list, kind) in [
             ("to", &self.to, RecipientType::To),
             ("cc", &self.cc, RecipientType::Cc),
@@ -204,10 +325,7 @@ impl SendEmail {
             for (i, item) in list.iter().flat_map(OneOrMany::items).enumerate() {
                 let named =
                     parse_named(item).map_err(|e| invalid(name, format!("{name}[{i}]: {e}")))?;
-                let seen = recipients
-                    .iter()
-                    .any(|(r, _)| same_address(&r.address, &named.address));
-                if !seen {
+                if seen.insert(mailbox_key(&named.address)) {
                     recipients.push((named, kind));
                 }
             }
@@ -216,18 +334,6 @@ impl SendEmail {
             return Err(invalid(
                 "to",
                 "give at least one recipient in to, cc or bcc".to_string(),
-            ));
-        }
-        let given = [&self.to, &self.cc, &self.bcc]
-            .iter()
-            .map(|l| l.as_ref().map_or(0, |l| l.items().len()))
-            .sum::<usize>();
-        if given > MAX_RECIPIENTS {
-            return Err(invalid(
-                "to",
-                format!(
-                    "an email has at most {MAX_RECIPIENTS} recipients in to, cc and bcc together; this one has {given}"
-                ),
             ));
         }
         let reply_to = self
@@ -283,11 +389,14 @@ impl SendEmail {
     }
 }
 
-/// Whether two addresses reach the same mailbox as far as mailroom can tell: the domain
-/// is normalised already; local parts are compared ignoring case, as nearly every server
-/// does.
-fn same_address(a: &EmailAddress, b: &EmailAddress) -> bool {
-    a.domain() == b.domain() && a.local().eq_ignore_ascii_case(b.local())
+/// What two addresses share when they reach the same mailbox as far as mailroom can
+/// tell: the domain is normalised already; local parts are compared ignoring case, as
+/// nearly every server does.
+fn mailbox_key(address: &EmailAddress) -> (String, String) {
+    (
+        address.local().to_ascii_lowercase(),
+        address.domain().to_string(),
+    )
 }
 
 /// `address` or `Name <address>` (the name optionally in double quotes).
@@ -605,8 +714,17 @@ fn parse_schedule(value: &str, now: Timestamp) -> Result<Option<Timestamp>, Stri
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendBatch {
-    /// 1 to 100 emails, each checked on its own.
-    pub emails: Vec<serde_json::Value>,
+    /// 1 to 100 emails, each checked on its own. Kept as sent until then: one item that
+    /// is not an email refuses that item only.
+    #[serde(deserialize_with = "batch_items")]
+    #[schema(value_type = Vec<SendEmail>)]
+    pub emails: Vec<Box<serde_json::value::RawValue>>,
+}
+
+fn batch_items<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Box<serde_json::value::RawValue>>, D::Error> {
+    deserializer.deserialize_seq(BoundedSeq::<_, MAX_BATCH>(std::marker::PhantomData))
 }
 
 /// One item of a batch's answer: the email as queued, or why it was not.
@@ -713,9 +831,15 @@ mod tests {
         .unwrap();
         assert_eq!(draft.recipients.len(), 2);
         let many: Vec<String> = (0..51).map(|i| format!("r{i}@example.com")).collect();
-        let error =
-            email(serde_json::json!({"to": many, "subject": "Hi", "text": "x"})).unwrap_err();
+        let error = email(
+            serde_json::json!({"to": many[..30], "cc": many[30..], "subject": "Hi", "text": "x"}),
+        )
+        .unwrap_err();
         assert_eq!(error.param.as_deref(), Some("to"));
+        // One list past the limit is not even read to its end.
+        let body = serde_json::json!({"to": many, "subject": "Hi", "text": "x"});
+        let error = serde_json::from_value::<SendEmail>(body).unwrap_err();
+        assert!(error.to_string().contains("at most 50"), "{error}");
     }
 
     #[test]

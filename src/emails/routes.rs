@@ -1,12 +1,13 @@
 //! The sending API over HTTP: send one email or a batch (with `Idempotency-Key`), read
 //! them, cancel a scheduled one.
 
-use axum::body::Bytes;
+use axum::body::{Bytes, HttpBody as _};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::model::*;
 use super::store::{self, Email, Filter, StoredAnswer, Visible};
@@ -95,43 +96,72 @@ fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-/// A JSON value with its object keys in one order, whatever order they were sent in.
-fn canonical(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let fields: Vec<String> = keys
-                .into_iter()
-                .map(|k| {
-                    format!(
-                        "{}:{}",
-                        serde_json::Value::String(k.clone()),
-                        canonical(&map[k])
-                    )
-                })
-                .collect();
-            format!("{{{}}}", fields.join(","))
+/// A turn to read a large body (or one of unknown length), taken before it is read; `None`
+/// for a small one. When every turn is taken the body is read and dropped as it comes,
+/// never held, so that the client sees the 503 (with `Retry-After`) rather than a
+/// connection closed under its upload.
+async fn large_body_turn(
+    state: &AppState,
+    request: Request,
+) -> Result<(Option<OwnedSemaphorePermit>, Request), ApiError> {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|length| length <= super::LARGE_BODY_BYTES) {
+        return Ok((None, request));
+    }
+    if let Ok(turn) = state.large_bodies.clone().try_acquire_owned() {
+        return Ok((Some(turn), request));
+    }
+    let mut body = request.into_body();
+    let mut read = 0usize;
+    while read <= super::MAX_EMAIL_BODY_BYTES {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |data| data.len()),
+            _ => break,
         }
-        serde_json::Value::Array(items) => {
-            let items: Vec<String> = items.iter().map(canonical).collect();
-            format!("[{}]", items.join(","))
-        }
-        other => other.to_string(),
+    }
+    Err(ApiError::unavailable(
+        "busy",
+        format!(
+            "this server is reading {} other emails over 1 MB; try again after Retry-After seconds",
+            super::LARGE_BODIES_AT_ONCE
+        ),
+        1,
+    ))
+}
+
+/// Feeds what is written into a hash, so a request is hashed without a copy of it.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 /// What makes two requests with one key the same request: the route, the entity acted in
-/// and the body (ignoring whitespace and key order).
-fn request_hash(route: &str, sending: &Sending, body: &[u8]) -> String {
-    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+/// and the request as parsed, so whitespace and the order of fields do not count (the
+/// typed request writes its fields in one order, and its maps sorted).
+fn request_hasher(route: &str, sending: &Sending) -> Sha256 {
     let mut hasher = Sha256::new();
     hasher.update(route.as_bytes());
     hasher.update(b"\n");
     hasher.update(sending.entity_id.as_deref().unwrap_or("").as_bytes());
     hasher.update(b"\n");
-    hasher.update(canonical(&value).as_bytes());
-    hex::encode(hasher.finalize())
+    hasher
+}
+
+fn hash_request(hasher: &mut Sha256, request: &SendEmail) {
+    // Writing into a hash cannot fail, nor can serialising plain strings and maps.
+    let _ = serde_json::to_writer(HashWriter(hasher), request);
+    hasher.update(b"\n");
 }
 
 /// The stored answer again, or 409 when the key came with another request.
@@ -339,6 +369,23 @@ async fn queue_all(
     for email in emails {
         queued.push(outbox::enqueue(&mut tx, &state.master_key, email, now).await?);
     }
+    // Checked with these emails written: the count includes them, and the written row
+    // keeps a concurrent request of the account waiting until this one is decided.
+    let limit = state.settings.held_bytes_per_account;
+    if limit > 0 && !queued.is_empty() {
+        let held = store::held_bytes(&mut tx, account_id).await?;
+        if held > i64::try_from(limit).unwrap_or(i64::MAX) {
+            drop(tx);
+            return Err(ApiError::too_many(
+                "held_bytes_exceeded",
+                format!(
+                    "this account's scheduled and waiting emails hold {limit} bytes of bodies at most; \
+                     this would make {held}: wait until some are sent (or cancel scheduled ones)"
+                ),
+                60_000,
+            ));
+        }
+    }
     let (status, body) = answer(queued);
     if let Some((key, hash)) = key {
         let stored = StoredAnswer {
@@ -382,14 +429,18 @@ async fn queue_all(
 pub async fn send_email(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let sending = sending(&caller)?;
+    let headers = request.headers().clone();
     let key = idempotency_key(&headers)?;
-    let body = read_body(body)?;
+    let (_turn, request) = large_body_turn(&state, request).await?;
+    let body = read_body(Bytes::from_request(request, &state).await)?;
     let request: SendEmail = parse_json_body(&headers, &body)?;
-    let hash = request_hash("POST /v2/emails", &sending, &body);
+    drop(body);
+    let mut hasher = request_hasher("POST /v2/emails", &sending);
+    hash_request(&mut hasher, &request);
+    let hash = hex::encode(hasher.finalize());
     let now = state.db.now();
     if let Some(key) = &key
         && let Some(answer) = store::find_answer(&state.db, &sending.account_id, key, now).await?
@@ -423,41 +474,61 @@ pub async fn send_email(
 pub async fn send_batch(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let sending = sending(&caller)?;
+    let headers = request.headers().clone();
     let key = idempotency_key(&headers)?;
-    let body = read_body(body)?;
+    let (_turn, request) = large_body_turn(&state, request).await?;
+    let body = read_body(Bytes::from_request(request, &state).await)?;
     let batch: SendBatch = parse_json_body(&headers, &body)?;
-    if batch.emails.is_empty() || batch.emails.len() > MAX_BATCH {
+    drop(body);
+    if batch.emails.is_empty() {
         return Err(ApiError::invalid(
             "emails",
             format!("a batch has 1 to {MAX_BATCH} emails"),
         ));
     }
-    let hash = request_hash("POST /v2/emails/batch", &sending, &body);
+    // Each item parsed once; one that is not an email is hashed as it was sent.
+    let mut hasher = request_hasher("POST /v2/emails/batch", &sending);
+    let requests: Vec<Result<SendEmail, ApiError>> = batch
+        .emails
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let parsed = parse_json_body::<SendEmail>(&headers, item.get().as_bytes());
+            match &parsed {
+                Ok(request) => hash_request(&mut hasher, request),
+                Err(_) => {
+                    hasher.update(item.get().as_bytes());
+                    hasher.update(b"\n");
+                }
+            }
+            parsed.map_err(|mut error| {
+                error.param = Some(match error.param.take() {
+                    Some(param) => format!("emails[{i}].{param}"),
+                    None => format!("emails[{i}]"),
+                });
+                error
+            })
+        })
+        .collect();
+    drop(batch);
+    let hash = hex::encode(hasher.finalize());
     let now = state.db.now();
     if let Some(key) = &key
         && let Some(answer) = store::find_answer(&state.db, &sending.account_id, key, now).await?
     {
         return replay(answer, &hash);
     }
-    count_sends(&state, &sending.account_id, batch.emails.len()).await?;
-    let mut results: Vec<Result<(), ItemError>> = Vec::with_capacity(batch.emails.len());
+    count_sends(&state, &sending.account_id, requests.len()).await?;
+    let mut results: Vec<Result<(), ItemError>> = Vec::with_capacity(requests.len());
     let mut accepted = Vec::new();
-    for (i, item) in batch.emails.iter().enumerate() {
+    for (i, request) in requests.into_iter().enumerate() {
         let prefix = format!("emails[{i}].");
-        let item = serde_json::to_vec(item).unwrap_or_default();
-        let prepared = match parse_json_body::<SendEmail>(&headers, &item) {
+        let prepared = match request {
             Ok(request) => prepare(&state, &sending, &request, &prefix, now).await,
-            Err(mut error) => {
-                error.param = Some(match error.param {
-                    Some(param) => format!("{prefix}{param}"),
-                    None => format!("emails[{i}]"),
-                });
-                Err(error)
-            }
+            Err(error) => Err(error),
         };
         match prepared {
             Ok(email) => {

@@ -396,3 +396,14 @@ pub async fn uncount_sends(
         .await?;
     Ok(())
 }
+
+/// Bytes of sealed bodies the account's emails hold now (kept by the database as bodies
+/// are written and deleted).
+pub async fn held_bytes(conn: &mut sqlx::AnyConnection, account_id: &str) -> sqlx::Result<i64> {
+    let held: Option<i64> =
+        sqlx::query_scalar("SELECT bytes FROM held_bodies WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(held.unwrap_or(0))
+}

@@ -630,11 +630,13 @@ pub struct Pending {
 pub struct Claimed {
     pub id: String,
     pub account_id: Option<String>,
+    pub entity_id: Option<String>,
+    /// [`API_KIND`] for the API's emails, else the template's kind.
+    pub kind: String,
     pub from: String,
     pub from_name: Option<String>,
     pub reply_to: Option<String>,
     pub subject: String,
-    sealed_body: Option<String>,
     pub message_id: String,
     /// This attempt's number, from 1, of the email as a whole.
     pub attempts: i64,
@@ -647,12 +649,19 @@ pub struct Claimed {
 }
 
 impl Claimed {
-    /// The body, or why there is none to send.
-    pub fn open_body(&self, master_key: &MasterKey) -> anyhow::Result<Body> {
-        let Some(sealed) = &self.sealed_body else {
+    /// The body, read only now (a claimed email may wait for a slot, and a body may be
+    /// megabytes), or why there is none to send.
+    pub async fn open_body(&self, db: &Db, master_key: &MasterKey) -> anyhow::Result<Body> {
+        let sealed: Option<String> = sqlx::query_scalar("SELECT body FROM emails WHERE id = $1")
+            .bind(&self.id)
+            .fetch_optional(&db.pool)
+            .await?
+            .flatten();
+        let Some(sealed) = sealed else {
             anyhow::bail!("the body was deleted after the retention period");
         };
-        let bytes = master_key.open(sealed, &seal_context(&self.id))?;
+        let bytes = master_key.open(&sealed, &seal_context(&self.id))?;
+        drop(sealed);
         Ok(serde_json::from_slice(&bytes)?)
     }
 
@@ -669,17 +678,31 @@ impl Claimed {
     }
 }
 
+/// What the worker claims.
+pub struct Claim<'a> {
+    pub limit: i64,
+    pub lease_ms: i64,
+    /// A body kept longer is deleted: such an email cannot be sent any more.
+    pub retention_ms: i64,
+    /// Accounts whose mail has enough waiting for their slots already.
+    pub skip: &'a [String],
+    /// Whether tenants' API emails may be claimed too, or mailroom's own mail only.
+    pub tenants: bool,
+}
+
 /// Takes the lease on up to `limit` due emails (queued or scheduled and due, or sending
-/// with an expired lease) for this instance alone, of none of the accounts `skip` (whose
-/// mail has enough waiting for their relays already). A body kept longer than
-/// `retention_ms` goes in the same statement: such an email cannot be sent any more.
-pub async fn claim_due(
-    db: &Db,
-    limit: i64,
-    lease_ms: i64,
-    retention_ms: i64,
-    skip: &[String],
-) -> sqlx::Result<Vec<Claimed>> {
+/// with an expired lease) for this instance alone, of none of the accounts `skip`. Each
+/// account's first due email comes before any account's second, so that one account's
+/// backlog does not hold up the others' mail. A body past its retention goes in the same
+/// statement.
+pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>> {
+    let Claim {
+        limit,
+        lease_ms,
+        retention_ms,
+        skip,
+        tenants,
+    } = *claim;
     let lock = match db.engine {
         Engine::Postgres => "FOR UPDATE SKIP LOCKED",
         Engine::Sqlite => "",
@@ -693,15 +716,24 @@ pub async fn claim_due(
             placeholders(5, n)
         ),
     };
+    let own_only = match tenants {
+        true => String::new(),
+        false => format!("AND kind <> '{API_KIND}'"),
+    };
     let expired = "body IS NOT NULL AND COALESCE(scheduled_at, created_at) < $4";
+    let in_turn = format!(
+        "SELECT id FROM (SELECT id, next_attempt_at, \
+         ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY next_attempt_at) AS turn \
+         FROM emails WHERE {due} {others} {own_only}) AS due ORDER BY turn, next_attempt_at LIMIT $3"
+    );
     let sql = format!(
         "UPDATE emails SET status = 'sending', lease_until = $1, attempts = attempts + 1, updated_at = $2, \
          body_deleted_at = CASE WHEN {expired} THEN $2 ELSE body_deleted_at END, \
          body = CASE WHEN {expired} THEN NULL ELSE body END \
-         WHERE id IN (SELECT id FROM emails WHERE {due} {others} ORDER BY next_attempt_at LIMIT $3 {lock}) \
+         WHERE id IN (SELECT id FROM emails WHERE id IN ({in_turn}) {lock}) \
          AND {due} \
-         RETURNING id, account_id, from_address, from_name, reply_to, subject, body, message_id, attempts, \
-         created_at, lease_until"
+         RETURNING id, account_id, entity_id, kind, from_address, from_name, reply_to, subject, message_id, \
+         attempts, created_at, lease_until"
     );
     let now = db.now().0;
     let mut query = sqlx::query(&sql)
@@ -725,11 +757,12 @@ pub async fn claim_due(
         claimed.push(Claimed {
             id,
             account_id: row.try_get("account_id")?,
+            entity_id: row.try_get("entity_id")?,
+            kind: row.try_get("kind")?,
             from: row.try_get("from_address")?,
             from_name: row.try_get("from_name")?,
             reply_to: row.try_get("reply_to")?,
             subject: row.try_get("subject")?,
-            sealed_body: row.try_get("body")?,
             message_id: row.try_get("message_id")?,
             attempts: row.try_get("attempts")?,
             created_at: row.try_get("created_at")?,
@@ -739,6 +772,33 @@ pub async fn claim_due(
         });
     }
     Ok(claimed)
+}
+
+/// Whether the From of an API email is still the account's to send as, by the rule the API
+/// applies when it accepts one: its domain is active in the account, or it is a verified
+/// sender address (on an active domain) of the account or of the email's entity. A domain
+/// deleted, suspended or since activated by another account no longer lets it go.
+pub async fn from_still_allowed(db: &Db, email: &Claimed) -> sqlx::Result<bool> {
+    let Some(account_id) = &email.account_id else {
+        return Ok(false);
+    };
+    let domain = email.from.rsplit('@').next().unwrap_or_default();
+    let allowed = sqlx::query(
+        "SELECT 1 FROM domains WHERE account_id = $1 AND LOWER(name) = LOWER($2) AND status = 'active' \
+         UNION ALL \
+         SELECT 1 FROM sender_addresses s JOIN domains d ON d.id = s.domain_id \
+         WHERE s.account_id = $1 AND d.account_id = $1 AND LOWER(s.email) = LOWER($3) \
+         AND s.verified_at IS NOT NULL AND d.status = 'active' \
+         AND ($4 = '' OR s.entity_id IS NULL OR s.entity_id = $4) \
+         LIMIT 1",
+    )
+    .bind(account_id)
+    .bind(domain)
+    .bind(&email.from)
+    .bind(email.entity_id.as_deref().unwrap_or_default())
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(allowed.is_some())
 }
 
 async fn recipients_of(

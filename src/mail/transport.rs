@@ -297,6 +297,15 @@ impl Transport {
             Transport::Files(dir) => format!("file://{}", dir.display()),
         }
     }
+
+    /// Where the mail went, as tenants read it in their emails' events: the server's
+    /// directories are not theirs to see.
+    pub fn describe_to_tenants(&self) -> String {
+        match self {
+            Transport::Files(_) => "file".to_string(),
+            Transport::Smtp(_) => self.describe(),
+        }
+    }
 }
 
 /// Why a message was not delivered.
@@ -787,9 +796,11 @@ pub async fn deliver_each(
     let all = |reply: RecipientReply| vec![reply; recipients.len()];
     match transport {
         Transport::Files(dir) => match write_file(dir, message_id, bytes).await {
+            // The file's name only: the reply is shown to tenants, the server's paths are not
+            // theirs to see.
             Ok(path) => all(RecipientReply::Sent(format!(
                 "written to {}",
-                path.display()
+                path.file_name().unwrap_or_default().to_string_lossy()
             ))),
             Err(error) => all(RecipientReply::Failed(Failure::Temporary(format!(
                 "cannot write the message: {error:#}"

@@ -5,9 +5,11 @@
 //!
 //! Messages go independently: the slot a message frees is filled at once, so a relay that
 //! never answers holds the slots of its own messages only, never a whole batch. The mail
-//! of one account's own relays takes at most `MAILROOM_RELAY_CONCURRENCY` slots; the rest
-//! of it waits its turn in the account's line (never failed), and while the line is long
-//! the account's mail stays in the queue, so that other accounts' mail goes on.
+//! of one account (through its own relays or the system relay) takes at most
+//! `MAILROOM_RELAY_CONCURRENCY` slots; the rest of it waits its turn in the account's line
+//! (never failed), and while the line is long the account's mail stays in the queue, so
+//! that other accounts' mail goes on. One slot is always kept for mailroom's own mail
+//! (verifications, invitations), which no tenant's backlog may hold up.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -43,6 +45,8 @@ const WAITING_PER_ACCOUNT: usize = 32;
 const CROWDED: usize = WAITING_PER_ACCOUNT - SLOTS;
 /// When a message given back to the queue for want of a slot is due again.
 const GIVE_BACK_DELAY_MS: i64 = 2_000;
+/// Tries at recording an attempt's outcome (0.2 s, doubling, apart: about 6 s in all).
+const RECORD_TRIES: u32 = 6;
 
 /// Everything delivery needs, and no more.
 #[derive(Clone)]
@@ -56,15 +60,14 @@ pub struct Delivery {
     pub metrics: Metrics,
 }
 
-/// A claimed email, built, signed and routed — or why it cannot go.
+/// A claimed email, built, signed and routed — or why it cannot go. Built only once it has
+/// a slot: an email waiting in its account's line is its metadata alone.
 struct Ready {
     message: Claimed,
     /// Where it goes, as the delivery log says it.
     transport: String,
     /// The transport and the message's bytes, the same for every recipient.
     plan: Result<(Transport, Vec<u8>), Failure>,
-    /// The account whose own relay carries it: it takes one of that account's slots.
-    account: Option<String>,
 }
 
 /// An email after its attempt: where it went and what came of it for each recipient tried
@@ -72,9 +75,12 @@ struct Ready {
 type Finished = (Claimed, String, Vec<RecipientReply>);
 
 impl Delivery {
-    /// How long a claimed message stays with one instance: a whole conversation fits twice.
+    /// How long a claimed message stays with one instance, from the lease renewed right
+    /// before its conversation: the conversation (at most the timeout), then as long again
+    /// and at least 10 s, for recording its outcome (tried again on a database error).
     fn lease_ms(&self) -> i64 {
-        (self.settings.smtp_timeout.max(1) as i64).saturating_mul(2000)
+        let timeout_ms = (self.settings.smtp_timeout.max(1) as i64).saturating_mul(1000);
+        timeout_ms.saturating_add(timeout_ms.max(10_000))
     }
 
     /// Whether `from` is the system sender, whose mail only the system transport carries:
@@ -99,19 +105,18 @@ impl Delivery {
     }
 
     /// The transport for mail of `owner` From `from_domain`: the domain's relay when the
-    /// domain is active in that account, else the system relay, else files; with the
-    /// account whose slots it takes.
+    /// domain is active in that account, else the system relay, else files.
     async fn transport_for(
         &self,
         owner: Option<&str>,
         from_domain: &DomainName,
-    ) -> anyhow::Result<(Transport, Option<String>)> {
+    ) -> anyhow::Result<Transport> {
         if let Some(account_id) = owner
             && let Some(target) = self.directory.relay(account_id, from_domain).await?
         {
-            return Ok((Transport::Smtp(target), Some(account_id.to_string())));
+            return Ok(Transport::Smtp(target));
         }
-        Ok((self.system_transport()?, None))
+        self.system_transport()
     }
 
     fn system_transport(&self) -> anyhow::Result<Transport> {
@@ -121,16 +126,38 @@ impl Delivery {
         })
     }
 
+    /// Whether an API email's From is still its account's to send as: it was checked when
+    /// accepted, but the domain may since have been deleted (and activated by another
+    /// account) or suspended by the operator.
+    async fn check_from(&self, message: &Claimed) -> Result<(), Failure> {
+        if message.kind != outbox::API_KIND {
+            return Ok(());
+        }
+        match outbox::from_still_allowed(&self.db, message).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Failure::Permanent(format!(
+                "not sent: {} may no longer be sent from by this account (its domain is not active \
+                 in the account and it is not a verified sender address)",
+                message.from
+            ))),
+            Err(error) => Err(Failure::Temporary(format!(
+                "cannot check the From address: {error:#}"
+            ))),
+        }
+    }
+
     /// Builds, signs and routes a claimed message.
     async fn prepare(&self, message: Claimed) -> Ready {
         let cannot = |message, transport, failure| Ready {
             message,
             transport,
             plan: Err(failure),
-            account: None,
         };
         let none = || "none".to_string();
-        let body = match message.open_body(&self.master_key) {
+        if let Err(failure) = self.check_from(&message).await {
+            return cannot(message, none(), failure);
+        }
+        let body = match message.open_body(&self.db, &self.master_key).await {
             Ok(body) => body,
             Err(error) => {
                 let failure = Failure::Permanent(format!("cannot open the message: {error:#}"));
@@ -142,14 +169,14 @@ impl Delivery {
             Err(error) => return cannot(message, none(), Failure::Permanent(error)),
         };
         let owner = self.owner(&message);
-        let (transport, account) = match self.transport_for(owner.as_deref(), &from_domain).await {
+        let transport = match self.transport_for(owner.as_deref(), &from_domain).await {
             Ok(routed) => routed,
             Err(error) => {
                 let failure = Failure::Temporary(format!("no transport: {error:#}"));
                 return cannot(message, none(), failure);
             }
         };
-        let described = transport.describe();
+        let described = transport.describe_to_tenants();
         let key = match self
             .directory
             .signing_key(owner.as_deref(), &from_domain)
@@ -161,12 +188,14 @@ impl Delivery {
                 return cannot(message, described, failure);
             }
         };
-        match compose_claimed(&message, &body, key.as_ref()) {
+        let composed = compose_claimed(&message, &body, key.as_ref());
+        // The opened body may be megabytes: gone before the conversation.
+        drop(body);
+        match composed {
             Ok(bytes) => Ready {
                 message,
                 transport: described,
                 plan: Ok((transport, bytes)),
-                account,
             },
             Err(error) => {
                 let failure = Failure::Permanent(format!("cannot build the message: {error:#}"));
@@ -191,16 +220,13 @@ impl Delivery {
         (ready.message, ready.transport, replies)
     }
 
-    /// A message that waited for a slot may be near the end of its lease: renewed before
-    /// the conversation, so that no other instance sends it meanwhile. False when another
-    /// instance has it by now.
+    /// Renewed right before each conversation, so that the lease outlives it whatever
+    /// came before (a wait for a slot, a slow database): no other instance claims the
+    /// message and sends it again while this one talks. False when another instance has it
+    /// by now.
     async fn keep_lease(&self, message: &mut Claimed) -> bool {
         let now = self.db.now().0;
-        let lease_ms = self.lease_ms();
-        if message.lease_until() - now >= lease_ms / 2 {
-            return true;
-        }
-        match outbox::renew(&self.db, message, now + lease_ms).await {
+        match outbox::renew(&self.db, message, now + self.lease_ms()).await {
             Ok(true) => true,
             Ok(false) => {
                 tracing::warn!(message = %message.id, "lease lost while waiting for a slot");
@@ -225,31 +251,31 @@ impl Delivery {
     /// Delivers `message` in the slot `slot` holds; then, while its account's line has
     /// messages waiting, those, one after another, in the same slot.
     async fn work(self, message: Claimed, slot: OwnedSemaphorePermit, shared: Arc<Shared>) {
-        let ready = self.prepare(message).await;
-        let mut next = match ready.account.clone() {
-            None => Some(ready),
-            Some(account) => match shared.lines.enter(&account, ready) {
-                Entry::Go(ready) => Some(ready),
+        let account = self.owner(&message);
+        let mut next = match &account {
+            None => Some(message),
+            Some(account) => match shared.lines.enter(account, message) {
+                Entry::Go(message) => Some(message),
                 Entry::Waiting => None,
-                Entry::Full(ready) => {
-                    self.give_back(&ready.message).await;
+                Entry::Full(message) => {
+                    self.give_back(&message).await;
                     None
                 }
             },
         };
-        while let Some(mut ready) = next.take() {
-            let account = ready.account.clone();
+        while let Some(message) = next.take() {
+            let mut ready = self.prepare(message).await;
             if self.keep_lease(&mut ready.message).await {
                 let finished = self.send(ready).await;
                 let _ = shared.finished.send(finished);
             }
-            if let Some(account) = account {
-                let (ready, room) = shared.lines.next(&account, !*shared.stop.borrow());
+            if let Some(account) = &account {
+                let (message, room) = shared.lines.next(account, !*shared.stop.borrow());
                 if room {
                     // The account's mail may be claimed again.
                     shared.room.notify_one();
                 }
-                next = ready;
+                next = message;
             }
         }
         drop(slot);
@@ -303,17 +329,28 @@ impl Delivery {
         }
     }
 
-    /// Records the outcome of each attempt, all in one transaction.
+    /// Records the outcome of each attempt, all in one transaction; on a database error,
+    /// again a few times: an outcome not recorded is sent again once the lease runs out.
     async fn record(&self, results: &[Finished]) {
         let attempts: Vec<Attempt> = results
             .iter()
             .map(|(message, transport, replies)| self.judge(message, transport, replies))
             .collect();
-        let recorded = match outbox::record(&self.db, &attempts, self.db.now()).await {
-            Ok(recorded) => recorded,
-            Err(error) => {
-                tracing::error!(%error, emails = attempts.len(), "cannot record delivery attempts");
-                return;
+        let mut pause = Duration::from_millis(200);
+        let mut tries = 1;
+        let recorded = loop {
+            match outbox::record(&self.db, &attempts, self.db.now()).await {
+                Ok(recorded) => break recorded,
+                Err(error) if tries < RECORD_TRIES => {
+                    tracing::warn!(%error, emails = attempts.len(), tries, "cannot record delivery attempts; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    tries += 1;
+                }
+                Err(error) => {
+                    tracing::error!(%error, emails = attempts.len(), tries, "cannot record delivery attempts");
+                    return;
+                }
             }
         };
         for attempt in recorded {
@@ -396,13 +433,23 @@ impl Delivery {
             }
             // As many messages as there are free slots, each off on its own at once —
             // none of accounts whose line is long already.
-            let free = slots.available_permits();
-            if free > 0 {
+            // Mailroom's own mail first; tenants' leaves one slot free for it.
+            for tenants in [false, true] {
+                let free = slots
+                    .available_permits()
+                    .saturating_sub(usize::from(tenants));
+                if free == 0 {
+                    continue;
+                }
                 let crowded = shared.lines.crowded();
-                let (lease_ms, retention_ms) = (self.lease_ms(), self.retention_ms());
-                match outbox::claim_due(&self.db, free as i64, lease_ms, retention_ms, &crowded)
-                    .await
-                {
+                let claim = outbox::Claim {
+                    limit: free as i64,
+                    lease_ms: self.lease_ms(),
+                    retention_ms: self.retention_ms(),
+                    skip: &crowded,
+                    tenants,
+                };
+                match outbox::claim_due(&self.db, &claim).await {
                     Ok(claimed) => {
                         for message in claimed {
                             match slots.clone().try_acquire_owned() {
@@ -428,8 +475,8 @@ impl Delivery {
         }
         // The deliveries under way finish; what waits in line goes back to the queue.
         let _ = slots.acquire_many(SLOTS as u32).await;
-        for ready in shared.lines.drain() {
-            self.give_back(&ready.message).await;
+        for message in shared.lines.drain() {
+            self.give_back(&message).await;
         }
         drop(shared);
         let _ = recorder.await;
@@ -507,8 +554,9 @@ struct Shared {
     stop: watch::Receiver<bool>,
 }
 
-/// The slots of accounts' own relays: at most `cap` deliveries at once per account; the
-/// account's next messages wait in its line, and each delivery that ends starts the next.
+/// The slots of accounts: at most `cap` deliveries at once per account, whatever relay
+/// carries them; the account's next messages wait in its line (their metadata only), and
+/// each delivery that ends starts the next.
 struct Lines {
     cap: usize,
     lines: Mutex<HashMap<String, Line>>,
@@ -517,16 +565,16 @@ struct Lines {
 #[derive(Default)]
 struct Line {
     running: usize,
-    waiting: VecDeque<Ready>,
+    waiting: VecDeque<Claimed>,
 }
 
 enum Entry {
     /// A slot of the account's is free: send it now.
-    Go(Ready),
+    Go(Claimed),
     /// It waits in line; a delivery of the account's sends it when done.
     Waiting,
     /// The line is full: back to the queue with it.
-    Full(Ready),
+    Full(Claimed),
 }
 
 impl Lines {
@@ -541,7 +589,7 @@ impl Lines {
         self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn enter(&self, account: &str, ready: Ready) -> Entry {
+    fn enter(&self, account: &str, ready: Claimed) -> Entry {
         let mut lines = self.lock();
         let line = lines.entry(account.to_string()).or_default();
         if line.running < self.cap {
@@ -558,7 +606,7 @@ impl Lines {
     /// After a delivery of `account`'s: the next message in its line when `more` (the
     /// caller sends it in the slot it holds), else `None` and the account's slot frees;
     /// and whether the line just stopped being crowded.
-    fn next(&self, account: &str, more: bool) -> (Option<Ready>, bool) {
+    fn next(&self, account: &str, more: bool) -> (Option<Claimed>, bool) {
         let mut lines = self.lock();
         let Some(line) = lines.get_mut(account) else {
             return (None, false);
@@ -583,7 +631,7 @@ impl Lines {
     }
 
     /// Everything still waiting, once no delivery runs.
-    fn drain(&self) -> Vec<Ready> {
+    fn drain(&self) -> Vec<Claimed> {
         self.lock()
             .drain()
             .flat_map(|(_, line)| line.waiting)

@@ -87,7 +87,7 @@ pub async fn list_suppressions(
 #[utoipa::path(post, path = "/v2/suppressions", tag = "suppressions",
     request_body = AddSuppression,
     responses((status = 201, description = "Added", body = Suppression),
-              (status = 409, description = "On the list already", body = ErrorBody)))]
+              (status = 409, description = "On the list already, or the list is full", body = ErrorBody)))]
 pub async fn add_suppression(
     State(state): State<AppState>,
     caller: Caller,
@@ -113,21 +113,30 @@ pub async fn add_suppression(
         }
         None => None,
     };
-    store::insert(
-        &state.db,
-        &caller.account_id,
-        &email,
-        detail,
-        state.db.now(),
-    )
-    .await
-    .map_err(on_unique(|| {
-        ApiError::conflict(
-            "already_suppressed",
-            format!("{email} is on the list already"),
-        )
-        .with_param("email")
-    }))?;
+    let mut tx = state.db.begin().await?;
+    let limit = state.settings.suppressions_per_account;
+    if limit > 0 {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        if store::count(&mut tx, &caller.account_id, limit).await? >= limit {
+            return Err(ApiError::conflict(
+                "suppression_limit_reached",
+                format!(
+                    "the suppression list has {limit} addresses, as many as it may; delete some \
+                     (DELETE /v2/suppressions/{{email}}) to add others"
+                ),
+            ));
+        }
+    }
+    store::insert(&mut tx, &caller.account_id, &email, detail, state.db.now())
+        .await
+        .map_err(on_unique(|| {
+            ApiError::conflict(
+                "already_suppressed",
+                format!("{email} is on the list already"),
+            )
+            .with_param("email")
+        }))?;
+    tx.commit().await?;
     let added = store::get(&state.db, &caller.account_id, &email)
         .await?
         .ok_or_else(|| ApiError::not_found("suppression"))?;

@@ -58,9 +58,24 @@ pub async fn get(db: &Db, account_id: &str, email: &str) -> sqlx::Result<Option<
     .await
 }
 
+/// The account's entries, counted no further than `up_to` (so a check costs at most that).
+pub async fn count(
+    conn: &mut sqlx::AnyConnection,
+    account_id: &str,
+    up_to: i64,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM suppressions WHERE account_id = $1 LIMIT $2) AS listed",
+    )
+    .bind(account_id)
+    .bind(up_to)
+    .fetch_one(conn)
+    .await
+}
+
 /// Adds a manual entry; a duplicate is a unique violation.
 pub async fn insert(
-    db: &Db,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     email: &str,
     detail: Option<&str>,
@@ -74,7 +89,7 @@ pub async fn insert(
     .bind(email)
     .bind(detail)
     .bind(now.0)
-    .execute(&db.pool)
+    .execute(conn)
     .await?;
     Ok(())
 }

@@ -5,12 +5,16 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use mailroom::domains::model::DomainStatus;
+use mailroom::domains::store::set_status_by_operator;
 use mailroom::mail::outbox::{
     self, Cancel, EmailStatus, Outgoing, Queued, Recipient, RecipientStatus, RecipientType, enqueue,
 };
 use mailroom::store::crypto::MasterKey;
 use mailroom::store::{Db, Timestamp};
-use mailroom::types::EmailAddress;
+use mailroom::types::{DomainName, EmailAddress};
+use reqwest::Method;
+use serde_json::json;
 
 use crate::both_engines;
 use crate::helpers::smtp::{Encryption, TestSmtp};
@@ -23,6 +27,13 @@ both_engines!(
 );
 
 both_engines!(a_killed_worker_loses_no_email_and_sends_no_recipient_twice);
+
+both_engines!(
+    a_from_no_longer_the_accounts_fails_and_is_never_sent,
+    one_accounts_backlog_does_not_hold_up_the_others,
+    the_file_transport_shows_tenants_no_server_path,
+    a_lease_outlives_the_conversation_after_a_wait_in_line,
+);
 
 fn address(text: &str) -> EmailAddress {
     EmailAddress::parse(text).unwrap()
@@ -136,6 +147,7 @@ async fn each_recipient_gets_its_own_reply_in_one_transaction(engine: Engine) {
     })
     .await;
     let account = app.admin.account_id.clone();
+    app.active_domain("sender.test").await;
     relay.refuse("gone@example.org", "550 5.1.1 No such user here");
     relay.defer_once("busy@example.org", "451 4.2.1 Mailbox busy");
     let recipients = [
@@ -171,8 +183,10 @@ async fn each_recipient_gets_its_own_reply_in_one_transaction(engine: Engine) {
         received[0].header("Message-ID"),
         received[1].header("Message-ID")
     );
-    // The same bytes for everyone, and the Bcc recipient is in none of the headers.
-    assert_eq!(received[0].data, received[1].data);
+    // The same message for everyone (signed anew at each attempt), and the Bcc recipient is
+    // in none of the headers.
+    let unsigned = |data: &str| data.split_once("\r\nFrom: ").unwrap().1.to_string();
+    assert_eq!(unsigned(&received[0].data), unsigned(&received[1].data));
     let headers: String = received[0]
         .data
         .split("\r\n\r\n")
@@ -236,6 +250,7 @@ async fn recipients_of(app: &TestApp, id: &str) -> Vec<(String, String, i64, Opt
 async fn scheduled_emails_wait_for_their_time_and_cancelled_ones_never_go(engine: Engine) {
     let (app, relay) = spawn_app_with_relay(engine, |s| s.mail_retry_seconds = 1).await;
     let account = app.admin.account_id.clone();
+    app.active_domain("sender.test").await;
     let later = Timestamp(app.db.now().0 + 3_600_000);
     let to = [("later@example.org", RecipientType::To)];
     let kept = queue_in(&app, email(Some(&account), &to, Some(later))).await;
@@ -285,6 +300,7 @@ async fn bodies_are_deleted_once_final_or_after_the_retention(engine: Engine) {
     })
     .await;
     let account = app.admin.account_id.clone();
+    app.active_domain("sender.test").await;
     relay.refuse("slow@example.org", "451 4.2.1 Try much later");
     let sent = queue_in(
         &app,
@@ -355,7 +371,12 @@ async fn a_killed_worker_loses_no_email_and_sends_no_recipient_twice(engine: Eng
         ("second@example.org", RecipientType::To),
         ("third@example.org", RecipientType::Cc),
     ];
-    let queued = queue(&db, &master_key, email(None, &to, None)).await;
+    // Mailroom's own mail: no account's From to check.
+    let own = Outgoing {
+        kind: "invitation",
+        ..email(None, &to, None)
+    };
+    let queued = queue(&db, &master_key, own).await;
 
     // The first attempt reaches two of three; the retry for the third hangs at DATA when
     // the process dies.
@@ -518,4 +539,204 @@ async fn the_old_outbox_and_its_history_move_into_emails(engine: Engine) {
     .await
     .unwrap();
     assert_eq!(old, 7, "an evt_ id for each");
+}
+
+/// An API email of `account_id` From `from` to `to`.
+fn email_from(account_id: &str, from: &str, to: &str, scheduled_at: Option<Timestamp>) -> Outgoing {
+    Outgoing {
+        from: address(from),
+        reply_to: Vec::new(),
+        ..email(Some(account_id), &[(to, RecipientType::To)], scheduled_at)
+    }
+}
+
+/// Activates `domain` in `account_id` as the operator would.
+async fn activate(app: &TestApp, domain: &str, account_id: &str, status: DomainStatus) {
+    set_status_by_operator(
+        &app.db,
+        &DomainName::parse(domain).unwrap(),
+        Some(account_id),
+        status,
+    )
+    .await
+    .unwrap();
+}
+
+async fn a_from_no_longer_the_accounts_fails_and_is_never_sent(engine: Engine) {
+    let (app, relay) = spawn_app_with_relay(engine, |s| s.mail_retry_seconds = 1).await;
+    let account = app.admin.account_id.clone();
+    app.active_domain("victim.test").await;
+    app.active_domain("paused.test").await;
+    app.active_domain("fine.test").await;
+    let later = Timestamp(app.db.now().0 + 3_600_000);
+    let taken = email_from(&account, "ceo@victim.test", "a@example.org", Some(later));
+    let taken = queue_in(&app, taken).await;
+    let paused = email_from(&account, "news@paused.test", "b@example.org", Some(later));
+    let paused = queue_in(&app, paused).await;
+    let fine = email_from(&account, "news@fine.test", "c@example.org", Some(later));
+    let fine = queue_in(&app, fine).await;
+
+    // The account deletes victim.test and another account takes and activates it; the
+    // operator suspends paused.test.
+    let deleted = app
+        .api(Method::DELETE, "/v2/domains/victim.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let other = app.other_account().await;
+    let added = app
+        .with_key(&other.api_key, Method::POST, "/v2/domains")
+        .json(&json!({"domain": "victim.test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    activate(&app, "victim.test", &other.account_id, DomainStatus::Active).await;
+    activate(&app, "paused.test", &account, DomainStatus::Suspended).await;
+
+    app.advance_clock(Duration::from_secs(3_601)).await;
+    wait_for_email(&app.db, &fine.id, "sent", Duration::from_secs(20)).await;
+    wait_for_email(&app.db, &taken.id, "failed", Duration::from_secs(20)).await;
+    wait_for_email(&app.db, &paused.id, "failed", Duration::from_secs(20)).await;
+    for (id, to, from) in [
+        (&taken.id, "a@example.org", "ceo@victim.test"),
+        (&paused.id, "b@example.org", "news@paused.test"),
+    ] {
+        let found = recipients_of(&app, id).await;
+        assert_eq!(found[0].1, "failed", "{found:?}");
+        let reason = found[0].3.as_deref().unwrap();
+        assert!(
+            reason.contains(from) && reason.contains("no longer"),
+            "{reason}"
+        );
+        assert_eq!(events(&app.db, id, to).await, ["queued", "failed"]);
+    }
+    let received = relay.received();
+    assert_eq!(received.len(), 1, "only the allowed one goes");
+    assert_eq!(received[0].to, ["c@example.org"]);
+}
+
+async fn one_accounts_backlog_does_not_hold_up_the_others(engine: Engine) {
+    let (app, relay) = spawn_app_with_relay(engine, |s| {
+        s.smtp_timeout = 30;
+        s.relay_concurrency = 4;
+    })
+    .await;
+    let master_key = MasterKey::load(&app.settings).unwrap();
+    app.active_domain("bulk.test").await;
+    let other = app.other_account().await;
+    let added = app
+        .with_key(&other.api_key, Method::POST, "/v2/domains")
+        .json(&json!({"domain": "quiet.test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    activate(&app, "quiet.test", &other.account_id, DomainStatus::Active).await;
+
+    // One account's 200 emails, each taking the system relay 8 s to accept.
+    relay.slow_for("news@bulk.test", Duration::from_secs(8));
+    let mut tx = app.db.begin().await.unwrap();
+    for n in 0..200 {
+        let to = format!("reader{n}@example.org");
+        let bulk = email_from(&app.admin.account_id, "news@bulk.test", &to, None);
+        enqueue(&mut tx, &master_key, bulk, app.db.now())
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    // Its first emails are on their way before the others' come.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.data_started() == 0 {
+        assert!(Instant::now() < deadline, "the backlog never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = Instant::now();
+    let quiet = email_from(
+        &other.account_id,
+        "hello@quiet.test",
+        "one@example.org",
+        None,
+    );
+    let quiet = queue_in(&app, quiet).await;
+    let invitation = Outgoing {
+        kind: "invitation",
+        from: address(&app.settings.mail_from),
+        reply_to: Vec::new(),
+        ..email(None, &[("invited@example.org", RecipientType::To)], None)
+    };
+    let invitation = queue_in(&app, invitation).await;
+    wait_for_email(&app.db, &quiet.id, "sent", Duration::from_secs(5)).await;
+    wait_for_email(&app.db, &invitation.id, "sent", Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The backlog had at most its share of the relay meanwhile.
+    let bulk_sending = relay.data_started() - relay.received().len();
+    assert!(bulk_sending <= 4, "{bulk_sending} of the account's at once");
+}
+
+async fn the_file_transport_shows_tenants_no_server_path(engine: Engine) {
+    let app = crate::helpers::spawn_app(engine).await;
+    app.active_domain("sender.test").await;
+    let to = [("someone@example.org", RecipientType::To)];
+    let queued = queue_in(&app, email(Some(&app.admin.account_id), &to, None)).await;
+    wait_for_email(&app.db, &queued.id, "sent", Duration::from_secs(20)).await;
+    let reply = recipients_of(&app, &queued.id).await[0].3.clone().unwrap();
+    assert!(
+        reply.starts_with("written to ") && reply.ends_with(".eml"),
+        "{reply}"
+    );
+    assert!(!reply.contains('/'), "{reply}");
+    let shown = app.get_json(&format!("/v2/emails/{}", queued.id)).await;
+    let data_dir = app.settings.data_dir.display().to_string();
+    assert!(!shown.to_string().contains(&data_dir), "{shown}");
+}
+
+async fn a_lease_outlives_the_conversation_after_a_wait_in_line(engine: Engine) {
+    let (app, relay) = spawn_app_with_relay(engine, |s| {
+        s.smtp_timeout = 10;
+        s.relay_concurrency = 1;
+    })
+    .await;
+    let account = app.admin.account_id.clone();
+    app.active_domain("sender.test").await;
+    // Each conversation takes 8 s of the 10 s allowed; the second email waits for the
+    // first in its account's line, with its lease running.
+    relay.slow_for("news@sender.test", Duration::from_secs(8));
+    let first = email_from(&account, "news@sender.test", "one@example.org", None);
+    let second = email_from(&account, "news@sender.test", "two@example.org", None);
+    let mut tx = app.db.begin().await.unwrap();
+    let master_key = MasterKey::load(&app.settings).unwrap();
+    let first = enqueue(&mut tx, &master_key, first, app.db.now())
+        .await
+        .unwrap();
+    let second = enqueue(&mut tx, &master_key, second, app.db.now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while relay.data_started() < 2 {
+        assert!(Instant::now() < deadline, "the second email never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Time goes on while the second conversation runs: its lease, taken when it was
+    // claimed, would end before the conversation does.
+    app.advance_clock(Duration::from_secs(9)).await;
+    wait_for_email(&app.db, &first.id, "sent", Duration::from_secs(20)).await;
+    wait_for_email(&app.db, &second.id, "sent", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut delivered: Vec<String> = relay.received().iter().flat_map(|r| r.to.clone()).collect();
+    delivered.sort();
+    assert_eq!(
+        delivered,
+        ["one@example.org", "two@example.org"],
+        "each once"
+    );
+    assert_eq!(relay.data_started(), 2, "no second conversation");
 }

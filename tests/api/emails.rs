@@ -31,6 +31,9 @@ both_engines!(
     the_sending_rate_is_limited,
     walls_between_accounts_and_roles,
     a_scheduled_email_is_cancelled_and_never_sent,
+    long_lists_are_refused_before_they_are_read,
+    large_bodies_are_read_a_few_at_a_time,
+    held_bodies_are_limited_per_account,
 );
 
 const DOMAIN: &str = "acme.example";
@@ -1119,4 +1122,242 @@ async fn a_mail_client_reads_what_was_sent_and_dkim_verifies(engine: Engine) {
         !dkim_verifies(forged.as_bytes(), dns.address, &app),
         "the judge judges"
     );
+}
+
+/// Sends a hand-written JSON body; answers the response.
+async fn send_raw(app: &TestApp, path: &str, body: String) -> reqwest::Response {
+    app.api(Method::POST, path)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn long_lists_are_refused_before_they_are_read(engine: Engine) {
+    let (app, _relay) = app(engine).await;
+    let started = std::time::Instant::now();
+
+    // 200 000 distinct addresses: refused at once, and the server answers others meanwhile.
+    let many: Vec<String> = (0..200_000)
+        .map(|i| format!("r{i}@client.example"))
+        .collect();
+    let mut body = minimal();
+    body["to"] = json!(many);
+    let request = app.api(Method::POST, "/v2/emails").json(&body).send();
+    let health = app.client.get(format!("{}/healthz", app.address)).send();
+    let (response, health) = tokio::join!(request, health);
+    assert_eq!(health.unwrap().status(), 200);
+    let error = error_code(response.unwrap(), 422).await;
+    assert_eq!(error["param"], "to", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("50"), "{error}");
+
+    // 5 million empty strings (15 MB) are no more work.
+    let body = format!(
+        r#"{{"from":"billing@acme.example","subject":"Hi","text":"x","to":[{}""]}}"#,
+        "\"\",".repeat(5_000_000 - 1)
+    );
+    assert!(body.len() < 15 * 1024 * 1024);
+    let error = error_code(send_raw(&app, "/v2/emails", body).await, 422).await;
+    assert_eq!(error["param"], "to", "{error}");
+
+    // 30 in to and 30 in cc: over 50 together.
+    let mut body = minimal();
+    body["to"] = json!(many[..30]);
+    body["cc"] = json!(many[30..60]);
+    let error = refused(&app, &body, 422).await;
+    assert_eq!(error["param"], "to");
+    assert!(error["message"].as_str().unwrap().contains("60"), "{error}");
+
+    // Every other list and map stops at its limit too.
+    let mut body = minimal();
+    body["attachments"] = json!(vec![json!({"filename": "a.txt", "content": "eA=="}); 1_000]);
+    assert_eq!(refused(&app, &body, 422).await["param"], "attachments");
+    let mut body = minimal();
+    let headers: serde_json::Map<String, Value> = (0..1_000)
+        .map(|i| (format!("X-H{i}"), json!("v")))
+        .collect();
+    body["headers"] = Value::Object(headers);
+    assert_eq!(refused(&app, &body, 422).await["param"], "headers");
+    let mut body = minimal();
+    let tags: serde_json::Map<String, Value> =
+        (0..1_000).map(|i| (format!("t{i}"), json!("v"))).collect();
+    body["tags"] = Value::Object(tags);
+    assert_eq!(refused(&app, &body, 422).await["param"], "tags");
+    let batch = format!(r#"{{"emails":[{}{{}}]}}"#, "{},".repeat(200_000));
+    let error = error_code(send_raw(&app, "/v2/emails/batch", batch).await, 422).await;
+    assert_eq!(error["param"], "emails", "{error}");
+
+    // A long list inside a batch item refuses that item only.
+    let mut long = minimal();
+    long["to"] = json!(many[..51]);
+    let answer = app
+        .api(Method::POST, "/v2/emails/batch")
+        .json(&json!({"emails": [long, minimal()]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(
+        answer["data"][0]["error"]["param"], "emails[0].to",
+        "{answer}"
+    );
+    assert!(answer["data"][1]["id"].is_string(), "{answer}");
+
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(emails_in_store(&app).await, 1);
+}
+
+async fn large_bodies_are_read_a_few_at_a_time(engine: Engine) {
+    use tokio::io::AsyncWriteExt;
+    let (app, _relay) = app(engine).await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    // Senders of 2 MB bodies that stall after their headers hold every turn. One may come
+    // after a probe and be refused: while probes are accepted, one more stalls.
+    let stall = || async {
+        let mut socket = tokio::net::TcpStream::connect(&host).await.unwrap();
+        let start = format!(
+            "POST /v2/emails HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 2097152\r\n\r\n{{\"to",
+            app.admin.api_key
+        );
+        socket.write_all(start.as_bytes()).await.unwrap();
+        socket
+    };
+    let mut stalled = Vec::new();
+    for _ in 0..mailroom::emails::LARGE_BODIES_AT_ONCE {
+        stalled.push(stall().await);
+    }
+    let mut large = minimal();
+    large["text"] = json!("x".repeat(2 * 1024 * 1024));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let response = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let response = send_with(&app, &app.admin.api_key, &large).await;
+        if response.status() != 202 || std::time::Instant::now() > deadline {
+            break response;
+        }
+        stalled.push(stall().await);
+    };
+    assert_eq!(
+        response.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "{response:?}"
+    );
+    let error = error_code(response, 503).await;
+    assert_eq!(error["code"], "busy");
+
+    // Small emails do not wait for large ones.
+    accepted(&app, &minimal()).await;
+    // Once the large bodies are done (here: their senders went away), another is read.
+    drop(stalled);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = send_with(&app, &app.admin.api_key, &large).await;
+        if response.status() == 202 {
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the turn was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn held_bodies_are_limited_per_account(engine: Engine) {
+    // Room for one email with a 20 KB attachment (about 36 KB sealed), not two.
+    let (app, relay) = spawn_app_with_relay(engine, |s| s.held_bytes_per_account = 50_000).await;
+    app.active_domain(DOMAIN).await;
+    let with_attachment = |scheduled: bool| {
+        let mut body = minimal();
+        body["attachments"] =
+            json!([{"filename": "a.pdf", "content": STANDARD.encode(vec![7u8; 20_000])}]);
+        if scheduled {
+            let at = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+            body["scheduled_at"] = json!(
+                at.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap()
+            );
+        }
+        body
+    };
+    let first = accepted(&app, &with_attachment(true)).await;
+    let response = send_with(&app, &app.admin.api_key, &with_attachment(false)).await;
+    assert!(response.headers().contains_key("retry-after"));
+    let error = error_code(response, 429).await;
+    assert_eq!(error["code"], "held_bytes_exceeded");
+    assert!(
+        error["message"].as_str().unwrap().contains("50000"),
+        "{error}"
+    );
+    // A batch that would pass it is refused whole.
+    let batch = app
+        .api(Method::POST, "/v2/emails/batch")
+        .json(&json!({"emails": [minimal(), with_attachment(false)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(batch, 429).await["code"], "held_bytes_exceeded");
+    assert_eq!(emails_in_store(&app).await, 1, "nothing refused was queued");
+    // Small emails still fit beside it.
+    let small = accepted(&app, &minimal()).await;
+    wait_until_final(&app, small["id"].as_str().unwrap()).await;
+
+    // Another account has its own room.
+    let other = app.other_account().await;
+    let added = app
+        .with_key(&other.api_key, Method::POST, "/v2/domains")
+        .json(&json!({"domain": "other.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    set_status_by_operator(
+        &app.db,
+        &DomainName::parse("other.example").unwrap(),
+        None,
+        DomainStatus::Active,
+    )
+    .await
+    .unwrap();
+    let mut theirs = with_attachment(true);
+    theirs["from"] = json!("billing@other.example");
+    let theirs = send_with(&app, &other.api_key, &theirs).await;
+    assert_eq!(theirs.status(), 202, "{}", theirs.text().await.unwrap());
+
+    // Once the held body is gone (here: cancelled), there is room again; and an email
+    // sent frees its room once every recipient is final.
+    let id = first["id"].as_str().unwrap();
+    let cancel = app
+        .api(Method::POST, &format!("/v2/emails/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 200);
+    let sent = accepted(&app, &with_attachment(false)).await;
+    wait_until_final(&app, sent["id"].as_str().unwrap()).await;
+    relay.wait_for(2, Duration::from_secs(20)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = send_with(&app, &app.admin.api_key, &with_attachment(true)).await;
+        if response.status() == 202 {
+            break;
+        }
+        assert_eq!(
+            error_code(response, 429).await["code"],
+            "held_bytes_exceeded"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the room was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

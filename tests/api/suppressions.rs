@@ -12,6 +12,7 @@ both_engines!(
     a_suppressed_address_is_never_sent_to,
     the_list_is_paged_and_validated,
     another_accounts_list_is_walled_off,
+    the_list_is_capped_but_keeps_every_bounce,
 );
 
 async fn a_suppressed_address_is_never_sent_to(engine: Engine) {
@@ -205,4 +206,80 @@ async fn another_accounts_list_is_walled_off(engine: Engine) {
             .len(),
         1
     );
+}
+
+async fn the_list_is_capped_but_keeps_every_bounce(engine: Engine) {
+    let (app, relay) = spawn_app_with_relay(engine, |s| s.suppressions_per_account = 2).await;
+    app.active_domain("acme.example").await;
+    let add = |email: &'static str| {
+        app.api(Method::POST, "/v2/suppressions")
+            .json(&json!({"email": email}))
+            .send()
+    };
+    assert_eq!(add("a@client.example").await.unwrap().status(), 201);
+    assert_eq!(add("b@client.example").await.unwrap().status(), 201);
+    let error = error_code(add("c@client.example").await.unwrap(), 409).await;
+    assert_eq!(error["code"], "suppression_limit_reached");
+    assert!(error["message"].as_str().unwrap().contains('2'), "{error}");
+
+    // A bounce past the cap is still kept: losing it would send to a dead address again.
+    relay.refuse("gone@client.example", "550 5.1.1 No such user here");
+    let send = || {
+        app.api(Method::POST, "/v2/emails")
+            .json(
+                &json!({"from": "news@acme.example", "to": "gone@client.example",
+                          "subject": "News", "text": "Hello"}),
+            )
+            .send()
+    };
+    let sent: Value = send().await.unwrap().json().await.unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let email = app.get_json(&format!("/v2/emails/{id}")).await;
+        if email["recipients"][0]["status"] == "bounced" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not bounced: {email}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = app.get_json("/v2/suppressions").await;
+    let listed: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "a@client.example",
+            "b@client.example",
+            "gone@client.example"
+        ]
+    );
+    let again: Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["recipients"][0]["status"], "suppressed");
+
+    // Over the cap, manual adds wait until the list is back under it.
+    for email in ["a@client.example", "b@client.example"] {
+        let removed = app
+            .api(Method::DELETE, &format!("/v2/suppressions/{email}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(removed.status(), 200);
+    }
+    assert_eq!(add("c@client.example").await.unwrap().status(), 201);
+    error_code(add("d@client.example").await.unwrap(), 409).await;
+
+    // Another account has its own room.
+    let other = app.other_account().await;
+    let theirs = app
+        .with_key(&other.api_key, Method::POST, "/v2/suppressions")
+        .json(&json!({"email": "d@client.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), 201);
 }

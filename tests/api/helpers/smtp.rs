@@ -75,6 +75,8 @@ struct Script {
     /// Replies to the next DATA, in order; then `250`.
     replies: VecDeque<String>,
     stall: bool,
+    /// Senders whose messages are answered only after the delay.
+    slow: Vec<(String, Duration)>,
     data_started: usize,
     /// Every AUTH tried, right or wrong: (user, password, over TLS).
     auth_attempts: Vec<(String, String, bool)>,
@@ -225,6 +227,12 @@ impl TestSmtp {
     /// While on, DATA is read but never answered.
     pub fn stall(&self, on: bool) {
         self.script.lock().unwrap().stall = on;
+    }
+
+    /// Each message MAIL FROM `from` is answered `delay` after its DATA.
+    pub fn slow_for(&self, from: &str, delay: Duration) {
+        let mut script = self.script.lock().unwrap();
+        script.slow.push((from.to_string(), delay));
     }
 
     /// How many messages have started (reached DATA), answered or not.
@@ -389,9 +397,10 @@ fn session<'a>(
                             .unwrap_or(&line),
                     );
                 }
-                let (stall, scripted) = {
+                let (stall, scripted, slow) = {
                     let mut script = config.script.lock().unwrap();
                     script.data_started += 1;
+                    let slow = script.slow.iter().find(|(f, _)| *f == from).map(|s| s.1);
                     (
                         script.stall,
                         if script.stall {
@@ -399,10 +408,14 @@ fn session<'a>(
                         } else {
                             script.replies.pop_front()
                         },
+                        slow,
                     )
                 };
                 if stall {
                     std::future::pending::<()>().await;
+                }
+                if let Some(delay) = slow {
+                    tokio::time::sleep(delay).await;
                 }
                 let reply = scripted.unwrap_or_else(|| "250 2.0.0 queued".to_string());
                 if reply.starts_with('2') {
