@@ -1,6 +1,6 @@
 -- wrk script: each request POSTs one email (one recipient, a 2 KB text body) with a fresh
 -- Idempotency-Key. Usage: wrk ... -s bench/emails.lua URL -- PATH FROM TO
-local path, body, run, number
+local path, body, run, number, headers
 
 function init(args)
   path = args[1]
@@ -13,9 +13,14 @@ function init(args)
 end
 
 function request()
+  if not headers then
+    -- Headers given here replace wrk's own (-H), so carry those over.
+    headers = { ["Content-Type"] = "application/json" }
+    for name, value in pairs(wrk.headers) do
+      headers[name] = value
+    end
+  end
   number = number + 1
-  return wrk.format("POST", path, {
-    ["Content-Type"] = "application/json",
-    ["Idempotency-Key"] = run .. "-" .. number,
-  }, body)
+  headers["Idempotency-Key"] = run .. "-" .. number
+  return wrk.format("POST", path, headers, body)
 end
