@@ -1081,11 +1081,13 @@ async fn a_mail_client_reads_what_was_sent_and_dkim_verifies(engine: Engine) {
         json!([{"name": "Jürgen Groß", "email": "juergen@client.example"}])
     );
     assert_eq!(read["cc"][0]["email"], "cc@client.example");
-    let headers = read["headers"].to_string().to_lowercase();
-    assert!(
-        !headers.contains("bcc") && !headers.contains("hidden@"),
-        "{headers}"
-    );
+    for header in read["headers"].as_array().unwrap() {
+        let (name, value) = (header[0].as_str().unwrap(), header[1].as_str().unwrap());
+        assert!(
+            !name.eq_ignore_ascii_case("bcc") && !value.contains("hidden@"),
+            "{header}"
+        );
+    }
     let parts = read["parts"].as_array().unwrap();
     let part = |kind: &str| {
         parts
