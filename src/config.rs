@@ -142,6 +142,21 @@ pub struct Settings {
     /// Where `GET /metrics` (Prometheus text, unauthenticated) is served, apart from the
     /// API; off when unset. Only the operator's monitoring should reach it.
     pub metrics_listen: Option<SocketAddr>,
+    /// Days the account's event log (`GET /v2/events`, and each email's history) keeps
+    /// an event; one still being delivered to a webhook stays until that ends.
+    #[serde(deserialize_with = "number")]
+    pub event_retention_days: u64,
+    /// Deliveries one webhook endpoint may have under way at once, so that a slow
+    /// endpoint holds up only its own.
+    #[serde(deserialize_with = "number")]
+    pub webhook_concurrency: u64,
+    /// Consecutive failed deliveries (over at least 24 hours) after which an endpoint is
+    /// disabled. 0: never.
+    #[serde(deserialize_with = "number")]
+    pub webhook_disable_after_failures: u64,
+    /// Webhooks one account may have.
+    #[serde(deserialize_with = "number")]
+    pub webhooks_per_account: u64,
 }
 
 impl Default for Settings {
@@ -187,6 +202,10 @@ impl Default for Settings {
             held_bytes_per_account: 1024 * 1024 * 1024,
             suppressions_per_account: 100_000,
             metrics_listen: None,
+            event_retention_days: 30,
+            webhook_concurrency: 4,
+            webhook_disable_after_failures: 50,
+            webhooks_per_account: 20,
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Floors, top to bottom; a module imports only from floors below it:
 //! `app` (composition root) > `router` > the resources (`tenancy`, `users`,
-//! `invitations`, `domains`, `mailboxes`, `senders`, `relays`, `messages`) > `http` >
-//! `state` > `mail`, `dns`, `identity` > `types`, `store`, `config`, `metrics`.
+//! `invitations`, `domains`, `mailboxes`, `senders`, `relays`, `messages`, `emails`,
+//! `suppressions`, `webhooks`) > `http` > `state` > `mail`, `dns`, `identity` > `events` >
+//! `types`, `store`, `config`, `metrics`.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod dns;
 pub mod domains;
 pub mod emails;
+pub mod events;
 pub mod http;
 pub mod identity;
 pub mod invitations;
@@ -27,5 +29,6 @@ pub mod suppressions;
 pub mod tenancy;
 pub mod types;
 pub mod users;
+pub mod webhooks;
 
 pub use app::{Application, shutdown_signal};

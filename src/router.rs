@@ -21,7 +21,7 @@ use crate::state::AppState;
 use crate::types::text::Escaped;
 use crate::{
     domains, emails, invitations, mailboxes, messages, relays, senders, store, suppressions,
-    tenancy, users,
+    tenancy, users, webhooks,
 };
 
 pub fn router(state: AppState) -> axum::Router {
@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(relays::router())
         .merge(emails::router())
         .merge(suppressions::router())
+        .merge(webhooks::router())
         .split_for_parts();
     let document = openapi::complete(document);
     let document = Arc::new(document.to_json().expect("the OpenAPI document serializes"));

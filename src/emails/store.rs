@@ -153,7 +153,7 @@ pub async fn get(db: &Db, visible: &Visible<'_>, id: &str) -> sqlx::Result<Optio
     };
     attach_recipients(db, std::slice::from_mut(&mut email)).await?;
     let events = sqlx::query(
-        "SELECT id, type, recipient, detail, at FROM events WHERE email_id = $1 ORDER BY at, id",
+        "SELECT id, type, recipient, detail, at FROM events WHERE email_id = $1 ORDER BY position",
     )
     .bind(id)
     .fetch_all(&db.pool)
@@ -162,7 +162,10 @@ pub async fn get(db: &Db, visible: &Visible<'_>, id: &str) -> sqlx::Result<Optio
     .map(|row| {
         Ok(Event {
             id: row.try_get("id")?,
-            kind: row.try_get("type")?,
+            kind: {
+                let kind: String = row.try_get("type")?;
+                kind.strip_prefix("email.").unwrap_or(&kind).to_string()
+            },
             recipient: row.try_get("recipient")?,
             detail: row.try_get("detail")?,
             at: Timestamp(row.try_get("at")?),

@@ -174,6 +174,32 @@ impl Policy {
     }
 }
 
+/// The ports a webhook on a public address may use (HTTPS only).
+pub const WEBHOOK_PORTS: [u16; 2] = [443, 8443];
+
+/// What a webhook's refusal says, wherever it is reported.
+pub const WEBHOOK_RULE: &str = "webhooks may reach only public addresses over https on ports 443 and 8443 (the operator can allow more, where plain http goes too)";
+
+impl Policy {
+    /// Whether a webhook may connect to `address`, over TLS when `https`: anywhere in the
+    /// operator's ranges, else a public address over https on a webhook port.
+    pub fn allows_webhook(&self, address: SocketAddr, https: bool) -> bool {
+        self.allowed_range(address.ip())
+            || (https && is_public(address.ip()) && WEBHOOK_PORTS.contains(&address.port()))
+    }
+
+    /// Whether a webhook URL may be saved, from what is known before resolving it: its
+    /// scheme, port and host's address when the host is one (`None`: a name, checked on
+    /// what it resolves to at each delivery).
+    pub fn webhook_may_be_saved(&self, address: Option<IpAddr>, port: u16, https: bool) -> bool {
+        match address {
+            Some(ip) => self.allows_webhook(SocketAddr::new(ip, port), https),
+            // A name may resolve into the operator's ranges, where anything goes.
+            None => !self.allow.is_empty() || (https && WEBHOOK_PORTS.contains(&port)),
+        }
+    }
+}
+
 /// Why no connection was made.
 #[derive(Debug)]
 pub enum ConnectError {

@@ -218,28 +218,67 @@ pub struct QueuedRecipient {
     pub status: RecipientStatus,
 }
 
-/// Writes one event, in the caller's transaction.
+/// What an email's events tell of it: the fields that never change once it is queued.
+pub struct Described<'a> {
+    pub id: &'a str,
+    pub account_id: Option<&'a str>,
+    pub entity_id: Option<&'a str>,
+    /// Whether it is an API email, whose events the account sees; mailroom's own mail
+    /// keeps its history only.
+    pub published: bool,
+    pub from: &'a str,
+    pub subject: &'a str,
+    pub message_id: &'a str,
+    /// As stored: a JSON object.
+    pub tags: &'a str,
+    pub created_at: Timestamp,
+}
+
+/// Writes the event `email.{status}` about one recipient (`None`: the whole email), in the
+/// caller's transaction. `detail` is for the email's history, `reply` (the server's reply
+/// or the reason) for the payload the account reads.
 pub async fn record_event(
     conn: &mut sqlx::AnyConnection,
-    account_id: Option<&str>,
-    email_id: &str,
+    email: &Described<'_>,
     recipient: Option<&str>,
-    kind: &str,
+    status: &str,
     detail: Option<&str>,
+    reply: Option<&str>,
     at: Timestamp,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO events (id, account_id, email_id, recipient, type, detail, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    let kind = format!("email.{status}");
+    let data = email.published.then(|| {
+        let tags: serde_json::Value =
+            serde_json::from_str(email.tags).unwrap_or_else(|_| serde_json::json!({}));
+        serde_json::json!({
+            "id": email.id,
+            "from": email.from,
+            "subject": email.subject,
+            "tags": tags,
+            "entity_id": email.entity_id,
+            "message_id": email.message_id,
+            "created_at": email.created_at,
+            "recipient": recipient.map(|address| serde_json::json!({
+                "email": address,
+                "status": status,
+                "reply": reply,
+            })),
+        })
+    });
+    crate::events::record(
+        conn,
+        crate::events::NewEvent {
+            account_id: email.account_id,
+            entity_id: email.entity_id,
+            kind: &kind,
+            object_key: email.id,
+            email_id: Some(email.id),
+            recipient,
+            detail,
+            data,
+        },
+        at,
     )
-    .bind(new_id("evt"))
-    .bind(account_id)
-    .bind(email_id)
-    .bind(recipient)
-    .bind(kind)
-    .bind(detail)
-    .bind(at.0)
-    .execute(conn)
     .await?;
     Ok(())
 }
@@ -329,6 +368,19 @@ pub async fn enqueue(
         _ => Some(scheduled_at.unwrap_or(now).0),
     };
     let account_id = outgoing.account_id.as_deref();
+    let tags = serde_json::to_string(&outgoing.tags)?;
+    let from = outgoing.from.to_string();
+    let described = Described {
+        id: &id,
+        account_id,
+        entity_id: outgoing.entity_id.as_deref(),
+        published: outgoing.kind == API_KIND,
+        from: &from,
+        subject: &outgoing.subject,
+        message_id: &message_id,
+        tags: &tags,
+        created_at: now,
+    };
     sqlx::query(
         "INSERT INTO emails (id, account_id, entity_id, kind, from_address, from_name, reply_to, subject, \
          body, body_deleted_at, message_id, tags, status, scheduled_at, attempts, next_attempt_at, \
@@ -339,14 +391,14 @@ pub async fn enqueue(
     .bind(account_id)
     .bind(outgoing.entity_id.as_deref())
     .bind(outgoing.kind)
-    .bind(outgoing.from.to_string())
+    .bind(&from)
     .bind(outgoing.from_name.as_deref())
     .bind(reply_to)
     .bind(&outgoing.subject)
     .bind(sealed)
     .bind(body_deleted_at)
     .bind(&message_id)
-    .bind(serde_json::to_string(&outgoing.tags)?)
+    .bind(&tags)
     .bind(status.as_str())
     .bind(scheduled_at.map(|at| at.0))
     .bind(next_attempt_at)
@@ -390,13 +442,14 @@ pub async fn enqueue(
                 scheduled_at.map(|at| format!("scheduled for {}", at.rfc3339())),
             ),
         };
+        let reply = (*status == RecipientStatus::Suppressed).then_some("on the suppression list");
         record_event(
             conn,
-            account_id,
-            &id,
+            &described,
             Some(&address),
             event,
             detail.as_deref(),
+            reply,
             now,
         )
         .await?;
@@ -466,13 +519,34 @@ pub async fn cancel(
     .bind(now.0)
     .execute(&mut *conn)
     .await?;
+    let row = sqlx::query(
+        "SELECT entity_id, kind, from_address, subject, message_id, tags, created_at FROM emails WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let (entity_id, kind): (Option<String>, String) =
+        (row.try_get("entity_id")?, row.try_get("kind")?);
+    let (from, subject): (String, String) = (row.try_get("from_address")?, row.try_get("subject")?);
+    let (message_id, tags): (String, String) = (row.try_get("message_id")?, row.try_get("tags")?);
+    let described = Described {
+        id,
+        account_id: Some(account_id),
+        entity_id: entity_id.as_deref(),
+        published: kind == API_KIND,
+        from: &from,
+        subject: &subject,
+        message_id: &message_id,
+        tags: &tags,
+        created_at: Timestamp(row.try_get("created_at")?),
+    };
     for address in &addresses {
         record_event(
             conn,
-            Some(account_id),
-            id,
+            &described,
             Some(address),
             "cancelled",
+            None,
             None,
             now,
         )
@@ -638,6 +712,8 @@ pub struct Claimed {
     pub reply_to: Option<String>,
     pub subject: String,
     pub message_id: String,
+    /// As stored: a JSON object.
+    pub tags: String,
     /// This attempt's number, from 1, of the email as a whole.
     pub attempts: i64,
     pub created_at: i64,
@@ -663,6 +739,20 @@ impl Claimed {
         let bytes = master_key.open(&sealed, &seal_context(&self.id))?;
         drop(sealed);
         Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    pub fn described(&self) -> Described<'_> {
+        Described {
+            id: &self.id,
+            account_id: self.account_id.as_deref(),
+            entity_id: self.entity_id.as_deref(),
+            published: self.kind == API_KIND,
+            from: &self.from,
+            subject: &self.subject,
+            message_id: &self.message_id,
+            tags: &self.tags,
+            created_at: Timestamp(self.created_at),
+        }
     }
 
     /// The lease's end, in milliseconds since the epoch.
@@ -733,7 +823,7 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
          WHERE id IN (SELECT id FROM emails WHERE id IN ({in_turn}) {lock}) \
          AND {due} \
          RETURNING id, account_id, entity_id, kind, from_address, from_name, reply_to, subject, message_id, \
-         attempts, created_at, lease_until"
+         tags, attempts, created_at, lease_until"
     );
     let now = db.now().0;
     let mut query = sqlx::query(&sql)
@@ -764,6 +854,7 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
             reply_to: row.try_get("reply_to")?,
             subject: row.try_get("subject")?,
             message_id: row.try_get("message_id")?,
+            tags: row.try_get("tags")?,
             attempts: row.try_get("attempts")?,
             created_at: row.try_get("created_at")?,
             lease_until: row.try_get("lease_until")?,
@@ -930,11 +1021,11 @@ pub async fn record<'a>(
             let detail = format!("{}: {}", attempt.transport, outcome.detail);
             record_event(
                 &mut tx,
-                email.account_id.as_deref(),
-                &email.id,
+                &email.described(),
                 Some(&recipient.address),
                 outcome.status.as_str(),
                 Some(&detail),
+                Some(outcome.detail),
                 now,
             )
             .await?;

@@ -121,12 +121,14 @@ async fn recipients(db: &Db, id: &str) -> Vec<(String, String, i64, Option<Strin
 
 /// The events of an email for `recipient`, oldest first: (type, detail).
 async fn events(db: &Db, id: &str, recipient: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT type FROM events WHERE email_id = $1 AND recipient = $2 ORDER BY at")
-        .bind(id)
-        .bind(recipient)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT type FROM events WHERE email_id = $1 AND recipient = $2 ORDER BY position",
+    )
+    .bind(id)
+    .bind(recipient)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
 }
 
 async fn body_kept(db: &Db, id: &str) -> bool {
@@ -167,11 +169,11 @@ async fn each_recipient_gets_its_own_reply_in_one_transaction(engine: Engine) {
     assert_eq!((found[2].1.as_str(), found[2].2), ("sent", 2), "{found:?}");
     assert_eq!(
         events(&app.db, &queued.id, "busy@example.org").await,
-        ["queued", "deferred", "sent"]
+        ["email.queued", "email.deferred", "email.sent"]
     );
     assert_eq!(
         events(&app.db, &queued.id, "gone@example.org").await,
-        ["queued", "bounced"]
+        ["email.queued", "email.bounced"]
     );
     // One transaction per attempt: the first with all three RCPTs, the retry with one.
     assert_eq!(relay.transactions(), 2);
@@ -278,7 +280,7 @@ async fn scheduled_emails_wait_for_their_time_and_cancelled_ones_never_go(engine
     assert!(!body_kept(&app.db, &cancelled.id).await);
     assert_eq!(
         events(&app.db, &cancelled.id, "later@example.org").await,
-        ["queued", "cancelled"]
+        ["email.queued", "email.cancelled"]
     );
 
     // Nothing goes before its time.
@@ -349,11 +351,11 @@ async fn bodies_are_deleted_once_final_or_after_the_retention(engine: Engine) {
 
     // Statuses and events stay.
     let kinds = events(&app.db, &sent.id, "fine@example.org").await;
-    assert_eq!(kinds, ["queued", "sent"]);
+    assert_eq!(kinds, ["email.queued", "email.sent"]);
     let kinds = events(&app.db, &waiting.id, "slow@example.org").await;
-    assert_eq!(kinds.first().map(String::as_str), Some("queued"));
-    assert_eq!(kinds.last().map(String::as_str), Some("failed"));
-    assert!(kinds.iter().filter(|k| *k == "deferred").count() >= 2);
+    assert_eq!(kinds.first().map(String::as_str), Some("email.queued"));
+    assert_eq!(kinds.last().map(String::as_str), Some("email.failed"));
+    assert!(kinds.iter().filter(|k| *k == "email.deferred").count() >= 2);
 }
 
 async fn a_killed_worker_loses_no_email_and_sends_no_recipient_twice(engine: Engine) {
@@ -616,7 +618,10 @@ async fn a_from_no_longer_the_accounts_fails_and_is_never_sent(engine: Engine) {
             reason.contains(from) && reason.contains("no longer"),
             "{reason}"
         );
-        assert_eq!(events(&app.db, id, to).await, ["queued", "failed"]);
+        assert_eq!(
+            events(&app.db, id, to).await,
+            ["email.queued", "email.failed"]
+        );
     }
     let received = relay.received();
     assert_eq!(received.len(), 1, "only the allowed one goes");

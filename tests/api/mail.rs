@@ -576,16 +576,16 @@ async fn temporary_failures_retry_and_permanent_ones_stop(engine: Engine) {
         .await;
     assert_eq!(sent["attempts"], 2);
     let attempts: Vec<(String, String)> = sqlx::query_as(
-        "SELECT type, detail FROM events WHERE email_id = $1 AND type <> 'queued' ORDER BY at",
+        "SELECT type, detail FROM events WHERE email_id = $1 AND type <> 'email.queued' ORDER BY position",
     )
     .bind(&retried)
     .fetch_all(&app.db.pool)
     .await
     .unwrap();
     assert_eq!(attempts.len(), 2);
-    assert_eq!(attempts[0].0, "deferred");
+    assert_eq!(attempts[0].0, "email.deferred");
     assert!(attempts[0].1.contains("451"), "{attempts:?}");
-    assert_eq!(attempts[1].0, "sent");
+    assert_eq!(attempts[1].0, "email.sent");
 
     system.reply_next("550 5.1.1 No such user here");
     let refused = app.queue("a@other.org", "nobody@example.org").await;

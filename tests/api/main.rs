@@ -31,3 +31,4 @@ mod suppressions;
 mod tenancy;
 mod untrusted_input;
 mod walls;
+mod webhooks;
