@@ -1,6 +1,6 @@
 """After the test suite: no database file or server log the tests left behind holds, in
 clear, a secret mailroom made (API keys, access tokens, one-time tokens: all carry a
-prefix and 64 hex digits) or one the tests used (passwords, SMTP passwords: listed by
+prefix and 64 hex digits; webhook signing secrets: `whsec_` and 32 bytes in base64) or one the tests used (passwords, SMTP passwords: listed by
 the tests in secrets.txt).
 
 Usage: python3 .ci/scan-secrets.py ARTIFACTS_DIR [MORE_DIRS...]
@@ -10,7 +10,7 @@ import os
 import re
 import sys
 
-MADE = re.compile(rb"\b(?:mrk|mrt|ev|inv)_[0-9a-f]{64}\b")
+MADE = re.compile(rb"\b(?:(?:mrk|mrt|ev|inv)_[0-9a-f]{64}\b|whsec_[A-Za-z0-9+/]{43}=)")
 
 
 def main():

@@ -6,6 +6,7 @@ mod baseline;
 mod limits;
 mod load;
 mod seed;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 
@@ -129,6 +130,36 @@ enum Command {
         #[arg(long)]
         since: i64,
     },
+    /// Answers every POST with 200 at once; `GET /count` says how many came.
+    Receiver {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// `email.sent` events of the account, each with a job for the (disabled) webhook.
+    SeedEvents {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        webhook: String,
+        #[arg(long)]
+        count: usize,
+    },
+    /// Waits until every job of the webhook succeeded; prints the rate from `since` (ms).
+    WebhooksDone {
+        #[arg(long)]
+        webhook: String,
+        #[arg(long)]
+        since: i64,
+    },
+    /// POSTs the payloads of the webhook's events to `url` raw, `concurrency` at once.
+    PostBurst {
+        #[arg(long)]
+        webhook: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
 #[tokio::main]
@@ -178,5 +209,17 @@ async fn main() -> anyhow::Result<()> {
         } => seed::mailboxes(&account, domains, mailboxes).await,
         Command::Enqueue { from, to, count } => seed::enqueue(&from, &to, count).await,
         Command::DeliveryDone { since } => seed::delivery_done(since).await,
+        Command::Receiver { listen } => webhooks::receiver(listen).await,
+        Command::SeedEvents {
+            account,
+            webhook,
+            count,
+        } => webhooks::seed_events(&account, &webhook, count).await,
+        Command::WebhooksDone { webhook, since } => webhooks::webhooks_done(&webhook, since).await,
+        Command::PostBurst {
+            webhook,
+            url,
+            concurrency,
+        } => webhooks::post_burst(&webhook, &url, concurrency).await,
     }
 }

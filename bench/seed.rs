@@ -274,7 +274,7 @@ pub async fn delivery_done(since: i64) -> anyhow::Result<()> {
     let failed_attempts = || {
         sqlx::query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM events v JOIN emails e ON e.id = v.email_id \
-             WHERE e.created_at >= $1 AND v.type IN ('deferred', 'bounced', 'failed')",
+             WHERE e.created_at >= $1 AND v.type IN ('email.deferred', 'email.bounced', 'email.failed')",
         )
         .bind(since)
         .fetch_one(&db.pool)

@@ -151,6 +151,20 @@ impl Application {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let verifier = tokio::spawn(domains::checker(&self.state).run(stopped.clone()));
         let delivery = tokio::spawn(self.delivery.run(stopped.clone()));
+        let webhooks = tokio::spawn(
+            crate::webhooks::delivery::Worker {
+                db: self.state.db.clone(),
+                master_key: self.state.master_key.clone(),
+                policy: self.state.destination_policy.clone(),
+                settings: self.state.settings.clone(),
+            }
+            .run(stopped.clone()),
+        );
+        let expiries = tokio::spawn(announce_expiries(
+            self.state.db.clone(),
+            self.state.settings.clone(),
+            stopped.clone(),
+        ));
         let metrics = self.metrics_listener.map(|listener| {
             let router =
                 crate::http::metrics::router(self.state.db.clone(), self.state.metrics.clone());
@@ -170,6 +184,8 @@ impl Application {
         let _ = stop.send(true);
         let _ = verifier.await;
         let _ = delivery.await;
+        let _ = webhooks.await;
+        let _ = expiries.await;
         if let Some(metrics) = metrics {
             let _ = metrics.await;
         }
@@ -178,6 +194,33 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Announces the invitations and sender addresses whose expiry passed (their status is
+/// read from the clock, so no change of theirs announces it): at start, then every minute
+/// of mailroom's clock (looked at every second, so that a clock moved forward is seen).
+async fn announce_expiries(
+    db: Db,
+    settings: Arc<Settings>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    const EVERY_MS: i64 = 60_000;
+    let mut next = i64::MIN;
+    while !*stop.borrow() {
+        if db.now().0 >= next {
+            next = db.now().0 + EVERY_MS;
+            if let Err(error) = crate::invitations::store::announce_expired(&db).await {
+                tracing::error!(%error, "cannot announce expired invitations");
+            }
+            if let Err(error) = crate::senders::announce_expired(&db, &settings).await {
+                tracing::error!(%error, "cannot announce expired sender addresses");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
     }
 }
 

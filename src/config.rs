@@ -154,7 +154,7 @@ pub struct Settings {
     /// disabled. 0: never.
     #[serde(deserialize_with = "number")]
     pub webhook_disable_after_failures: u64,
-    /// Webhooks one account may have.
+    /// Webhooks one account may have. 0: no limit.
     #[serde(deserialize_with = "number")]
     pub webhooks_per_account: u64,
 }

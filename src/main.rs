@@ -221,7 +221,7 @@ async fn set_domain_status(
 ) -> anyhow::Result<()> {
     let name = DomainName::parse(domain).map_err(|e| anyhow::anyhow!("{e}"))?;
     let db = open_db(settings).await?;
-    let account = set_status_by_operator(&db, &name, account.as_deref(), status).await?;
+    let account = set_status_by_operator(&db, settings, &name, account.as_deref(), status).await?;
     println!("{name} is now {} (account {account})", status.as_str());
     Ok(())
 }

@@ -7,14 +7,16 @@ use hickory_resolver::proto::rr::RecordType;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::model::{Checked, DomainStatus, Due, HOUR, PENDING_LIMIT, PROOF_GRACE, Standing};
+use super::model::{
+    Checked, Domain, DomainStatus, Due, HOUR, PENDING_LIMIT, PROOF_GRACE, Standing,
+};
 use super::records::{self, Found, Purpose, RecordStatus, Wanted};
 use super::store;
 use crate::config::Settings;
 use crate::dns::{Answer, DnsResolver};
 use crate::metrics::{DomainCheck, Metrics};
-use crate::store::Db;
 use crate::store::groups::run_in_groups;
+use crate::store::{Db, Timestamp};
 
 const ACTIVE_RECHECK: i64 = 24 * HOUR;
 const MAX_BACKOFF: i64 = 6 * HOUR;
@@ -151,12 +153,28 @@ impl Checker {
             };
             reason = None;
         }
+        let lookups: Vec<(Wanted, Found)> = wanted.into_iter().zip(found).collect();
+        // Only a change is announced: the unchanged (most) checks build no view.
+        let view = reason.map(|_| Domain {
+            domain: due.name.clone(),
+            status: after.status,
+            records: lookups
+                .iter()
+                .map(|(wanted, found)| {
+                    records::evaluate(wanted, Some(found), &due.name, &self.settings)
+                })
+                .collect(),
+            created_at: Timestamp(due.created_at),
+            verified_at: after.verified_at.map(Timestamp),
+            last_checked_at: Some(Timestamp(now)),
+        });
         Checked {
             due,
             after,
             reason,
-            lookups: wanted.into_iter().zip(found).collect(),
+            lookups,
             at: now,
+            view,
         }
     }
 

@@ -46,6 +46,16 @@ impl DomainStatus {
             other => anyhow::bail!("unknown domain status {other}"),
         })
     }
+
+    /// The event that tells an account its domain came to this status.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            DomainStatus::Pending => "domain.pending",
+            DomainStatus::Active => "domain.verified",
+            DomainStatus::Failed => "domain.failed",
+            DomainStatus::Suspended => "domain.suspended",
+        }
+    }
 }
 
 /// A domain in API answers.
@@ -100,7 +110,9 @@ pub struct Standing {
 /// A leased domain as its check starts.
 pub struct Due {
     pub id: String,
+    pub account_id: String,
     pub name: String,
+    pub created_at: i64,
     pub before: Standing,
     pub tokens: Vec<String>,
     /// Active in another account: proof here does not make it active.
@@ -114,4 +126,7 @@ pub struct Checked {
     pub reason: Option<&'static str>,
     pub lookups: Vec<(Wanted, Found)>,
     pub at: i64,
+    /// The domain as the API shows it after the check, when its status changed: what the
+    /// event announcing the change carries.
+    pub view: Option<Domain>,
 }

@@ -310,10 +310,47 @@ async fn record_event(
     Ok(())
 }
 
+/// A change of a domain's status, as its event tells it.
+struct DomainEvent<'a> {
+    account_id: &'a str,
+    domain_id: &'a str,
+    reason: &'a str,
+    /// The domain as the API shows it after the change.
+    view: &'a Domain,
+}
+
+/// Writes the event of the account's log that tells of a domain's new status, in the
+/// transaction of the change.
+async fn record_status_event(
+    conn: &mut sqlx::AnyConnection,
+    event: DomainEvent<'_>,
+    at: Timestamp,
+) -> anyhow::Result<()> {
+    crate::events::record(
+        conn,
+        crate::events::NewEvent {
+            account_id: Some(event.account_id),
+            entity_id: None,
+            kind: event.view.status.event_type(),
+            object_key: event.domain_id,
+            email_id: None,
+            recipient: None,
+            detail: Some(event.reason),
+            data: Some(serde_json::to_value(event.view)?),
+        },
+        at,
+    )
+    .await?;
+    Ok(())
+}
+
 /// The operator's override (CLI only): sets the status of the domain `name` in the
 /// account that holds it (`account_id` picks one when several do); answers the account.
+/// A change of status is announced in the account's event log (`settings` spell out the
+/// domain's records there, as the API shows them).
 pub async fn set_status_by_operator(
     db: &Db,
+    settings: &Settings,
     name: &DomainName,
     account_id: Option<&str>,
     status: DomainStatus,
@@ -332,6 +369,13 @@ pub async fn set_status_by_operator(
         [one] => one.clone(),
         _ => anyhow::bail!("several accounts have added {name}; pick one with --account"),
     };
+    // The records as the last check found them, read before the transaction: the change
+    // leaves them as they are.
+    let row = find_by_id(&mut *db.pool.acquire().await?, &domain_id).await?;
+    let Some(row) = row else {
+        anyhow::bail!("{name} was deleted meanwhile");
+    };
+    let mut view = render(db, settings, vec![row]).await?.remove(0);
     let now = db.now();
     let mut tx = db.begin().await?;
     let (verified_by, next_check_at) = match status {
@@ -362,8 +406,31 @@ pub async fn set_status_by_operator(
     };
     let before = DomainStatus::parse(&before)?;
     record_event(&mut tx, &domain_id, Some(before), status, reason, now).await?;
+    if status != before {
+        let row = find_by_id(&mut tx, &domain_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{name} vanished as its status was set"))?;
+        view.status = row.status;
+        view.verified_at = row.verified_at.map(Timestamp);
+        view.last_checked_at = row.last_checked_at.map(Timestamp);
+        let event = DomainEvent {
+            account_id: &holder,
+            domain_id: &domain_id,
+            reason,
+            view: &view,
+        };
+        record_status_event(&mut tx, event, now).await?;
+    }
     tx.commit().await?;
     Ok(holder)
+}
+
+/// A domain by id, read on `conn` (inside a transaction, it shows the transaction's writes).
+async fn find_by_id(conn: &mut sqlx::AnyConnection, id: &str) -> sqlx::Result<Option<DomainRow>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM domains WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
 }
 
 /// Takes the lease on one domain for an immediate check; waits while another instance
@@ -418,8 +485,8 @@ pub async fn load_due(db: &Db, ids: &[String]) -> anyhow::Result<Vec<Due>> {
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT d.id, d.name, d.status, d.verified_by, d.status_changed_at, d.verified_at, \
-         d.proof_missing_since, d.next_check_at, d.failed_checks, \
+        "SELECT d.id, d.account_id, d.name, d.created_at, d.status, d.verified_by, \
+         d.status_changed_at, d.verified_at, d.proof_missing_since, d.next_check_at, d.failed_checks, \
          CAST(CASE WHEN EXISTS (SELECT 1 FROM domains o WHERE o.name = d.name \
               AND o.status = 'active' AND o.id <> d.id) THEN 1 ELSE 0 END AS BIGINT) AS active_elsewhere \
          FROM domains d WHERE d.id IN ({})",
@@ -438,7 +505,9 @@ pub async fn load_due(db: &Db, ids: &[String]) -> anyhow::Result<Vec<Due>> {
         due.push(Due {
             tokens: tokens.remove(&id).unwrap_or_default(),
             id,
+            account_id: row.try_get("account_id")?,
             name: row.try_get("name")?,
+            created_at: row.try_get("created_at")?,
             before: Standing {
                 status: DomainStatus::parse(&status)?,
                 verified_by: row.try_get("verified_by")?,
@@ -527,7 +596,8 @@ async fn update_standings(tx: &mut sqlx::AnyConnection, checks: &[Checked]) -> a
 }
 
 /// Stores what the checks found (replacing the last lookups) and what they decided, in
-/// one transaction with a few statements for the whole group.
+/// one transaction with a few statements for the whole group; a change of status is
+/// announced in the account's event log in the same transaction.
 pub async fn save_checks(db: &Db, checks: &[Checked]) -> anyhow::Result<()> {
     if checks.is_empty() {
         return Ok(());
@@ -576,6 +646,17 @@ pub async fn save_checks(db: &Db, checks: &[Checked]) -> anyhow::Result<()> {
                 .bind(*reason);
         }
         insert.execute(&mut *tx).await?;
+        for (checked, reason) in &changed {
+            if let Some(view) = &checked.view {
+                let event = DomainEvent {
+                    account_id: &checked.due.account_id,
+                    domain_id: &checked.due.id,
+                    reason,
+                    view,
+                };
+                record_status_event(&mut tx, event, Timestamp(checked.at)).await?;
+            }
+        }
     }
     tx.commit().await?;
     for (checked, reason) in changed {

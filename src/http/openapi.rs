@@ -15,8 +15,8 @@ use super::error::ErrorBody;
     info(
         title = "mailroom",
         description = "A self-hosted email control plane: managed domains, mailboxes, sender \
-                       addresses, SMTP relays, a sending API with a suppression list, an outbox and team \
-                       invitations."
+                       addresses, SMTP relays, a sending API with a suppression list, an outbox, team \
+                       invitations, and signed webhooks of the account's event log."
     ),
     components(schemas(ErrorBody))
 )]

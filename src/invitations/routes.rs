@@ -340,6 +340,8 @@ pub async fn accept(
         now,
     )
     .await?;
+    let accepted = store::get_on(&mut tx, &invitation.id, now).await?;
+    store::record_event(&mut tx, "invitation.accepted", &accepted, now).await?;
     let (access_token, _) = tokens::issue(&mut tx, &user_id, now).await?;
     tx.commit().await?;
     Ok(Accepted {

@@ -151,7 +151,8 @@ pub async fn cancel(db: &Db, entity_id: &str, id: &str) -> sqlx::Result<bool> {
     Ok(cancelled.rows_affected() > 0)
 }
 
-/// Gives an invitation a new token and expiry, inside the caller's transaction.
+/// Gives an invitation a new token and expiry (announced again when it passes), inside
+/// the caller's transaction.
 pub async fn reissue(
     conn: &mut sqlx::AnyConnection,
     id: &str,
@@ -160,8 +161,8 @@ pub async fn reissue(
     now: Timestamp,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE invitations SET token_hash = $2, expires_at = $3, last_sent_at = $4, updated_at = $4 \
-         WHERE id = $1",
+        "UPDATE invitations SET token_hash = $2, expires_at = $3, expiry_announced_at = NULL, \
+         last_sent_at = $4, updated_at = $4 WHERE id = $1",
     )
     .bind(id)
     .bind(token_hash)
@@ -190,4 +191,133 @@ pub async fn claim(
     .execute(conn)
     .await?;
     Ok(claimed.rows_affected() == 1)
+}
+
+/// The account an entity's invitations belong to (read with them).
+const ACCOUNT: &str =
+    "(SELECT account_id FROM entities WHERE entities.id = invitations.entity_id) AS account_id";
+
+/// An invitation with the account it belongs to, as its events name it.
+pub struct OfAccount {
+    pub stored: Stored,
+    pub account_id: String,
+}
+
+impl sqlx::FromRow<'_, AnyRow> for OfAccount {
+    fn from_row(row: &AnyRow) -> sqlx::Result<OfAccount> {
+        Ok(OfAccount {
+            stored: <Stored as sqlx::FromRow<AnyRow>>::from_row(row)?,
+            account_id: row.try_get("account_id")?,
+        })
+    }
+}
+
+/// The invitation `id` read on `conn` (inside a transaction, with its writes).
+pub async fn get_on(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    now: Timestamp,
+) -> sqlx::Result<OfAccount> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, {ACCOUNT} FROM invitations WHERE id = $2"
+    ))
+    .bind(now.0)
+    .bind(id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Up to `limit` pending invitations past their expiry whose expiry is not announced yet,
+/// the longest expired first.
+pub async fn expired_unannounced(
+    db: &Db,
+    now: Timestamp,
+    limit: i64,
+) -> sqlx::Result<Vec<OfAccount>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, {ACCOUNT} FROM invitations WHERE status = 'pending' \
+         AND expiry_announced_at IS NULL AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
+    ))
+    .bind(now.0)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// Takes the announcement of the expiry of the invitation `id` (at `expires_at`), in the
+/// caller's transaction: false when another instance took it, or the invitation was
+/// accepted, cancelled or resent meanwhile.
+pub async fn take_expiry_announcement(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    expires_at: Timestamp,
+    now: Timestamp,
+) -> sqlx::Result<bool> {
+    let taken = sqlx::query(
+        "UPDATE invitations SET expiry_announced_at = $2 WHERE id = $1 AND expires_at = $3 \
+         AND status = 'pending' AND expiry_announced_at IS NULL",
+    )
+    .bind(id)
+    .bind(now.0)
+    .bind(expires_at.0)
+    .execute(conn)
+    .await?;
+    Ok(taken.rows_affected() == 1)
+}
+
+/// Writes the event of the account's log about an invitation (`invitation.accepted`,
+/// `invitation.expired`), in the transaction of the change; the invitation as the API
+/// shows it.
+pub async fn record_event(
+    conn: &mut sqlx::AnyConnection,
+    kind: &str,
+    invitation: &OfAccount,
+    at: Timestamp,
+) -> anyhow::Result<()> {
+    let view = &invitation.stored.invitation;
+    crate::events::record(
+        conn,
+        crate::events::NewEvent {
+            account_id: Some(&invitation.account_id),
+            entity_id: Some(&view.entity_id),
+            kind,
+            object_key: &view.id,
+            email_id: None,
+            recipient: None,
+            detail: None,
+            data: Some(serde_json::to_value(view)?),
+        },
+        at,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Announces every pending invitation's expiry not announced yet (its status is read from
+/// the clock, so nothing else marks it), a batch per transaction; answers how many. Safe
+/// beside other instances: the mark taken in the transaction decides who announces.
+pub async fn announce_expired(db: &Db) -> anyhow::Result<usize> {
+    const BATCH: i64 = 100;
+    let mut announced = 0;
+    loop {
+        let now = db.now();
+        let expired = expired_unannounced(db, now, BATCH).await?;
+        if expired.is_empty() {
+            return Ok(announced);
+        }
+        let mut taken = 0;
+        let mut tx = db.begin().await?;
+        for invitation in &expired {
+            let view = &invitation.stored.invitation;
+            if take_expiry_announcement(&mut tx, &view.id, view.expires_at, now).await? {
+                record_event(&mut tx, "invitation.expired", invitation, now).await?;
+                taken += 1;
+            }
+        }
+        tx.commit().await?;
+        announced += taken;
+        if (expired.len() as i64) < BATCH || taken == 0 {
+            return Ok(announced);
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use super::model::{Mailbox, MailboxStatus};
 use crate::config::Settings;
-use crate::store::Db;
+use crate::store::{Db, Timestamp};
 
 const COLUMNS: &str = "m.id, m.user_id, d.name AS domain, m.local_part, m.address, m.display_name, \
                        m.status, m.is_default, m.quota_mb, m.created_at, m.updated_at";
@@ -91,7 +91,8 @@ pub struct NewMailbox<'a> {
     pub quota_mb: Option<i64>,
 }
 
-/// Inserts a mailbox; the user's first becomes their default. Answers its id.
+/// Inserts a mailbox and announces it (`mailbox.created`); the user's first becomes their
+/// default. Answers its id.
 pub async fn insert(db: &Db, new: NewMailbox<'_>) -> sqlx::Result<i64> {
     let now = db.now().0;
     let mut tx = db.begin().await?;
@@ -133,6 +134,8 @@ pub async fn insert(db: &Db, new: NewMailbox<'_>) -> sqlx::Result<i64> {
     .bind(id)
     .execute(&mut *tx)
     .await?;
+    let created = get_on(&mut tx, id, new.account_id).await?;
+    record_event(&mut tx, "mailbox.created", new.account_id, &created, now).await?;
     tx.commit().await?;
     Ok(id)
 }
@@ -160,10 +163,15 @@ pub async fn update(
     Ok(())
 }
 
-/// Deletes a mailbox, and lists its Maildir for purging; when it was its user's default,
-/// their oldest other one becomes default. Answers whether it existed.
+/// Deletes a mailbox, lists its Maildir for purging and announces it (`mailbox.deleted`,
+/// with the mailbox as it was); when it was its user's default, their oldest other one
+/// becomes default. Answers whether it existed.
 pub async fn delete(db: &Db, mailbox: &Mailbox, account_id: &str) -> sqlx::Result<bool> {
+    let now = db.now().0;
     let mut tx = db.begin().await?;
+    let Some(deleting) = find_on(&mut tx, mailbox.id, account_id).await? else {
+        return Ok(false);
+    };
     sqlx::query(
         "INSERT INTO deleted_maildirs (mailbox_id, address, maildir, deleted_at) \
          SELECT id, address, maildir, $3 FROM mailboxes WHERE id = $1 AND account_id = $2",
@@ -181,6 +189,7 @@ pub async fn delete(db: &Db, mailbox: &Mailbox, account_id: &str) -> sqlx::Resul
     if deleted.rows_affected() == 0 {
         return Ok(false);
     }
+    record_event(&mut tx, "mailbox.deleted", account_id, &deleting, now).await?;
     if let (true, Some(user)) = (mailbox.is_default, &mailbox.user_id) {
         sqlx::query(
             "UPDATE mailboxes SET is_default = 1, updated_at = $3 WHERE id = \
@@ -196,20 +205,81 @@ pub async fn delete(db: &Db, mailbox: &Mailbox, account_id: &str) -> sqlx::Resul
     Ok(true)
 }
 
+/// Sets a mailbox's password (its hash) and announces it (`mailbox.password_reset`).
 pub async fn set_password(
     db: &Db,
     id: i64,
     account_id: &str,
     password_hash: &str,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    let now = db.now().0;
+    let mut tx = db.begin().await?;
+    let updated = sqlx::query(
         "UPDATE mailboxes SET password_hash = $2, updated_at = $3 WHERE id = $1 AND account_id = $4",
     )
     .bind(id)
     .bind(password_hash)
-    .bind(db.now().0)
+    .bind(now)
     .bind(account_id)
-    .execute(&db.pool)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 1 {
+        let mailbox = get_on(&mut tx, id, account_id).await?;
+        record_event(&mut tx, "mailbox.password_reset", account_id, &mailbox, now).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The account's mailbox `id`, read on `conn` (inside a transaction, with its writes).
+async fn find_on(
+    conn: &mut sqlx::AnyConnection,
+    id: i64,
+    account_id: &str,
+) -> sqlx::Result<Option<Mailbox>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} {FROM} WHERE m.id = $1 AND m.account_id = $2"
+    ))
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(conn)
+    .await
+}
+
+async fn get_on(
+    conn: &mut sqlx::AnyConnection,
+    id: i64,
+    account_id: &str,
+) -> sqlx::Result<Mailbox> {
+    find_on(conn, id, account_id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
+}
+
+/// Writes the event of the account's log about a mailbox, in the transaction of the
+/// change; `mailbox` as the API shows it (never its password).
+async fn record_event(
+    conn: &mut sqlx::AnyConnection,
+    kind: &str,
+    account_id: &str,
+    mailbox: &Mailbox,
+    at: i64,
+) -> sqlx::Result<()> {
+    let data = serde_json::to_value(mailbox).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    crate::events::record(
+        conn,
+        crate::events::NewEvent {
+            account_id: Some(account_id),
+            entity_id: None,
+            kind,
+            object_key: &mailbox.id.to_string(),
+            email_id: None,
+            recipient: None,
+            detail: None,
+            data: Some(data),
+        },
+        Timestamp(at),
+    )
     .await?;
     Ok(())
 }

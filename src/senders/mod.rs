@@ -1,11 +1,13 @@
 //! Sender addresses (spec 000): the From of an account's or an organization's mail, proven
 //! by a link or code sent to it and by its domain's DNS records.
 
+mod expiry;
 pub mod model;
 mod pages;
 mod routes;
 pub mod store;
 
+pub use expiry::announce_expired;
 pub use routes::effective_from;
 
 use utoipa_axum::router::OpenApiRouter;

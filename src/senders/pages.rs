@@ -7,6 +7,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::routes::confirm;
 use super::store::{self, Stored};
 use crate::http::pages::page;
 use crate::state::AppState;
@@ -100,13 +101,13 @@ pub async fn confirm_verification(
         Ok(stored) => stored,
         Err(response) => return response,
     };
-    match store::mark_verified(&state.db, &stored.id).await {
+    let email = escape_html(&stored.email);
+    match confirm(&state, stored).await {
         Ok(true) => page(
             StatusCode::OK,
             "Address confirmed",
             &format!(
-                "<p id=\"result\"><b>{}</b> is confirmed as a sender address. You can close this page.</p>",
-                escape_html(&stored.email)
+                "<p id=\"result\"><b>{email}</b> is confirmed as a sender address. You can close this page.</p>"
             ),
         ),
         Ok(false) => page(

@@ -10,6 +10,7 @@ use super::model::{
     Success, VerifyCode,
 };
 use super::store::{self, Stored};
+use crate::config::Settings;
 use crate::domains::model::DomainRow;
 use crate::domains::records::dkim_cnames;
 use crate::http::{ApiError, Caller, ErrorBody, Json};
@@ -18,7 +19,7 @@ use crate::mail::outbox::{Outgoing, enqueue};
 use crate::mail::templates::{Kind, render};
 use crate::state::AppState;
 use crate::store::secrets::{digest, new_secret};
-use crate::store::{Timestamp, new_id};
+use crate::store::{Db, Timestamp, new_id};
 use crate::types::EmailAddress;
 
 const DAY: i64 = 24 * 3_600_000;
@@ -63,13 +64,20 @@ pub async fn effective_from(
     store::effective_from(&state.db, &state.settings.mail_from, account_id, entity_id).await
 }
 
-async fn render_sender(
-    state: &AppState,
+async fn render_sender(state: &AppState, stored: Stored) -> Result<SenderAddress, ApiError> {
+    Ok(describe(&state.db, &state.settings, stored).await?)
+}
+
+/// The address as the API shows it. An organization's fully verified address is the one
+/// its mail is sent from, which takes no lookup: so an address about to be verified is
+/// described as it will be, before the transaction that verifies it.
+pub(super) async fn describe(
+    db: &Db,
+    settings: &Settings,
     stored: Stored,
-    scope: &Scope,
-) -> Result<SenderAddress, ApiError> {
-    let tokens = crate::domains::dkim::tokens(&state.db, &stored.domain_id).await?;
-    let dns_records = dkim_cnames(&stored.domain, &tokens, &state.settings)
+) -> anyhow::Result<SenderAddress> {
+    let tokens = crate::domains::dkim::tokens(db, &stored.domain_id).await?;
+    let dns_records = dkim_cnames(&stored.domain, &tokens, settings)
         .into_iter()
         .map(|record| CnameRecord {
             record_type: record.record_type,
@@ -77,20 +85,22 @@ async fn render_sender(
             value: record.value,
         })
         .collect();
-    let (effective, effective_sender) = match scope {
+    let (effective, effective_sender) = match stored.scope() {
         Scope::Account => (None, None),
+        Scope::Organization(_) if stored.fully_verified() => {
+            (Some(true), Some(stored.email.clone()))
+        }
         Scope::Organization(id) => {
-            let from = effective_from(state, &stored.account_id, Some(id)).await?;
-            (
-                Some(stored.fully_verified() && from.to_string() == stored.email),
-                Some(from.to_string()),
-            )
+            let from =
+                store::effective_from(db, &settings.mail_from, &stored.account_id, Some(&id))
+                    .await?;
+            (Some(false), Some(from.to_string()))
         }
     };
     Ok(SenderAddress {
         created_at: Timestamp(stored.created_at),
         updated_at: Timestamp(stored.updated_at),
-        email_verification_status: stored.email_status(state.db.now()),
+        email_verification_status: stored.email_status(db.now()),
         domain_verification_status: stored.domain_status(),
         id: stored.id,
         email: stored.email,
@@ -101,6 +111,23 @@ async fn render_sender(
         effective,
         effective_sender,
     })
+}
+
+/// Verifies the address and announces it (`sender.verified`) in one transaction; false
+/// when it was verified already.
+pub(super) async fn confirm(state: &AppState, mut stored: Stored) -> anyhow::Result<bool> {
+    let now = state.db.now();
+    let id = stored.id.clone();
+    stored.verified_at = Some(now.0);
+    stored.updated_at = now.0;
+    let view = describe(&state.db, &state.settings, stored).await?;
+    let mut tx = state.db.begin().await?;
+    if !store::mark_verified(&mut tx, &id, now).await? {
+        return Ok(false);
+    }
+    store::record_event(&mut tx, "sender.verified", &view, now).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 fn code_digest(sender_id: &str, code: &str) -> String {
@@ -259,7 +286,7 @@ async fn create(
     let stored = load_or_404(state, &caller.account_id, &scope).await?;
     Ok((
         StatusCode::CREATED,
-        Json(render_sender(state, stored, &scope).await?),
+        Json(render_sender(state, stored).await?),
     ))
 }
 
@@ -270,7 +297,7 @@ async fn get(
 ) -> Result<Json<SenderAddress>, ApiError> {
     may(caller, &scope, Role::Viewer)?;
     let stored = load_or_404(state, &caller.account_id, &scope).await?;
-    Ok(Json(render_sender(state, stored, &scope).await?))
+    Ok(Json(render_sender(state, stored).await?))
 }
 
 async fn delete(state: &AppState, caller: &Caller, scope: Scope) -> Result<Json<Count>, ApiError> {
@@ -376,9 +403,9 @@ async fn verify_code(
                 .with_param("code"),
         );
     }
-    store::mark_verified(&state.db, &stored.id).await?;
+    confirm(state, stored).await?;
     let stored = load_or_404(state, &caller.account_id, &scope).await?;
-    Ok(Json(render_sender(state, stored, &scope).await?))
+    Ok(Json(render_sender(state, stored).await?))
 }
 
 /// Create the account's sender address (replacing one it has) and email it a link and code.

@@ -3,7 +3,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::model::{DomainVerification, EmailVerification, Scope};
+use super::model::{DomainVerification, EmailVerification, Scope, SenderAddress};
 use crate::domains::model::DomainStatus;
 use crate::store::{Db, Timestamp, new_id};
 use crate::types::EmailAddress;
@@ -68,6 +68,13 @@ impl Stored {
     pub fn fully_verified(&self) -> bool {
         self.verified_at.is_some() && self.domain_status == DomainStatus::Active
     }
+
+    pub fn scope(&self) -> Scope {
+        match &self.entity_id {
+            Some(id) => Scope::Organization(id.clone()),
+            None => Scope::Account,
+        }
+    }
 }
 
 pub async fn load(db: &Db, account_id: &str, scope: &Scope) -> sqlx::Result<Option<Stored>> {
@@ -128,7 +135,8 @@ pub async fn insert(
     Ok(())
 }
 
-/// Stores a new link and code (their digests) with their expiry.
+/// Stores a new link and code (their digests) with their expiry, which is announced
+/// again when it passes.
 pub async fn issue_secrets(
     conn: &mut sqlx::AnyConnection,
     sender_id: &str,
@@ -138,7 +146,7 @@ pub async fn issue_secrets(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE sender_addresses SET token_hash = $2, code_hash = $3, code_failures = 0, expires_at = $4, \
-         updated_at = $5 WHERE id = $1",
+         expiry_announced_at = NULL, updated_at = $5 WHERE id = $1",
     )
     .bind(sender_id)
     .bind(token_hash)
@@ -231,17 +239,82 @@ pub async fn void_code(db: &Db, sender_id: &str, code_hash: &str) -> sqlx::Resul
     Ok(())
 }
 
-/// Marks an address verified and spends its link and code; false when it was already.
-pub async fn mark_verified(db: &Db, sender_id: &str) -> sqlx::Result<bool> {
+/// Marks an address verified at `now` and spends its link and code, in the caller's
+/// transaction; false when it was already.
+pub async fn mark_verified(
+    conn: &mut sqlx::AnyConnection,
+    sender_id: &str,
+    now: Timestamp,
+) -> sqlx::Result<bool> {
     let updated = sqlx::query(
         "UPDATE sender_addresses SET verified_at = $2, token_hash = NULL, code_hash = NULL, updated_at = $2 \
          WHERE id = $1 AND verified_at IS NULL",
     )
     .bind(sender_id)
-    .bind(db.now().0)
-    .execute(&db.pool)
+    .bind(now.0)
+    .execute(conn)
     .await?;
     Ok(updated.rows_affected() == 1)
+}
+
+/// Up to `limit` addresses whose link and code expired unverified and whose expiry is not
+/// yet announced, the longest expired first.
+pub async fn expired_unannounced(db: &Db, now: Timestamp, limit: i64) -> sqlx::Result<Vec<Stored>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} {FROM} WHERE s.verified_at IS NULL AND s.expiry_announced_at IS NULL \
+         AND s.expires_at < $1 ORDER BY s.expires_at LIMIT $2"
+    ))
+    .bind(now.0)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// Takes the announcement of the expiry of the address `sender_id` (at `expires_at`), in the caller's transaction: false when
+/// another instance took it, or the address was verified or sent a new link meanwhile.
+pub async fn take_expiry_announcement(
+    conn: &mut sqlx::AnyConnection,
+    sender_id: &str,
+    expires_at: Option<i64>,
+    now: Timestamp,
+) -> sqlx::Result<bool> {
+    let taken = sqlx::query(
+        "UPDATE sender_addresses SET expiry_announced_at = $2 WHERE id = $1 AND expires_at = $3 \
+         AND verified_at IS NULL AND expiry_announced_at IS NULL",
+    )
+    .bind(sender_id)
+    .bind(now.0)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(taken.rows_affected() == 1)
+}
+
+/// Writes the event of the account's log about an address (`sender.verified`,
+/// `sender.expired`), in the transaction of the change; `view` is the address as the API
+/// shows it.
+pub async fn record_event(
+    conn: &mut sqlx::AnyConnection,
+    kind: &str,
+    view: &SenderAddress,
+    at: Timestamp,
+) -> anyhow::Result<()> {
+    crate::events::record(
+        conn,
+        crate::events::NewEvent {
+            account_id: Some(&view.account_id),
+            entity_id: view.organization_id.as_deref(),
+            kind,
+            object_key: &view.id,
+            email_id: None,
+            recipient: None,
+            detail: None,
+            data: Some(serde_json::to_value(view)?),
+        },
+        at,
+    )
+    .await?;
+    Ok(())
 }
 
 /// The fully verified sender of an entity (or, with `None`, of the account), falling back

@@ -562,6 +562,7 @@ fn email_from(account_id: &str, from: &str, to: &str, scheduled_at: Option<Times
 async fn activate(app: &TestApp, domain: &str, account_id: &str, status: DomainStatus) {
     set_status_by_operator(
         &app.db,
+        &app.settings,
         &DomainName::parse(domain).unwrap(),
         Some(account_id),
         status,

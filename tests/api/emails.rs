@@ -336,6 +336,7 @@ async fn from_must_be_a_verified_sender_or_an_active_domain(engine: Engine) {
     // Once its domain is active too, it is the default From.
     set_status_by_operator(
         &app.db,
+        &app.settings,
         &DomainName::parse("mine.example").unwrap(),
         None,
         DomainStatus::Active,
@@ -362,6 +363,7 @@ async fn another_accounts_senders_and_domains_are_refused(engine: Engine) {
     assert_eq!(added.status(), 201);
     set_status_by_operator(
         &app.db,
+        &app.settings,
         &DomainName::parse("other.example").unwrap(),
         None,
         DomainStatus::Active,
@@ -1323,6 +1325,7 @@ async fn held_bodies_are_limited_per_account(engine: Engine) {
     assert_eq!(added.status(), 201);
     set_status_by_operator(
         &app.db,
+        &app.settings,
         &DomainName::parse("other.example").unwrap(),
         None,
         DomainStatus::Active,

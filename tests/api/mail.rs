@@ -80,6 +80,7 @@ async fn a_killed_worker_loses_nothing_and_no_password_leaks(engine: Engine) {
     // A domain's relay carries its mail once the domain is active in the account.
     set_status_by_operator(
         &db,
+        &mailroom::config::Settings::default(),
         &DomainName::parse("customer.com").unwrap(),
         None,
         DomainStatus::Active,

@@ -186,6 +186,7 @@ async fn a_tenant_cannot_hijack_the_systems_mail(engine: Engine) {
     app.add_domain("victim.example").await;
     set_status_by_operator(
         &app.db,
+        &app.settings,
         &DomainName::parse("victim.example").unwrap(),
         Some(&app.admin.account_id),
         DomainStatus::Active,

@@ -38,6 +38,7 @@ impl TestApp {
         self.add_domain(domain).await;
         set_status_by_operator(
             &self.db,
+            &self.settings,
             &DomainName::parse(domain).unwrap(),
             None,
             DomainStatus::Active,

@@ -10,6 +10,7 @@ pub mod invitations;
 pub mod judges;
 pub mod mail;
 pub mod mailboxes;
+pub mod receiver;
 pub mod senders;
 pub mod smtp;
 

@@ -300,18 +300,30 @@ async fn the_mail_host_from_deploy_serves_what_the_api_says(engine: Engine) {
     assert!(unproven.0 >= 500, "{unproven:?}");
     inbound.command("RSET").await;
     let customer = DomainName::parse("customer.com").unwrap();
-    set_status_by_operator(&app.db, &customer, None, DomainStatus::Suspended)
-        .await
-        .unwrap();
+    set_status_by_operator(
+        &app.db,
+        &app.settings,
+        &customer,
+        None,
+        DomainStatus::Suspended,
+    )
+    .await
+    .unwrap();
     let suspended = inbound
         .envelope("friend@example.org", &alice.address, 100)
         .await;
     assert!(suspended.0 >= 500, "{suspended:?}");
     inbound.command("RSET").await;
     assert!(host.login(&alice.address, &alice.password).await.is_none());
-    set_status_by_operator(&app.db, &customer, None, DomainStatus::Active)
-        .await
-        .unwrap();
+    set_status_by_operator(
+        &app.db,
+        &app.settings,
+        &customer,
+        None,
+        DomainStatus::Active,
+    )
+    .await
+    .unwrap();
     assert!(host.login(&alice.address, &alice.password).await.is_some());
     drop(inbound);
 

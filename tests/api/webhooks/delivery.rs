@@ -1,1 +1,708 @@
-//! (to be written)
+//! Delivering events to webhooks: what a real receiver on loopback (Python's http.server,
+//! verifying with the `standardwebhooks` package) gets, signed, in order, retried, and
+//! what mailroom records of each attempt; endpoints disabled on 410 and after a day of
+//! failures; secret rotation; replay; no redirects; TLS; the destination policy; a crash
+//! mid-delivery; two instances on one PostgreSQL database.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use mailroom::config::Settings;
+use mailroom::domains::model::DomainStatus;
+use mailroom::domains::store::set_status_by_operator;
+use mailroom::mail::destination::WEBHOOK_RULE;
+use mailroom::store::Db;
+use mailroom::tenancy::accounts::create_account;
+use mailroom::types::DomainName;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::both_engines;
+use crate::helpers::receiver::{Arrival, Receiver};
+use crate::helpers::smtp::{Encryption, TestSmtp};
+use crate::helpers::{Engine, ServerProcess, TestApp, spawn_app_with, spawn_app_with_relay};
+
+both_engines!(
+    a_real_event_arrives_signed_and_in_order,
+    a_failing_endpoint_is_tried_again_with_the_same_id,
+    gone_disables_the_endpoint,
+    a_silent_endpoint_holds_up_no_other,
+    failures_over_a_day_disable_the_endpoint,
+    both_secrets_sign_for_a_day_after_a_rotation,
+    a_replay_sends_the_same_id_again,
+    redirects_are_not_followed,
+    only_the_first_kib_of_a_reply_is_kept,
+    a_self_signed_endpoint_fails_with_a_readable_error,
+    loopback_names_are_refused_without_the_allow_list,
+    a_killed_instance_delivers_after_restart,
+);
+
+const DOMAIN: &str = "acme.example";
+
+/// An app with a relay and an active domain to send from, and a receiver; `None` when
+/// the receiver cannot run (the test skips).
+async fn setup(
+    engine: Engine,
+    configure: impl FnOnce(&mut Settings),
+) -> Option<(TestApp, TestSmtp, Receiver)> {
+    let receiver = Receiver::start()?;
+    let (app, relay) = spawn_app_with_relay(engine, configure).await;
+    app.active_domain(DOMAIN).await;
+    Some((app, relay, receiver))
+}
+
+/// Adds a webhook to `url` for `events`; answers its id and secret.
+async fn add_webhook(app: &TestApp, url: &str, events: &[&str]) -> (String, String) {
+    let response = app
+        .api(Method::POST, "/v2/webhooks")
+        .json(&json!({"url": url, "events": events}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let secret = body["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"), "{body}");
+    (body["id"].as_str().unwrap().to_string(), secret)
+}
+
+/// Sends an email through the API; answers its id.
+async fn send_email(app: &TestApp, to: &str) -> String {
+    let response = app
+        .api(Method::POST, "/v2/emails")
+        .json(&json!({
+            "from": format!("billing@{DOMAIN}"),
+            "to": to,
+            "subject": "Your invoice",
+            "text": "Hello",
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+/// `POST /v2/webhooks/{id}/test`: answers the outcome.
+async fn test_delivery(app: &TestApp, webhook_id: &str) -> Value {
+    let response = app
+        .api(Method::POST, &format!("/v2/webhooks/{webhook_id}/test"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["outcome"].clone()
+}
+
+async fn webhook(app: &TestApp, id: &str) -> Value {
+    app.get_json(&format!("/v2/webhooks/{id}")).await
+}
+
+/// The webhook's deliveries, oldest first, each with its attempts.
+async fn deliveries(app: &TestApp, webhook_id: &str) -> Vec<Value> {
+    let list = app
+        .get_json(&format!("/v2/webhooks/{webhook_id}/deliveries"))
+        .await;
+    let mut items = list["items"].as_array().unwrap().clone();
+    items.reverse();
+    items
+}
+
+/// Waits until no delivery is being attempted (each ends within its 10 s timeout).
+async fn settle(db: &Db) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let delivering: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'delivering'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if delivering == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "a delivery is still under way");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Moves mailroom's clock forward once no delivery is under way (a jump past a live
+/// lease would hand it to a second attempt), and tells the receiver, which checks each
+/// `webhook-timestamp` against mailroom's time.
+async fn advance(app: &TestApp, receiver: &Receiver, ahead: &mut Duration, by: Duration) {
+    settle(&app.db).await;
+    app.advance_clock(by).await;
+    *ahead += by;
+    receiver.clock_ahead(*ahead).await;
+}
+
+/// Every arrival is signed as a Standard Webhooks receiver checks, with the only secret.
+fn assert_signed(arrivals: &[Arrival]) {
+    for arrival in arrivals {
+        assert_eq!(arrival.verified, [0], "{:?}", arrival.errors);
+        assert_eq!(arrival.method, "POST");
+        assert_eq!(arrival.header("content-type"), "application/json");
+        assert!(arrival.header("user-agent").starts_with("mailroom/"));
+        assert_eq!(
+            arrival.id(),
+            arrival.json()["id"],
+            "webhook-id is the event's id"
+        );
+    }
+}
+
+async fn a_real_event_arrives_signed_and_in_order(engine: Engine) {
+    let Some((app, relay, receiver)) = setup(engine, |_| {}).await else {
+        return;
+    };
+    let url = receiver.url("/hook");
+    let (webhook_id, secret) = add_webhook(&app, &url, &["email.queued", "email.sent"]).await;
+    receiver.verify_with(&[&secret]).await;
+    let mut emails = Vec::new();
+    for n in 0..3 {
+        emails.push(send_email(&app, &format!("customer{n}@client.example")).await);
+    }
+    let arrived = receiver.wait_for("/hook", 6, Duration::from_secs(30)).await;
+    assert_eq!(relay.received().len(), 3);
+    assert_signed(&arrived);
+    for arrival in &arrived {
+        let payload = arrival.json();
+        let keys: HashSet<&str> = payload
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in ["id", "type", "created_at", "account_id", "data"] {
+            assert!(keys.contains(key), "{key} in {payload}");
+        }
+        assert!(keys.is_subset(&HashSet::from([
+            "id",
+            "type",
+            "created_at",
+            "account_id",
+            "entity_id",
+            "data"
+        ])));
+        assert!(payload["id"].as_str().unwrap().starts_with("evt_"));
+        assert_eq!(payload["account_id"], app.admin.account_id.as_str());
+        let timestamp: i64 = arrival.header("webhook-timestamp").parse().unwrap();
+        assert!((timestamp as f64 - arrival.arrived).abs() < 60.0);
+    }
+    // Each email's events in the order they happened.
+    for email in &emails {
+        let kinds: Vec<String> = arrived
+            .iter()
+            .map(Arrival::json)
+            .filter(|payload| payload["data"]["id"] == email.as_str())
+            .map(|payload| payload["type"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(kinds, ["email.queued", "email.sent"], "{email}");
+    }
+    // What mailroom recorded.
+    settle(&app.db).await;
+    let recorded = deliveries(&app, &webhook_id).await;
+    assert_eq!(recorded.len(), 6);
+    for delivery in &recorded {
+        assert_eq!(delivery["status"], "succeeded", "{delivery}");
+        let attempts = delivery["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "{delivery}");
+        assert_eq!(attempts[0]["http_status"], 200);
+        assert_eq!(attempts[0]["response"], "ok");
+    }
+    let ids: HashSet<&str> = arrived.iter().map(Arrival::id).collect();
+    let recorded_ids: HashSet<&str> = recorded
+        .iter()
+        .map(|d| d["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, recorded_ids);
+}
+
+async fn a_failing_endpoint_is_tried_again_with_the_same_id(engine: Engine) {
+    let Some((app, _relay, receiver)) = setup(engine, |_| {}).await else {
+        return;
+    };
+    let url = receiver.url("/flaky");
+    let (webhook_id, secret) = add_webhook(&app, &url, &["email.queued"]).await;
+    receiver.verify_with(&[&secret]).await;
+    receiver
+        .script(
+            "/flaky",
+            json!([{"status": 500, "body": "busy"}, {"status": 200}]),
+        )
+        .await;
+    send_email(&app, "customer@client.example").await;
+    receiver
+        .wait_for("/flaky", 1, Duration::from_secs(20))
+        .await;
+    // The first retry comes 5 s (±10 %) later by mailroom's clock, not before.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received_on("/flaky").await.len(), 1);
+    let pending = deliveries(&app, &webhook_id).await;
+    assert_eq!(pending[0]["status"], "pending", "{pending:?}");
+    assert_eq!(pending[0]["attempts"][0]["http_status"], 500);
+    assert_eq!(pending[0]["attempts"][0]["response"], "busy");
+
+    let mut ahead = Duration::ZERO;
+    advance(&app, &receiver, &mut ahead, Duration::from_secs(6)).await;
+    let arrived = receiver
+        .wait_for("/flaky", 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(arrived.len(), 2);
+    assert_signed(&arrived);
+    assert_eq!(arrived[0].id(), arrived[1].id(), "the same webhook-id");
+    assert_eq!(arrived[0].body, arrived[1].body);
+    settle(&app.db).await;
+    let done = deliveries(&app, &webhook_id).await;
+    assert_eq!(done[0]["status"], "succeeded", "{done:?}");
+    let statuses: Vec<&Value> = done[0]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["http_status"])
+        .collect();
+    assert_eq!(statuses, [500, 200]);
+    assert_eq!(webhook(&app, &webhook_id).await["enabled"], true);
+}
+
+async fn gone_disables_the_endpoint(engine: Engine) {
+    let Some((app, _relay, receiver)) = setup(engine, |_| {}).await else {
+        return;
+    };
+    let url = receiver.url("/gone");
+    let (webhook_id, _) = add_webhook(&app, &url, &["email.queued", "email.sent"]).await;
+    receiver.script("/gone", json!([{"status": 410}])).await;
+    send_email(&app, "customer@client.example").await;
+    receiver.wait_for("/gone", 1, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let disabled = loop {
+        let disabled = webhook(&app, &webhook_id).await;
+        if disabled["enabled"] == false {
+            break disabled;
+        }
+        assert!(Instant::now() < deadline, "not disabled: {disabled}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        disabled["disabled_reason"],
+        "endpoint.disabled: the endpoint answered 410 Gone"
+    );
+    assert!(disabled["disabled_at"].is_string());
+    let recorded = deliveries(&app, &webhook_id).await;
+    assert_eq!(recorded[0]["status"], "failed", "{recorded:?}");
+    assert_eq!(recorded[0]["attempts"][0]["http_status"], 410);
+    // Nothing more goes to it, now or later.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut ahead = Duration::ZERO;
+    advance(&app, &receiver, &mut ahead, Duration::from_secs(3600)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received_on("/gone").await.len(), 1);
+}
+
+async fn a_silent_endpoint_holds_up_no_other(engine: Engine) {
+    let Some((app, _relay, receiver)) = setup(engine, |s| s.webhook_concurrency = 2).await else {
+        return;
+    };
+    let (_, _) = add_webhook(&app, &receiver.url("/hang"), &["email.queued"]).await;
+    let (fast_id, secret) = add_webhook(&app, &receiver.url("/fast"), &["email.queued"]).await;
+    receiver.script("/hang", json!([{"hang": true}])).await;
+    receiver.verify_with(&[&secret]).await;
+    let started = Instant::now();
+    for n in 0..4 {
+        send_email(&app, &format!("customer{n}@client.example")).await;
+    }
+    let fast = receiver.wait_for("/fast", 4, Duration::from_secs(8)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the other endpoint got its events at once"
+    );
+    assert_signed(&fast);
+    settle_one(&app, &fast_id).await;
+    // The silent endpoint holds two slots (its cap), not more, while it says nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(receiver.received_on("/hang").await.len(), 2);
+    // Each of its attempts gives up after 10 s, recorded as such.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let hang_id = loop {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT d.id FROM webhook_deliveries d JOIN webhook_attempts a ON a.delivery_id = d.id \
+             JOIN webhooks w ON w.id = d.webhook_id WHERE w.url LIKE '%/hang' LIMIT 1",
+        )
+        .fetch_optional(&app.db.pool)
+        .await
+        .unwrap();
+        if let Some(id) = id {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no attempt recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (error, latency): (Option<String>, i64) =
+        sqlx::query_as("SELECT error, latency_ms FROM webhook_attempts WHERE delivery_id = $1")
+            .bind(&hang_id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(error.as_deref(), Some("no answer within 10 seconds"));
+    assert!((9_500..15_000).contains(&latency), "{latency}");
+}
+
+/// Waits until the webhook `id` has nothing pending or under way.
+async fn settle_one(app: &TestApp, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = $1 \
+             AND status IN ('pending', 'delivering')",
+        )
+        .bind(id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        if open == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "deliveries of {id} still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn failures_over_a_day_disable_the_endpoint(engine: Engine) {
+    let Some((app, _relay, receiver)) =
+        setup(engine, |s| s.webhook_disable_after_failures = 3).await
+    else {
+        return;
+    };
+    let (webhook_id, _) = add_webhook(&app, &receiver.url("/down"), &["email.queued"]).await;
+    receiver.script("/down", json!([{"status": 503}])).await;
+    send_email(&app, "customer@client.example").await;
+    receiver.wait_for("/down", 1, Duration::from_secs(20)).await;
+    let mut ahead = Duration::ZERO;
+    advance(&app, &receiver, &mut ahead, Duration::from_secs(6)).await;
+    receiver.wait_for("/down", 2, Duration::from_secs(10)).await;
+    advance(&app, &receiver, &mut ahead, Duration::from_secs(6 * 60)).await;
+    receiver.wait_for("/down", 3, Duration::from_secs(10)).await;
+    // Three failures in a row, but not for a day yet: still on.
+    settle(&app.db).await;
+    assert_eq!(webhook(&app, &webhook_id).await["enabled"], true);
+
+    advance(&app, &receiver, &mut ahead, Duration::from_secs(25 * 3600)).await;
+    receiver.wait_for("/down", 4, Duration::from_secs(10)).await;
+    settle(&app.db).await;
+    let disabled = webhook(&app, &webhook_id).await;
+    assert_eq!(disabled["enabled"], false, "{disabled}");
+    let reason = disabled["disabled_reason"].as_str().unwrap();
+    assert!(reason.starts_with("endpoint.disabled: "), "{reason}");
+    assert!(reason.contains("24 hours"), "{reason}");
+    // The delivery waits (not failed) for the endpoint to be turned on again.
+    let recorded = deliveries(&app, &webhook_id).await;
+    assert_eq!(recorded[0]["status"], "pending", "{recorded:?}");
+    assert_eq!(recorded[0]["attempts"].as_array().unwrap().len(), 4);
+    advance(&app, &receiver, &mut ahead, Duration::from_secs(11 * 3600)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received_on("/down").await.len(), 4);
+}
+
+async fn both_secrets_sign_for_a_day_after_a_rotation(engine: Engine) {
+    let Some((app, _relay, receiver)) = setup(engine, |_| {}).await else {
+        return;
+    };
+    let (webhook_id, old) = add_webhook(&app, &receiver.url("/hook"), &["email.queued"]).await;
+    let response = app
+        .api(
+            Method::POST,
+            &format!("/v2/webhooks/{webhook_id}/rotate-secret"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let rotated: Value = response.json().await.unwrap();
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    assert_ne!(old, new);
+    receiver.verify_with(&[&old, &new]).await;
+
+    let outcome = test_delivery(&app, &webhook_id).await;
+    assert_eq!(outcome["http_status"], 200, "{outcome}");
+    let arrived = receiver.wait_for("/hook", 1, Duration::from_secs(5)).await;
+    assert_eq!(arrived[0].verified, [0, 1], "{:?}", arrived[0]);
+    assert_eq!(arrived[0].header("webhook-signature").split(' ').count(), 2);
+    assert_eq!(arrived[0].json()["type"], "webhook.test");
+
+    let mut ahead = Duration::ZERO;
+    advance(&app, &receiver, &mut ahead, Duration::from_secs(25 * 3600)).await;
+    let outcome = test_delivery(&app, &webhook_id).await;
+    assert_eq!(outcome["http_status"], 200, "{outcome}");
+    let arrived = receiver.wait_for("/hook", 2, Duration::from_secs(5)).await;
+    assert_eq!(
+        arrived[1].verified,
+        [1],
+        "only the new secret: {:?}",
+        arrived[1]
+    );
+    assert_eq!(arrived[1].header("webhook-signature").split(' ').count(), 1);
+}
+
+async fn a_replay_sends_the_same_id_again(engine: Engine) {
+    let Some((app, _relay, receiver)) = setup(engine, |_| {}).await else {
+        return;
+    };
+    let (webhook_id, secret) = add_webhook(&app, &receiver.url("/hook"), &["email.queued"]).await;
+    receiver.verify_with(&[&secret]).await;
+    send_email(&app, "customer@client.example").await;
+    receiver.wait_for("/hook", 1, Duration::from_secs(20)).await;
+    settle(&app.db).await;
+    let first = deliveries(&app, &webhook_id).await;
+    let delivery_id = first[0]["id"].as_str().unwrap();
+    let response = app
+        .api(
+            Method::POST,
+            &format!("/v2/webhooks/{webhook_id}/deliveries/{delivery_id}/replay"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let arrived = receiver.wait_for("/hook", 2, Duration::from_secs(10)).await;
+    assert_signed(&arrived);
+    assert_eq!(arrived[0].id(), arrived[1].id());
+    assert_eq!(arrived[0].json(), arrived[1].json());
+    settle(&app.db).await;
+    let all = deliveries(&app, &webhook_id).await;
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|d| d["status"] == "succeeded"), "{all:?}");
+}
+
+async fn redirects_are_not_followed(engine: Engine) {
+    let Some((app, _relay, receiver)) = setup(engine, |_| {}).await else {
+        return;
+    };
+    let (webhook_id, _) = add_webhook(&app, &receiver.url("/redirect"), &["email.queued"]).await;
+    let elsewhere = receiver.url("/elsewhere");
+    receiver
+        .script(
+            "/redirect",
+            json!([{"status": 302, "headers": {"Location": elsewhere}}]),
+        )
+        .await;
+    let outcome = test_delivery(&app, &webhook_id).await;
+    assert_eq!(outcome["http_status"], 302, "{outcome}");
+    assert!(
+        outcome["error"]
+            .as_str()
+            .unwrap()
+            .contains("redirects are not followed"),
+        "{outcome}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.received_on("/redirect").await.len(), 1);
+    assert!(receiver.received_on("/elsewhere").await.is_empty());
+    // A failure like any other: tried again later.
+    let recorded = deliveries(&app, &webhook_id).await;
+    assert_eq!(recorded[0]["status"], "pending", "{recorded:?}");
+}
+
+async fn only_the_first_kib_of_a_reply_is_kept(engine: Engine) {
+    let Some((app, _relay, receiver)) = setup(engine, |_| {}).await else {
+        return;
+    };
+    let (webhook_id, _) = add_webhook(&app, &receiver.url("/big"), &["email.queued"]).await;
+    receiver
+        .script("/big", json!([{"status": 200, "body_size": 100_000}]))
+        .await;
+    let outcome = test_delivery(&app, &webhook_id).await;
+    assert_eq!(outcome["http_status"], 200, "{outcome}");
+    assert_eq!(outcome["response"].as_str().unwrap(), "x".repeat(1024));
+    let recorded = deliveries(&app, &webhook_id).await;
+    assert_eq!(recorded[0]["status"], "succeeded");
+    assert_eq!(
+        recorded[0]["attempts"][0]["response"]
+            .as_str()
+            .unwrap()
+            .len(),
+        1024
+    );
+}
+
+async fn a_self_signed_endpoint_fails_with_a_readable_error(engine: Engine) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let dir = crate::helpers::test_dir();
+    let (certificate, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&certificate, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let Some(receiver) = Receiver::start_tls(&certificate, &key) else {
+        return;
+    };
+    let app = spawn_app_with(engine, |_| {}).await;
+    let url = format!("https://127.0.0.1:{}/hook", receiver.port);
+    let (webhook_id, _) = add_webhook(&app, &url, &["email.queued"]).await;
+    let outcome = test_delivery(&app, &webhook_id).await;
+    assert!(outcome["http_status"].is_null(), "{outcome}");
+    assert_eq!(
+        outcome["error"],
+        "TLS failed: the certificate is not trusted: it is self-signed"
+    );
+    let recorded = deliveries(&app, &webhook_id).await;
+    assert_eq!(
+        recorded[0]["attempts"][0]["error"], outcome["error"],
+        "{recorded:?}"
+    );
+}
+
+async fn loopback_names_are_refused_without_the_allow_list(engine: Engine) {
+    let app = spawn_app_with(engine, |s| s.destination_allow = Vec::new()).await;
+    // A name may be saved (it is checked on what it resolves to at each delivery)…
+    let (webhook_id, _) = add_webhook(&app, "https://localhost:8443/hook", &["email.queued"]).await;
+    // …and localhost resolves to loopback.
+    let outcome = test_delivery(&app, &webhook_id).await;
+    assert!(outcome["http_status"].is_null(), "{outcome}");
+    let error = outcome["error"].as_str().unwrap();
+    assert!(error.contains(WEBHOOK_RULE), "{error}");
+    assert!(error.contains("localhost:8443"), "{error}");
+}
+
+/// A crash mid-delivery loses nothing: the lease runs out and the next instance delivers.
+async fn a_killed_instance_delivers_after_restart(engine: Engine) {
+    let Some(receiver) = Receiver::start() else {
+        return;
+    };
+    let dir = crate::helpers::test_dir();
+    let database = crate::helpers::fresh_database_url(engine, &dir).await;
+    let relay = TestSmtp::start(Encryption::Plain, None).await;
+    let secret_key = "ef".repeat(32);
+    let smtp_url = format!("smtp://127.0.0.1:{}?tls=none", relay.port);
+    let env = [
+        ("MAILROOM_SECRET_KEY", secret_key.as_str()),
+        ("MAILROOM_SMTP_URL", smtp_url.as_str()),
+        ("MAILROOM_DESTINATION_ALLOW", "127.0.0.0/8"),
+    ];
+    let mut first = ServerProcess::serve_with(&dir, &database, &env);
+    let db = Db::connect(&database).await.unwrap();
+    let account = create_account(&db, "Acme").await.unwrap();
+    let client = reqwest::Client::new();
+    let api = |method: Method, address: &str, path: &str| {
+        client
+            .request(method, format!("{address}{path}"))
+            .bearer_auth(&account.api_key)
+    };
+    let response = api(Method::POST, &first.address, "/v2/domains")
+        .json(&json!({"domain": DOMAIN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let domain = DomainName::parse(DOMAIN).unwrap();
+    set_status_by_operator(
+        &db,
+        &Settings::default(),
+        &domain,
+        None,
+        DomainStatus::Active,
+    )
+    .await
+    .unwrap();
+    let response = api(Method::POST, &first.address, "/v2/webhooks")
+        .json(&json!({"url": receiver.url("/hook"), "events": ["email.queued"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let webhook: Value = response.json().await.unwrap();
+    receiver
+        .verify_with(&[webhook["secret"].as_str().unwrap()])
+        .await;
+    // The first attempt never gets an answer: the process dies in the middle of it.
+    receiver
+        .script("/hook", json!([{"hang": true}, {"status": 200}]))
+        .await;
+    let response = api(Method::POST, &first.address, "/v2/emails")
+        .json(&json!({
+            "from": format!("billing@{DOMAIN}"),
+            "to": "customer@client.example",
+            "subject": "Your invoice",
+            "text": "Hello",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    receiver.wait_for("/hook", 1, Duration::from_secs(20)).await;
+    first.kill_hard();
+
+    let _second = ServerProcess::serve_with(&dir, &database, &env);
+    let arrived = receiver.wait_for("/hook", 2, Duration::from_secs(45)).await;
+    assert_eq!(arrived[0].id(), arrived[1].id());
+    assert!(arrived.iter().all(|a| a.verified == [0]), "{arrived:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM webhook_deliveries")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+        if statuses == ["succeeded"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{statuses:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let numbers: Vec<i64> =
+        sqlx::query_scalar("SELECT number FROM webhook_attempts ORDER BY number")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        numbers,
+        [2],
+        "the killed attempt left no record; the second did"
+    );
+}
+
+/// Two instances on one PostgreSQL database deliver each (event, endpoint) once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_deliver_each_event_once() {
+    if crate::helpers::postgres_url().is_none() {
+        return;
+    }
+    let Some((app, relay, receiver)) = setup(Engine::Postgres, |_| {}).await else {
+        return;
+    };
+    let _second = app.another_instance().await;
+    let (_, secret) = add_webhook(
+        &app,
+        &receiver.url("/hook"),
+        &["email.queued", "email.sent"],
+    )
+    .await;
+    let (_, other_secret) = add_webhook(
+        &app,
+        &receiver.url("/other"),
+        &["email.queued", "email.sent"],
+    )
+    .await;
+    receiver.verify_with(&[&secret, &other_secret]).await;
+    for n in 0..10 {
+        send_email(&app, &format!("customer{n}@client.example")).await;
+    }
+    relay.wait_for(10, Duration::from_secs(30)).await;
+    let hook = receiver
+        .wait_for("/hook", 20, Duration::from_secs(30))
+        .await;
+    let other = receiver
+        .wait_for("/other", 20, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (path, arrived, secret) in [("/hook", hook, 0), ("/other", other, 1)] {
+        let again = receiver.received_on(path).await;
+        assert_eq!(again.len(), 20, "{path}: each event once");
+        let ids: HashSet<&str> = arrived.iter().map(Arrival::id).collect();
+        assert_eq!(ids.len(), 20, "{path}");
+        assert!(arrived.iter().all(|a| a.verified == [secret]), "{path}");
+    }
+}

@@ -1,0 +1,285 @@
+//! One HTTP POST to a webhook endpoint, over a connection mailroom makes itself: to an
+//! address the destination policy checked after resolving the name (so that a name that
+//! resolves elsewhere a moment later gains nothing), with TLS that trusts the system's
+//! authorities only, no redirects followed, and at most the first KiB of the reply read.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use url::{Host, Url};
+
+use crate::mail::destination::{Policy, WEBHOOK_RULE};
+use crate::types::text::escape_controls;
+
+/// Bytes of a reply's body kept (and read: the rest is never asked for).
+pub const REPLY_KEPT: usize = 1024;
+
+/// What the endpoint answered.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// At most the first `REPLY_KEPT` bytes of the body.
+    pub body: Vec<u8>,
+}
+
+/// POSTs `body` with `headers` to `url`; answers the reply, or why none came in words a
+/// tenant reads. The caller bounds the time it takes.
+pub async fn post(
+    url: &Url,
+    policy: &Policy,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> Result<Reply, String> {
+    let https = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        other => return Err(format!("{other}:// is not http:// or https://")),
+    };
+    let (host, ip) = match url.host() {
+        Some(Host::Domain(name)) => (name.to_string(), None),
+        Some(Host::Ipv4(ip)) => (ip.to_string(), Some(IpAddr::V4(ip))),
+        Some(Host::Ipv6(ip)) => (ip.to_string(), Some(IpAddr::V6(ip))),
+        None => return Err("the URL has no host".to_string()),
+    };
+    let port = url.port_or_known_default().ok_or("the URL has no port")?;
+    let stream = connect(&host, ip, port, policy, https).await?;
+    // A POST carries its body in one write or two: Nagle would hold the second back.
+    let _ = stream.set_nodelay(true);
+    let request = request(url, headers, body)?;
+    if https {
+        let name = ServerName::try_from(host.clone())
+            .map_err(|_| format!("{host} is not a name TLS can check a certificate for"))?;
+        let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+            .connect(name, stream)
+            .await
+            .map_err(|error| tls_failure(&error))?;
+        exchange(tls, request).await
+    } else {
+        exchange(stream, request).await
+    }
+}
+
+/// Resolves `host` (unless it is the address `ip`), checks every address against the
+/// policy, and connects to the first that accepts.
+async fn connect(
+    host: &str,
+    ip: Option<IpAddr>,
+    port: u16,
+    policy: &Policy,
+    https: bool,
+) -> Result<TcpStream, String> {
+    let addresses: Vec<SocketAddr> = match ip {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| format!("cannot resolve {host}"))?
+            .collect(),
+    };
+    if addresses.is_empty() {
+        return Err(format!("{host} has no address"));
+    }
+    // One address outside the rule refuses the name: its answers could alternate.
+    if addresses
+        .iter()
+        .any(|address| !policy.allows_webhook(*address, https))
+    {
+        return Err(format!("not sent to {host}:{port}: {WEBHOOK_RULE}"));
+    }
+    for address in &addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => return Ok(stream),
+            // The cause is for the operator's log: tenants' probes must not tell a closed
+            // port from a filtered one.
+            Err(error) => tracing::debug!(%address, %error, "no webhook connection"),
+        }
+    }
+    Err(format!("could not connect to {host}:{port}"))
+}
+
+fn request(
+    url: &Url,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> Result<hyper::Request<Full<Bytes>>, String> {
+    let path = &url[url::Position::BeforePath..url::Position::AfterQuery];
+    // The port is in the URL only when it is not the scheme's own.
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    };
+    let mut builder = hyper::Request::post(if path.is_empty() { "/" } else { path })
+        .header(hyper::header::HOST, host);
+    for (name, value) in headers {
+        builder = builder.header(*name, value);
+    }
+    builder
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|error| format!("cannot build the request: {error}"))
+}
+
+/// Sends the request on `stream` and reads the status and the first KiB of the body.
+async fn exchange<S>(stream: S, request: hyper::Request<Full<Bytes>>) -> Result<Reply, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| format!("the connection failed: {error}"))?;
+    let driver = AbortOnDrop(tokio::spawn(connection));
+    let response = sender.send_request(request).await.map_err(|error| {
+        match error.is_incomplete_message() || error.is_canceled() {
+            true => "the endpoint closed the connection without an answer".to_string(),
+            false => format!("no answer: {error}"),
+        }
+    })?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut kept = Vec::new();
+    while kept.len() < REPLY_KEPT {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = REPLY_KEPT - kept.len();
+                    kept.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            // The status came: a body cut short does not undo it.
+            Some(Err(_)) | None => break,
+        }
+    }
+    // The rest of the body is never read: the connection goes.
+    drop(body);
+    drop(driver);
+    Ok(Reply { status, body: kept })
+}
+
+/// The connection's driver, stopped with the exchange.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The client's TLS settings: the system's authorities, built once.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG.get_or_init(build_tls_config).clone()
+}
+
+fn build_tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!(%error, "cannot read a system certificate authority");
+    }
+    roots.add_parsable_certificates(found.certs);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|error| format!("no certificate authorities to trust: {error}"))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("cannot set up TLS: {error}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Readable(verifier)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The standard verifier, whose refusals say what is wrong in words a user reads.
+#[derive(Debug)]
+struct Readable(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for Readable {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|error| rustls::Error::General(untrusted(&error, end_entity, server_name)))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Why a certificate is refused.
+fn untrusted(error: &rustls::Error, own: &CertificateDer<'_>, name: &ServerName<'_>) -> String {
+    let self_signed = webpki::EndEntityCert::try_from(own)
+        .is_ok_and(|certificate| certificate.issuer() == certificate.subject());
+    let why = match error {
+        rustls::Error::InvalidCertificate(error) => match error {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "it has expired".to_string()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "it is not valid yet".to_string()
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!("it is not issued for {}", name.to_str())
+            }
+            CertificateError::UnknownIssuer
+            | CertificateError::BadSignature
+            | CertificateError::Other(_)
+                if self_signed =>
+            {
+                "it is self-signed".to_string()
+            }
+            CertificateError::UnknownIssuer => {
+                "it is signed by an authority that is not trusted".to_string()
+            }
+            other => format!("it is not valid ({other:?})"),
+        },
+        other => format!("it cannot be checked ({other})"),
+    };
+    format!("the certificate is not trusted: {why}")
+}
+
+/// A failed handshake in words: the certificate's refusal as `Readable` put it, or the
+/// TLS library's account.
+fn tls_failure(error: &std::io::Error) -> String {
+    let cause = match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::General(why)) => why.clone(),
+        Some(other) => other.to_string(),
+        None => error.to_string(),
+    };
+    escape_controls(&format!("TLS failed: {cause}"))
+}
