@@ -197,26 +197,54 @@ pub async fn list(db: &Db, filter: &Filter<'_>) -> sqlx::Result<Option<Vec<Event
     query.fetch_all(&db.pool).await.map(Some)
 }
 
-/// One event as delivered (history-only events have no payload).
+/// The events of `ids` that have a payload (history-only events have none), in no order.
+pub async fn get_all(conn: &mut sqlx::AnyConnection, ids: &[&str]) -> sqlx::Result<Vec<Event>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events WHERE id IN ({}) AND data IS NOT NULL AND account_id IS NOT NULL",
+        placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query_as(&sql);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    query.fetch_all(conn).await
+}
+
+/// One event with a payload.
 pub async fn get(conn: &mut sqlx::AnyConnection, id: &str) -> sqlx::Result<Option<Event>> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM events WHERE id = $1 AND data IS NOT NULL AND account_id IS NOT NULL"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
+    Ok(get_all(conn, &[id]).await?.pop())
 }
 
 /// Deletes events older than `retention_ms`, except those a webhook is still trying to
-/// deliver; their finished deliveries go with them. Answers how many went.
-pub async fn prune(db: &Db, retention_ms: i64) -> sqlx::Result<u64> {
-    let before = db.now().0.saturating_sub(retention_ms);
-    let pruned = sqlx::query(
-        "DELETE FROM events WHERE at < $1 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d \
-         WHERE d.event_id = events.id AND d.status IN ('pending', 'delivering'))",
-    )
-    .bind(before)
-    .execute(&db.pool)
-    .await?;
-    Ok(pruned.rows_affected())
+/// deliver (since `delivering_since`: a job older than every retry, say one waiting for a
+/// disabled endpoint, keeps nothing), `batch` at a time so that no statement holds the
+/// database long; their deliveries go with them. Answers how many went.
+pub async fn prune(
+    db: &Db,
+    retention_ms: i64,
+    delivering_since: i64,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let now = db.now().0;
+    let mut pruned = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = events.id \
+             AND d.status IN ('pending', 'delivering') AND d.created_at >= $2) LIMIT $3)",
+        )
+        .bind(now.saturating_sub(retention_ms))
+        .bind(now.saturating_sub(delivering_since))
+        .bind(batch)
+        .execute(&db.pool)
+        .await?
+        .rows_affected();
+        pruned += deleted;
+        if deleted < u64::try_from(batch).unwrap_or(0) {
+            return Ok(pruned);
+        }
+    }
 }

@@ -81,7 +81,9 @@ CREATE TABLE webhook_deliveries (
     created_at       BIGINT NOT NULL,
     updated_at       BIGINT NOT NULL
 );
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status IN ('pending', 'delivering');
+-- Each endpoint's due jobs in turn; the jobs under way, counted for its concurrency cap.
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (webhook_id, next_attempt_at, position) WHERE status IN ('pending', 'delivering');
+CREATE INDEX webhook_deliveries_under_way ON webhook_deliveries (webhook_id) WHERE status = 'delivering';
 CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries (webhook_id, position);
 CREATE INDEX webhook_deliveries_by_object ON webhook_deliveries (webhook_id, object_key, position) WHERE status IN ('pending', 'delivering');
 CREATE INDEX webhook_deliveries_by_event ON webhook_deliveries (event_id);
@@ -102,6 +104,11 @@ CREATE TABLE webhook_attempts (
 -- Invitations and sender addresses whose expiry has been announced (the event written).
 ALTER TABLE invitations ADD COLUMN expiry_announced_at BIGINT;
 ALTER TABLE sender_addresses ADD COLUMN expiry_announced_at BIGINT;
+-- What expired before this upgrade is not news.
+UPDATE invitations SET expiry_announced_at = expires_at
+    WHERE status = 'pending' AND expires_at <= CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT);
+UPDATE sender_addresses SET expiry_announced_at = expires_at
+    WHERE verified_at IS NULL AND expires_at <= CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT);
 CREATE INDEX invitations_expiry_to_announce ON invitations (expires_at)
     WHERE status = 'pending' AND expiry_announced_at IS NULL;
 CREATE INDEX sender_addresses_expiry_to_announce ON sender_addresses (expires_at)

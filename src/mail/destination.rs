@@ -180,6 +180,9 @@ pub const WEBHOOK_PORTS: [u16; 2] = [443, 8443];
 /// What a webhook's refusal says, wherever it is reported.
 pub const WEBHOOK_RULE: &str = "webhooks may reach only public addresses over https on ports 443 and 8443 (the operator can allow more, where plain http goes too)";
 
+/// The rule, as a delivery that found no address it allows reports it.
+pub const WEBHOOK_RULE_SHORT: &str = "that webhooks may reach (public addresses over https on ports 443 and 8443, or ones the operator allows)";
+
 impl Policy {
     /// Whether a webhook may connect to `address`, over TLS when `https`: anywhere in the
     /// operator's ranges, else a public address over https on a webhook port.

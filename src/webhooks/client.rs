@@ -3,11 +3,14 @@
 //! resolves elsewhere a moment later gains nothing), with TLS that trusts the system's
 //! authorities only, no redirects followed, and at most the first KiB of the reply read.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -17,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use url::{Host, Url};
 
-use crate::mail::destination::{Policy, WEBHOOK_RULE};
+use crate::mail::destination::{Policy, WEBHOOK_RULE_SHORT};
 use crate::types::text::escape_controls;
 
 /// Bytes of a reply's body kept (and read: the rest is never asked for).
@@ -31,14 +34,96 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
-/// POSTs `body` with `headers` to `url`; answers the reply, or why none came in words a
-/// tenant reads. The caller bounds the time it takes.
+/// Connections kept open to endpoints between deliveries, by webhook and URL, so that an
+/// endpoint that answers quickly is not connected to (and shaken hands with, over TLS)
+/// once per event. A connection goes back only after a whole reply of at most
+/// `REPLY_KEPT` bytes, and is dropped after `IDLE_FOR`.
+#[derive(Default)]
+pub struct Connections {
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+}
+
+/// An open connection between requests, with the task that drives it.
+struct Idle {
+    sender: SendRequest<Full<Bytes>>,
+    driver: AbortOnDrop,
+    since: Instant,
+}
+
+/// How long a connection may wait for the next request.
+const IDLE_FOR: Duration = Duration::from_secs(30);
+/// Connections kept per endpoint: more are closed after their reply.
+const IDLE_PER_ENDPOINT: usize = 16;
+
+impl Connections {
+    fn take(&self, key: &str) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = idle.get_mut(key)?;
+        while let Some(connection) = waiting.pop() {
+            if connection.since.elapsed() < IDLE_FOR && !connection.sender.is_closed() {
+                return Some(connection);
+            }
+        }
+        idle.remove(key);
+        None
+    }
+
+    fn put(&self, key: &str, sender: SendRequest<Full<Bytes>>, driver: AbortOnDrop) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Endpoints not posted to for a while lose their connections here.
+        idle.retain(|_, waiting| {
+            waiting.retain(|c| c.since.elapsed() < IDLE_FOR && !c.sender.is_closed());
+            !waiting.is_empty()
+        });
+        let waiting = idle.entry(key.to_string()).or_default();
+        if waiting.len() < IDLE_PER_ENDPOINT {
+            waiting.push(Idle {
+                sender,
+                driver,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// POSTs `body` with `headers` to `url`, on a connection kept in `connections` under `key`
+/// when there is one (`None`: a connection of its own); answers the reply, or why none
+/// came in words a tenant reads. The caller bounds the time it takes.
 pub async fn post(
     url: &Url,
     policy: &Policy,
     headers: &[(&str, String)],
     body: Vec<u8>,
+    connections: Option<(&Connections, &str)>,
 ) -> Result<Reply, String> {
+    let body = Bytes::from(body);
+    if let Some((connections, key)) = connections
+        && let Some(mut kept) = connections.take(key)
+    {
+        // When the endpoint closed the kept connection as the request went, it goes again
+        // on a new one (a receiver may see it twice, as it may on any retry).
+        if let Ok((reply, reusable)) =
+            exchange(&mut kept.sender, request(url, headers, body.clone())?).await
+        {
+            if reusable {
+                connections.put(key, kept.sender, kept.driver);
+            }
+            return Ok(reply);
+        }
+    }
+    let (mut sender, driver) = open(url, policy).await?;
+    let (reply, reusable) = exchange(&mut sender, request(url, headers, body)?).await?;
+    if reusable && let Some((connections, key)) = connections {
+        connections.put(key, sender, driver);
+    }
+    Ok(reply)
+}
+
+/// Opens an HTTP/1.1 connection to the URL's host, over TLS for `https`.
+async fn open(
+    url: &Url,
+    policy: &Policy,
+) -> Result<(SendRequest<Full<Bytes>>, AbortOnDrop), String> {
     let https = match url.scheme() {
         "https" => true,
         "http" => false,
@@ -54,7 +139,6 @@ pub async fn post(
     let stream = connect(&host, ip, port, policy, https).await?;
     // A POST carries its body in one write or two: Nagle would hold the second back.
     let _ = stream.set_nodelay(true);
-    let request = request(url, headers, body)?;
     if https {
         let name = ServerName::try_from(host.clone())
             .map_err(|_| format!("{host} is not a name TLS can check a certificate for"))?;
@@ -62,10 +146,23 @@ pub async fn post(
             .connect(name, stream)
             .await
             .map_err(|error| tls_failure(&error))?;
-        exchange(tls, request).await
+        handshake(tls).await
     } else {
-        exchange(stream, request).await
+        handshake(stream).await
     }
+}
+
+async fn handshake<S>(stream: S) -> Result<(SendRequest<Full<Bytes>>, AbortOnDrop), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| format!("the connection failed: {error}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((sender, AbortOnDrop(driver)))
 }
 
 /// Resolves `host` (unless it is the address `ip`), checks every address against the
@@ -77,22 +174,26 @@ async fn connect(
     policy: &Policy,
     https: bool,
 ) -> Result<TcpStream, String> {
+    // A name that does not resolve and one that resolves outside the rule read alike, so
+    // that tenants cannot learn which internal names exist.
+    let refused = || format!("not sent to {host}:{port}: it has no address {WEBHOOK_RULE_SHORT}");
     let addresses: Vec<SocketAddr> = match ip {
         Some(ip) => vec![SocketAddr::new(ip, port)],
-        None => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| format!("cannot resolve {host}"))?
-            .collect(),
+        None => match tokio::net::lookup_host((host, port)).await {
+            Ok(addresses) => addresses.collect(),
+            Err(error) => {
+                tracing::debug!(%host, %error, "a webhook's host does not resolve");
+                Vec::new()
+            }
+        },
     };
-    if addresses.is_empty() {
-        return Err(format!("{host} has no address"));
-    }
     // One address outside the rule refuses the name: its answers could alternate.
-    if addresses
-        .iter()
-        .any(|address| !policy.allows_webhook(*address, https))
+    if addresses.is_empty()
+        || addresses
+            .iter()
+            .any(|address| !policy.allows_webhook(*address, https))
     {
-        return Err(format!("not sent to {host}:{port}: {WEBHOOK_RULE}"));
+        return Err(refused());
     }
     for address in &addresses {
         match TcpStream::connect(address).await {
@@ -108,7 +209,7 @@ async fn connect(
 fn request(
     url: &Url,
     headers: &[(&str, String)],
-    body: Vec<u8>,
+    body: Bytes,
 ) -> Result<hyper::Request<Full<Bytes>>, String> {
     let path = &url[url::Position::BeforePath..url::Position::AfterQuery];
     // The port is in the URL only when it is not the scheme's own.
@@ -122,19 +223,20 @@ fn request(
         builder = builder.header(*name, value);
     }
     builder
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(body))
         .map_err(|error| format!("cannot build the request: {error}"))
 }
 
-/// Sends the request on `stream` and reads the status and the first KiB of the body.
-async fn exchange<S>(stream: S, request: hyper::Request<Full<Bytes>>) -> Result<Reply, String>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+/// Sends the request and reads the status and the first KiB of the body; answers too
+/// whether the connection may carry another request (the whole reply was read).
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<(Reply, bool), String> {
+    sender
+        .ready()
         .await
         .map_err(|error| format!("the connection failed: {error}"))?;
-    let driver = AbortOnDrop(tokio::spawn(connection));
     let response = sender.send_request(request).await.map_err(|error| {
         match error.is_incomplete_message() || error.is_canceled() {
             true => "the endpoint closed the connection without an answer".to_string(),
@@ -144,28 +246,32 @@ where
     let status = response.status().as_u16();
     let mut body = response.into_body();
     let mut kept = Vec::new();
-    while kept.len() < REPLY_KEPT {
+    let mut whole = false;
+    while kept.len() <= REPLY_KEPT {
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    let room = REPLY_KEPT - kept.len();
+                    let room = REPLY_KEPT + 1 - kept.len();
                     kept.extend_from_slice(&data[..data.len().min(room)]);
                 }
             }
+            None => {
+                whole = true;
+                break;
+            }
             // The status came: a body cut short does not undo it.
-            Some(Err(_)) | None => break,
+            Some(Err(_)) => break,
         }
     }
-    // The rest of the body is never read: the connection goes.
-    drop(body);
-    drop(driver);
-    Ok(Reply { status, body: kept })
+    // The rest of a longer body is never read: that connection goes.
+    kept.truncate(REPLY_KEPT);
+    Ok((Reply { status, body: kept }, whole))
 }
 
-/// The connection's driver, stopped with the exchange.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+/// A connection's driver, stopped with the connection.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-impl<T> Drop for AbortOnDrop<T> {
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }

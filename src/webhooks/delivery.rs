@@ -7,6 +7,7 @@
 //! instances never take the same job. Delivery is at least once: a receiver de-duplicates
 //! on `webhook-id`, the event's id, the same on every attempt.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,15 +15,16 @@ use anyhow::Context;
 use rand::Rng;
 use serde::Serialize;
 use sqlx::Row;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use utoipa::ToSchema;
 
-use super::client::{self, Reply};
+use super::client::{self, Connections, Reply};
 use super::signature::{self, SigningKey};
 use crate::config::Settings;
 use crate::mail::destination::Policy;
 use crate::store::crypto::MasterKey;
-use crate::store::{Db, Engine};
+use crate::store::{Db, Engine, placeholders};
+use crate::types::text::escape_controls;
 
 /// What one attempt at a delivery came to.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -55,11 +57,24 @@ pub const RETRY_SCHEDULE: [Duration; 11] = [
 /// The whole of one attempt: connection, TLS, request and the reply's first KiB.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a claimed job stays with one instance: the attempt, then time to record it.
-const LEASE_MS: i64 = 20_000;
+/// How long a claimed job stays with one instance: its wait in its endpoint's line, the
+/// attempt, then time to record it. A job whose lease would run out during its attempt is
+/// given back instead.
+const LEASE_MS: i64 = 30_000;
 
-/// Attempts under way at once on one instance, all endpoints together.
-const SLOTS: usize = 64;
+/// Jobs one instance holds at once, waiting in their endpoints' lines or being attempted.
+const SLOTS: usize = 1024;
+
+/// Jobs claimed ahead per endpoint, as a multiple of its concurrency cap: an endpoint that
+/// answers at once always has its next jobs at hand, without waiting for the database.
+const AHEAD: i64 = 64;
+
+/// Jobs one account's endpoints may hold at once on all instances together, well below
+/// `SLOTS`: endpoints that never answer cannot take the slots of other accounts' jobs.
+const ACCOUNT_HELD: i64 = 256;
+
+/// Jobs one claim takes at most (its reads bind one parameter per job).
+const CLAIM_AT_MOST: usize = 256;
 
 /// How often the worker looks for due jobs when nothing woke it.
 const POLL: Duration = Duration::from_millis(500);
@@ -113,28 +128,57 @@ impl Job {
 
 const RETURNING: &str = "RETURNING id, webhook_id, event_id, attempts, next_attempt_at";
 
-/// Takes the lease on up to `limit` due jobs for this instance alone: at most `cap` under
-/// way per endpoint (those of other claims counted), and none while an earlier job about
-/// the same object waits for its first attempt or is being attempted, so that one
-/// object's events arrive in order while the endpoint answers; an earlier job that failed
-/// and waits for its retry does not hold the later ones back.
-async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
+/// Takes the lease on up to `limit` due jobs for this instance alone: at most `ahead` held
+/// per endpoint and `ACCOUNT_HELD` per account (those of other claims counted), and none
+/// while an earlier job about the same object waits for its first attempt or is being
+/// attempted, so that one object's events arrive in order while the endpoint answers; an
+/// earlier job that failed and waits for its retry does not hold the later ones back.
+/// Each enabled endpoint's first due jobs are read from its own index, so a long backlog
+/// at one endpoint costs the others nothing; each account's first job comes before any
+/// account's second, so that one account's endpoints cannot take every slot.
+async fn claim_due(db: &Db, ahead: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
     let lock = match db.engine {
         Engine::Postgres => "FOR UPDATE SKIP LOCKED",
         Engine::Sqlite => "",
     };
+    // The `status IN (…)` terms repeat the partial indexes' conditions, so that they are used.
     let earlier_waits = "EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.webhook_id = d.webhook_id \
-         AND e.object_key = d.object_key AND e.position < d.position \
+         AND e.object_key = d.object_key AND e.status IN ('pending', 'delivering') AND e.position < d.position \
          AND ((e.status = 'delivering' AND e.next_attempt_at > $1) OR (e.status = 'pending' AND e.attempts = 0)))";
-    let under_way = "(SELECT COUNT(*) FROM webhook_deliveries f WHERE f.webhook_id = due.webhook_id \
-         AND f.status = 'delivering' AND f.next_attempt_at > $1)";
+    // Each enabled endpoint's first due jobs, endpoint by endpoint (the engines differ in
+    // how a join is made to read them so: PostgreSQL by LATERAL, SQLite by CROSS JOIN,
+    // which keeps the endpoints as the outer loop).
+    let first_due = "x.webhook_id = w.id AND x.status IN ('pending', 'delivering') \
+         AND x.next_attempt_at <= $1 ORDER BY x.next_attempt_at, x.position LIMIT $3";
+    let (deliveries, picked) = match db.engine {
+        Engine::Postgres => (
+            format!(
+                "CROSS JOIN LATERAL (SELECT x.id, x.webhook_id, x.object_key, x.next_attempt_at, x.position \
+                 FROM webhook_deliveries x WHERE {first_due}) d"
+            ),
+            String::from("TRUE"),
+        ),
+        Engine::Sqlite => (
+            String::from("CROSS JOIN webhook_deliveries d"),
+            format!("d.id IN (SELECT x.id FROM webhook_deliveries x WHERE {first_due})"),
+        ),
+    };
     let in_turn = format!(
-        "SELECT id FROM (SELECT d.id, d.webhook_id, d.next_attempt_at, d.position, \
-         ROW_NUMBER() OVER (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.position) AS turn \
-         FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-         WHERE d.status IN ('pending', 'delivering') AND d.next_attempt_at <= $1 AND w.enabled = 1 \
-         AND NOT {earlier_waits}) AS due \
-         WHERE due.turn + {under_way} <= $3 ORDER BY due.turn, due.next_attempt_at, due.position LIMIT $4"
+        "WITH held AS (SELECT webhook_id, COUNT(*) AS busy FROM webhook_deliveries \
+           WHERE status = 'delivering' AND next_attempt_at > $1 GROUP BY webhook_id), \
+         account_held AS (SELECT w.account_id, SUM(h.busy) AS busy FROM held h \
+           JOIN webhooks w ON w.id = h.webhook_id GROUP BY w.account_id) \
+         SELECT id FROM (SELECT due.*, ROW_NUMBER() OVER (PARTITION BY due.account_id \
+           ORDER BY due.turn, due.next_attempt_at, due.position) AS account_turn \
+         FROM (SELECT d.id, d.next_attempt_at, d.position, w.account_id, \
+           COALESCE(h.busy, 0) AS busy, COALESCE(a.busy, 0) AS account_busy, \
+           ROW_NUMBER() OVER (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.position) AS turn \
+           FROM webhooks w {deliveries} \
+           LEFT JOIN held h ON h.webhook_id = w.id LEFT JOIN account_held a ON a.account_id = w.account_id \
+           WHERE {picked} AND w.enabled = 1 AND NOT {earlier_waits}) AS due \
+         WHERE due.turn + due.busy <= $3) AS fair \
+         WHERE fair.account_turn + fair.account_busy <= $5 \
+         ORDER BY fair.account_turn, fair.next_attempt_at, fair.position LIMIT $4"
     );
     // The `due` condition again in the UPDATE: another instance may have claimed a job
     // since the subquery read it.
@@ -148,8 +192,9 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
     let rows = sqlx::query(&sql)
         .bind(now)
         .bind(now + LEASE_MS)
-        .bind(cap)
+        .bind(ahead)
         .bind(limit)
+        .bind(ACCOUNT_HELD)
         .fetch_all(&db.pool)
         .await?;
     rows.iter().map(Job::from_row).collect()
@@ -181,10 +226,16 @@ enum Verdict {
     Gone,
     /// Another try at this time.
     Retry(i64),
+    /// Another try at this time, after a fault of mailroom's own (the database, a secret
+    /// that does not open): not held against the endpoint.
+    Postponed(i64),
     /// Out of tries.
     Failed,
     /// Nothing to deliver (the event is gone): final, and no fault of the endpoint's.
     Dropped,
+    /// Not tried: it waited in its endpoint's line until too little of its lease was left.
+    /// It is due again at once, as if never claimed.
+    Untried,
 }
 
 /// When attempt `number` failed at `now`: the next try, or `Failed` past the schedule.
@@ -216,28 +267,94 @@ enum NotSent {
     Error(String),
 }
 
-/// Reads the event and the endpoint, and signs the payload with its secrets.
-async fn prepare(db: &Db, master_key: &MasterKey, job: &Job) -> Result<Prepared, NotSent> {
-    let error = |e: anyhow::Error| NotSent::Error(format!("{e:#}"));
-    let mut conn = db.pool.acquire().await.map_err(|e| error(e.into()))?;
-    let event = crate::events::get(&mut conn, &job.event_id)
-        .await
-        .map_err(|e| error(e.into()))?
-        .ok_or(NotSent::NoEvent)?;
-    let body = serde_json::to_vec(&event).map_err(|e| error(e.into()))?;
-    let row = sqlx::query(
-        "SELECT url, secret, previous_secret, previous_secret_until FROM webhooks WHERE id = $1",
-    )
-    .bind(&job.webhook_id)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| error(e.into()))?;
-    drop(conn);
-    let read = move || -> anyhow::Result<Prepared> {
+/// Reads the events and endpoints of `jobs` (two queries for them all), and signs each
+/// payload with its endpoint's secrets.
+async fn prepare_all(
+    db: &Db,
+    master_key: &MasterKey,
+    jobs: Vec<Job>,
+) -> Vec<(Job, Result<Prepared, NotSent>)> {
+    let read = async {
+        let mut conn = db.pool.acquire().await?;
+        let event_ids: Vec<&str> = jobs.iter().map(|job| job.event_id.as_str()).collect();
+        let events = crate::events::get_all(&mut conn, &event_ids).await?;
+        let mut webhook_ids: Vec<&str> = jobs.iter().map(|job| job.webhook_id.as_str()).collect();
+        webhook_ids.sort_unstable();
+        webhook_ids.dedup();
+        let sql = format!(
+            "SELECT id, url, secret, previous_secret, previous_secret_until FROM webhooks WHERE id IN ({})",
+            placeholders(1, webhook_ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in &webhook_ids {
+            query = query.bind(*id);
+        }
+        let webhooks = query.fetch_all(&mut *conn).await?;
+        Ok::<_, sqlx::Error>((events, webhooks))
+    };
+    let (events, webhooks) = match read.await {
+        Ok(read) => read,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read webhook deliveries");
+            let error = format!("not sent: {error}");
+            return jobs
+                .into_iter()
+                .map(|job| (job, Err(NotSent::Error(error.clone()))))
+                .collect();
+        }
+    };
+    let events: HashMap<&str, &crate::events::Event> = events
+        .iter()
+        .map(|event| (event.id.as_str(), event))
+        .collect();
+    let mut keys = HashMap::new();
+    for row in &webhooks {
+        let id: String = row.try_get("id").unwrap_or_default();
+        keys.insert(id.clone(), endpoint(row, master_key, db.now().0, &id));
+    }
+    let timestamp = db.now().0.div_euclid(1000);
+    jobs.into_iter()
+        .map(|job| {
+            let prepared = match (events.get(job.event_id.as_str()), keys.get(&job.webhook_id)) {
+                (None, _) => Err(NotSent::NoEvent),
+                (_, None) => Err(NotSent::Error("the webhook is gone".to_string())),
+                (_, Some(Err(error))) => Err(NotSent::Error(error.clone())),
+                (Some(event), Some(Ok((url, keys)))) => match serde_json::to_vec(event) {
+                    Ok(body) => {
+                        let signature = signature::header(keys, &event.id, timestamp, &body);
+                        let headers = vec![
+                            ("content-type", "application/json".to_string()),
+                            ("user-agent", USER_AGENT.to_string()),
+                            ("webhook-id", event.id.clone()),
+                            ("webhook-timestamp", timestamp.to_string()),
+                            ("webhook-signature", signature),
+                        ];
+                        Ok(Prepared {
+                            url: url.clone(),
+                            headers,
+                            body,
+                        })
+                    }
+                    Err(error) => Err(NotSent::Error(error.to_string())),
+                },
+            };
+            (job, prepared)
+        })
+        .collect()
+}
+
+/// An endpoint's URL and signing keys: its secret's, and the previous secret's while it
+/// still signs after a rotation.
+fn endpoint(
+    row: &sqlx::any::AnyRow,
+    master_key: &MasterKey,
+    now: i64,
+    webhook_id: &str,
+) -> Result<(url::Url, Vec<SigningKey>), String> {
+    let read = || -> anyhow::Result<(url::Url, Vec<SigningKey>)> {
         let url: String = row.try_get("url")?;
         let url = url::Url::parse(&url).context("the webhook's URL cannot be read")?;
-        let now = db.now();
-        let context = super::store::seal_context(&job.webhook_id);
+        let context = super::store::seal_context(webhook_id);
         let open = |sealed: &str| -> anyhow::Result<SigningKey> {
             let secret = master_key
                 .open(sealed, &context)
@@ -249,30 +366,23 @@ async fn prepare(db: &Db, master_key: &MasterKey, job: &Job) -> Result<Prepared,
         let previous: Option<String> = row.try_get("previous_secret")?;
         let until: Option<i64> = row.try_get("previous_secret_until")?;
         if let (Some(previous), Some(until)) = (previous, until)
-            && until > now.0
+            && until > now
         {
             keys.push(open(&previous)?);
         }
-        let timestamp = now.0.div_euclid(1000);
-        let signature = signature::header(&keys, &event.id, timestamp, &body);
-        let headers = vec![
-            ("content-type", "application/json".to_string()),
-            ("user-agent", USER_AGENT.to_string()),
-            ("webhook-id", event.id.clone()),
-            ("webhook-timestamp", timestamp.to_string()),
-            ("webhook-signature", signature),
-        ];
-        Ok(Prepared { url, headers, body })
+        Ok((url, keys))
     };
-    read().map_err(error)
+    read().map_err(|error| format!("{error:#}"))
 }
 
-/// Makes one attempt at `job`: answers what came of it and what that makes of the job.
+/// Makes one attempt at `job` (on a kept connection when `connections` has one): answers
+/// what came of it and what that makes of the job.
 async fn attempt(
     db: &Db,
-    master_key: &MasterKey,
     policy: &Policy,
+    connections: Option<&Connections>,
     job: &Job,
+    prepared: Result<Prepared, NotSent>,
 ) -> (Outcome, Verdict) {
     let failed = |error: String| Outcome {
         http_status: None,
@@ -280,7 +390,7 @@ async fn attempt(
         response: None,
         error: Some(error),
     };
-    let prepared = match prepare(db, master_key, job).await {
+    let prepared = match prepared {
         Ok(prepared) => prepared,
         Err(NotSent::NoEvent) => {
             let outcome = failed("not sent: the event is no longer kept".to_string());
@@ -288,14 +398,26 @@ async fn attempt(
         }
         Err(NotSent::Error(error)) => {
             tracing::warn!(delivery = %job.id, %error, "cannot prepare a webhook delivery");
-            let outcome = failed(format!("not sent: {error}"));
-            return (outcome, after_failure(job.attempts, db.now().0));
+            let outcome = failed("not sent: mailroom could not prepare it".to_string());
+            let verdict = match after_failure(job.attempts, db.now().0) {
+                Verdict::Retry(at) => Verdict::Postponed(at),
+                other => other,
+            };
+            return (outcome, verdict);
         }
     };
     let started = Instant::now();
+    let key = format!("{} {}", job.webhook_id, prepared.url);
+    let kept = connections.map(|connections| (connections, key.as_str()));
     let sent = tokio::time::timeout(
         TIMEOUT,
-        client::post(&prepared.url, policy, &prepared.headers, prepared.body),
+        client::post(
+            &prepared.url,
+            policy,
+            &prepared.headers,
+            prepared.body,
+            kept,
+        ),
     )
     .await;
     let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -313,7 +435,9 @@ async fn attempt(
             let outcome = Outcome {
                 http_status: Some(status),
                 latency_ms,
-                response: (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned()),
+                // Stored and shown as text: no NUL (PostgreSQL refuses it) nor other controls.
+                response: (!body.is_empty())
+                    .then(|| escape_controls(&String::from_utf8_lossy(&body))),
                 error,
             };
             (outcome, verdict)
@@ -337,24 +461,59 @@ async fn attempt(
     (outcome, verdict)
 }
 
-/// Records an attempt in one transaction, if the job's lease is still this attempt's: the
-/// attempt, the job's new status, and the endpoint's run of failures — disabling it on a
-/// 410, or when `disable_after` failures (0: never) have gone on for a day. Answers
-/// whether it was recorded.
-async fn record(
-    db: &Db,
-    job: &Job,
-    outcome: &Outcome,
+/// An attempt made, to record.
+struct Attempted {
+    job: Job,
+    outcome: Outcome,
     verdict: Verdict,
-    disable_after: u64,
-) -> sqlx::Result<bool> {
+}
+
+/// Records attempts in one transaction (on SQLite every commit waits for the disk), each
+/// if its job's lease is still this attempt's: the attempt, the job's new status, and the
+/// endpoint's run of failures — disabling it on a 410, or when `disable_after` failures
+/// (0: never) have gone on for a day. Answers how many were recorded.
+async fn record(db: &Db, attempts: &[Attempted], disable_after: u64) -> sqlx::Result<usize> {
     let now = db.now().0;
+    let mut tx = db.begin().await?;
+    let mut recorded = 0;
+    for attempted in attempts {
+        if record_one(&mut tx, attempted, disable_after, now).await? {
+            recorded += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+async fn record_one(
+    tx: &mut sqlx::AnyConnection,
+    attempted: &Attempted,
+    disable_after: u64,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let Attempted {
+        job,
+        outcome,
+        verdict,
+    } = attempted;
+    let verdict = *verdict;
+    if verdict == Verdict::Untried {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = attempts - 1, \
+             next_attempt_at = $2 WHERE id = $1 AND status = 'delivering' AND next_attempt_at = $3",
+        )
+        .bind(&job.id)
+        .bind(now)
+        .bind(job.lease_until)
+        .execute(&mut *tx)
+        .await?;
+        return Ok(true);
+    }
     let (status, next) = match verdict {
         Verdict::Succeeded => ("succeeded", None),
-        Verdict::Retry(at) => ("pending", Some(at)),
-        Verdict::Gone | Verdict::Failed | Verdict::Dropped => ("failed", None),
+        Verdict::Retry(at) | Verdict::Postponed(at) => ("pending", Some(at)),
+        Verdict::Gone | Verdict::Failed | Verdict::Dropped | Verdict::Untried => ("failed", None),
     };
-    let mut tx = db.begin().await?;
     let ours = sqlx::query(
         "UPDATE webhook_deliveries SET status = $2, next_attempt_at = $3, updated_at = $4 \
          WHERE id = $1 AND status = 'delivering' AND next_attempt_at = $5",
@@ -383,9 +542,9 @@ async fn record(
     .execute(&mut *tx)
     .await?;
     match verdict {
-        Verdict::Dropped => {}
+        Verdict::Dropped | Verdict::Untried | Verdict::Postponed(_) => {}
         Verdict::Succeeded => {
-            sqlx::query("UPDATE webhooks SET failures = 0, failing_since = NULL WHERE id = $1")
+            sqlx::query("UPDATE webhooks SET failures = 0, failing_since = NULL WHERE id = $1 AND failures > 0")
                 .bind(&job.webhook_id)
                 .execute(&mut *tx)
                 .await?;
@@ -430,25 +589,37 @@ async fn record(
             }
         }
     }
-    tx.commit().await?;
     Ok(true)
 }
 
 /// `record`, tried again a few times on a database error: an attempt not recorded is made
-/// again once its lease runs out.
+/// again once its lease runs out. A group that cannot be written is written one attempt at
+/// a time, so that one bad row costs only its own attempt.
 async fn record_retrying(
     db: &Db,
-    job: &Job,
-    outcome: &Outcome,
-    verdict: Verdict,
+    attempts: &[Attempted],
     disable_after: u64,
-) -> sqlx::Result<bool> {
+) -> sqlx::Result<usize> {
     let mut pause = Duration::from_millis(200);
     let mut tries = 1;
     loop {
-        match record(db, job, outcome, verdict, disable_after).await {
+        match record(db, attempts, disable_after).await {
+            Err(error) if attempts.len() > 1 => {
+                tracing::warn!(%error, "cannot record webhook attempts together; one at a time");
+                let mut recorded = 0;
+                for attempted in attempts {
+                    recorded += Box::pin(record_retrying(
+                        db,
+                        std::slice::from_ref(attempted),
+                        disable_after,
+                    ))
+                    .await
+                    .unwrap_or(0);
+                }
+                return Ok(recorded);
+            }
             Err(error) if tries < RECORD_TRIES => {
-                tracing::warn!(delivery = %job.id, %error, tries, "cannot record a webhook attempt; trying again");
+                tracing::warn!(%error, tries, "cannot record a webhook attempt; trying again");
                 tokio::time::sleep(pause).await;
                 pause *= 2;
                 tries += 1;
@@ -464,9 +635,9 @@ fn log_attempt(job: &Job, outcome: &Outcome, verdict: Verdict) {
     let error = outcome.error.as_deref().unwrap_or("");
     match verdict {
         Verdict::Succeeded => {
-            tracing::info!(%delivery, %webhook, attempt, ?status, latency_ms = outcome.latency_ms, "webhook delivered")
+            tracing::debug!(%delivery, %webhook, attempt, ?status, latency_ms = outcome.latency_ms, "webhook delivered")
         }
-        Verdict::Retry(_) => {
+        Verdict::Retry(_) | Verdict::Postponed(_) => {
             tracing::warn!(%delivery, %webhook, attempt, ?status, error, "webhook delivery failed; will retry")
         }
         _ => {
@@ -486,10 +657,17 @@ pub async fn deliver_now(
     delivery_id: &str,
 ) -> anyhow::Result<Outcome> {
     if let Some(job) = claim_one(db, delivery_id).await? {
-        let (outcome, verdict) = attempt(db, master_key, policy, &job).await;
+        let mut prepared = prepare_all(db, master_key, vec![job]).await;
+        let (job, prepared) = prepared.pop().context("the delivery was not read")?;
+        let (outcome, verdict) = attempt(db, policy, None, &job, prepared).await;
         log_attempt(&job, &outcome, verdict);
-        if !record_retrying(db, &job, &outcome, verdict, 0).await? {
-            tracing::warn!(delivery = %job.id, "lease lost before the attempt was recorded");
+        let attempted = Attempted {
+            job,
+            outcome: outcome.clone(),
+            verdict,
+        };
+        if record_retrying(db, std::slice::from_ref(&attempted), 0).await? == 0 {
+            tracing::warn!(delivery = %attempted.job.id, "lease lost before the attempt was recorded");
         }
         return Ok(outcome);
     }
@@ -534,11 +712,32 @@ async fn last_outcome(db: &Db, delivery_id: &str) -> anyhow::Result<Outcome> {
     })
 }
 
+/// Each endpoint's line: as many turns as its concurrency cap, taken by its jobs in the
+/// order they were claimed, so that a slow endpoint holds up only its own jobs.
+#[derive(Default)]
+struct Lines(std::sync::Mutex<HashMap<String, Arc<Semaphore>>>);
+
+impl Lines {
+    fn of(&self, webhook_id: &str, cap: usize) -> Arc<Semaphore> {
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Lines no job holds any more go.
+        lines.retain(|_, line| Arc::strong_count(line) > 1);
+        lines
+            .entry(webhook_id.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(cap)))
+            .clone()
+    }
+}
+
 impl Worker {
     /// Runs until `stop` changes; the attempts under way then finish and are recorded.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(SLOTS));
         let room = Arc::new(Notify::new());
+        let connections = Arc::new(Connections::default());
+        let lines = Arc::new(Lines::default());
+        let (finished, results) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(self.clone().record_all(results, room.clone()));
         let mut last_prune: Option<Instant> = None;
         tracing::info!("webhook worker started");
         while !*stop.borrow() {
@@ -551,16 +750,24 @@ impl Worker {
             if free > 0 {
                 let cap =
                     i64::try_from(self.settings.webhook_concurrency.max(1)).unwrap_or(i64::MAX);
-                match claim_due(&self.db, cap, free as i64).await {
+                let limit = free.min(CLAIM_AT_MOST);
+                match claim_due(&self.db, cap.saturating_mul(AHEAD), limit as i64).await {
                     Ok(jobs) => {
-                        full = jobs.len() == free;
-                        for job in jobs {
+                        full = jobs.len() == limit;
+                        for (job, prepared) in prepare_all(&self.db, &self.master_key, jobs).await {
                             let Ok(slot) = slots.clone().try_acquire_owned() else {
                                 // Not possible: only this loop takes slots. Its lease
                                 // runs out and it is claimed again.
                                 continue;
                             };
-                            tokio::spawn(self.clone().work(job, slot, room.clone()));
+                            let line = lines.of(&job.webhook_id, cap as usize);
+                            let work = self.clone().work(
+                                job,
+                                prepared,
+                                (slot, line),
+                                (connections.clone(), finished.clone(), stop.clone()),
+                            );
+                            tokio::spawn(work);
                         }
                     }
                     Err(error) => tracing::error!(%error, "webhook worker cannot claim deliveries"),
@@ -578,24 +785,74 @@ impl Worker {
             }
         }
         let _ = slots.acquire_many(SLOTS as u32).await;
+        drop(finished);
+        let _ = recorder.await;
         tracing::info!("webhook worker stopped");
     }
 
-    async fn work(self, job: Job, slot: OwnedSemaphorePermit, room: Arc<Notify>) {
-        let (outcome, verdict) = attempt(&self.db, &self.master_key, &self.policy, &job).await;
-        log_attempt(&job, &outcome, verdict);
-        let disable_after = self.settings.webhook_disable_after_failures;
-        match record_retrying(&self.db, &job, &outcome, verdict, disable_after).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(delivery = %job.id, "lease lost before the attempt was recorded")
-            }
-            Err(error) => {
-                tracing::error!(delivery = %job.id, %error, "cannot record a webhook attempt")
-            }
-        }
+    /// Waits for a turn in the job's endpoint's line (its concurrency cap), then attempts it
+    /// — unless too little of its lease is left by then.
+    async fn work(
+        self,
+        job: Job,
+        prepared: Result<Prepared, NotSent>,
+        (slot, line): (OwnedSemaphorePermit, Arc<Semaphore>),
+        (connections, finished, mut stop): (
+            Arc<Connections>,
+            mpsc::UnboundedSender<Attempted>,
+            watch::Receiver<bool>,
+        ),
+    ) {
+        // On shutdown, what still waits for its turn goes back untried.
+        let turn = tokio::select! {
+            turn = line.acquire() => turn.ok(),
+            _ = stop.wait_for(|stopped| *stopped) => None,
+        };
+        let time_needed = i64::try_from(TIMEOUT.as_millis()).unwrap_or(i64::MAX) + 5_000;
+        let late = self.db.now().0.saturating_add(time_needed) > job.lease_until;
+        let (outcome, verdict) = if turn.is_none() || late {
+            let untried = Outcome {
+                http_status: None,
+                latency_ms: 0,
+                response: None,
+                error: None,
+            };
+            (untried, Verdict::Untried)
+        } else {
+            let tried = attempt(&self.db, &self.policy, Some(&connections), &job, prepared).await;
+            log_attempt(&job, &tried.0, tried.1);
+            tried
+        };
+        let _ = finished.send(Attempted {
+            job,
+            outcome,
+            verdict,
+        });
         drop(slot);
-        room.notify_one();
+    }
+
+    /// Records attempts as they finish: whatever finished while the previous group was
+    /// written goes in one transaction. An endpoint's next jobs are claimed once its
+    /// attempts are recorded (until then they count as under way).
+    async fn record_all(self, mut results: mpsc::UnboundedReceiver<Attempted>, room: Arc<Notify>) {
+        let disable_after = self.settings.webhook_disable_after_failures;
+        while let Some(first) = results.recv().await {
+            let mut group = vec![first];
+            while let Ok(more) = results.try_recv() {
+                group.push(more);
+            }
+            match record_retrying(&self.db, &group, disable_after).await {
+                Ok(recorded) if recorded < group.len() => {
+                    tracing::warn!(
+                        lost = group.len() - recorded,
+                        "leases lost before webhook attempts were recorded"
+                    )
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "cannot record webhook attempts"),
+            }
+            room.notify_one();
+        }
     }
 
     /// Deletes the events past their retention (none a webhook is still delivering).
@@ -603,7 +860,11 @@ impl Worker {
         let retention_ms = i64::try_from(self.settings.event_retention_days)
             .unwrap_or(i64::MAX)
             .saturating_mul(86_400_000);
-        match crate::events::prune(&self.db, retention_ms).await {
+        // A job is tried for about three days; one created longer ago (with a day to
+        // spare) waits for an endpoint that was disabled, and keeps its event no longer.
+        let tried_for = RETRY_SCHEDULE.iter().sum::<Duration>() + Duration::from_secs(86_400);
+        let tried_for = i64::try_from(tried_for.as_millis()).unwrap_or(i64::MAX);
+        match crate::events::prune(&self.db, retention_ms, tried_for, 1000).await {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "events past their retention deleted"),
             Err(error) => tracing::warn!(%error, "cannot delete old events"),

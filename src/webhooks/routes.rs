@@ -21,6 +21,10 @@ use crate::store::{Timestamp, new_id};
 
 /// How long a rotated-out secret keeps signing beside the new one.
 const PREVIOUS_SECRET_OVERLAP: Duration = Duration::from_secs(24 * 60 * 60);
+/// How many tests a webhook may be sent in `TEST_WINDOW`: each opens a connection to the
+/// endpoint and writes an event, whatever the endpoint's concurrency cap.
+const TESTS_PER_WINDOW: usize = 10;
+const TEST_WINDOW: Duration = Duration::from_secs(60);
 
 /// The limit of a list: 1 to 200, 50 when not given.
 fn list_limit(limit: Option<i64>) -> Result<i64, ApiError> {
@@ -217,10 +221,12 @@ pub async fn delete_webhook(
 }
 
 /// A new signing secret, shown only here. The previous one keeps signing beside it for
-/// 24 hours, so receivers can be moved to the new one without losing a delivery.
+/// 24 hours, so receivers can be moved to the new one without losing a delivery; until
+/// then another rotation is refused, as it would end that overlap at once.
 #[utoipa::path(post, path = "/v2/webhooks/{id}/rotate-secret", tag = "webhooks",
     params(("id" = String, Path, description = "The webhook's id (`wh_…`)")),
-    responses((status = 200, description = "The new secret, shown only now", body = RotatedSecret)))]
+    responses((status = 200, description = "The new secret, shown only now", body = RotatedSecret),
+              (status = 409, description = "`rotation_in_progress`: the previous secret still signs", body = ErrorBody)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
@@ -232,6 +238,20 @@ pub async fn rotate_secret(
     let now = state.db.now();
     let until = Timestamp(now.0 + PREVIOUS_SECRET_OVERLAP.as_millis() as i64);
     let mut tx = state.db.begin().await?;
+    let webhook = store::get_locked(&mut tx, state.db.engine, &caller.account_id, &id, now)
+        .await?
+        .ok_or_else(not_found)?;
+    if let Some(overlap_ends) = webhook.previous_secret_expires_at {
+        return Err(ApiError::conflict(
+            "rotation_in_progress",
+            format!(
+                "the secret replaced by the last rotation still signs until {}: rotate again \
+                 after that, once receivers use the current one. To stop a leaked secret at \
+                 once, delete the webhook and create it again",
+                overlap_ends.rfc3339()
+            ),
+        ));
+    }
     if !store::rotate_secret(&mut tx, &caller.account_id, &id, &sealed_secret, until, now).await? {
         return Err(not_found());
     }
@@ -243,10 +263,13 @@ pub async fn rotate_secret(
 }
 
 /// Send a `webhook.test` event to this endpoint now (even when it is disabled, to check
-/// it before turning it on again) and answer what it replied.
+/// it before turning it on again) and answer what it replied. One test at a time, ten a
+/// minute, so that tests cannot flood an endpoint nor the event log.
 #[utoipa::path(post, path = "/v2/webhooks/{id}/test", tag = "webhooks",
     params(("id" = String, Path, description = "The webhook's id (`wh_…`)")),
-    responses((status = 200, description = "Sent; `outcome` says what the endpoint replied, or why it could not be reached", body = TestAnswer)))]
+    responses((status = 200, description = "Sent; `outcome` says what the endpoint replied, or why it could not be reached", body = TestAnswer),
+              (status = 409, description = "`test_in_progress`: another test of this webhook has not been answered yet", body = ErrorBody),
+              (status = 429, description = "`rate_limited`: ten tests in the last minute; `Retry-After` says when the next may go", body = ErrorBody)))]
 pub async fn test_webhook(
     State(state): State<AppState>,
     caller: Caller,
@@ -255,11 +278,35 @@ pub async fn test_webhook(
     caller.require_account(Role::Admin)?;
     let now = state.db.now();
     let mut tx = state.db.begin().await?;
-    if store::get(&mut tx, &caller.account_id, &id, now)
+    // Counted in the transaction that writes the test, the webhook held: concurrent tests
+    // take turns and each sees those before it.
+    store::get_locked(&mut tx, state.db.engine, &caller.account_id, &id, now)
         .await?
-        .is_none()
-    {
-        return Err(not_found());
+        .ok_or_else(not_found)?;
+    if store::test_under_way(&mut tx, &id).await? {
+        return Err(ApiError::conflict(
+            "test_in_progress",
+            format!(
+                "a test of this webhook is under way; send the next once it has answered \
+                 (an endpoint has {} seconds to)",
+                super::delivery::TIMEOUT.as_secs()
+            ),
+        ));
+    }
+    let window = TEST_WINDOW.as_millis() as i64;
+    let recent =
+        store::tests_since(&mut tx, &caller.account_id, &id, Timestamp(now.0 - window)).await?;
+    if recent.len() >= TESTS_PER_WINDOW {
+        // The next may go when enough of these have left the window.
+        let leaves_last = recent[recent.len() - TESTS_PER_WINDOW];
+        return Err(ApiError::too_many(
+            "rate_limited",
+            format!(
+                "a webhook may be tested {TESTS_PER_WINDOW} times a minute; try again after \
+                 Retry-After seconds"
+            ),
+            leaves_last + window - now.0,
+        ));
     }
     let data = serde_json::json!({
         "webhook_id": id,
@@ -350,11 +397,13 @@ pub async fn list_deliveries(
 }
 
 /// Deliver a delivery's event again to the same endpoint, as a new delivery. The event
-/// keeps its id (the `webhook-id` header), so a receiver that had it can tell.
+/// keeps its id (the `webhook-id` header), so a receiver that had it can tell. While a
+/// delivery of the event to the endpoint is not final, that one is answered (and tried at
+/// once if it waits for a later try): one event's replays are never more than one job.
 #[utoipa::path(post, path = "/v2/webhooks/{id}/deliveries/{delivery_id}/replay", tag = "webhooks",
     params(("id" = String, Path, description = "The webhook's id (`wh_…`)"),
            ("delivery_id" = String, Path, description = "The delivery's id (`whd_…`)")),
-    responses((status = 202, description = "Queued as a new delivery", body = Delivery)))]
+    responses((status = 202, description = "Queued as a new delivery, or the delivery of the same event still under way", body = Delivery)))]
 pub async fn replay_delivery(
     State(state): State<AppState>,
     caller: Caller,
@@ -363,19 +412,20 @@ pub async fn replay_delivery(
     caller.require_account(Role::Admin)?;
     let now = state.db.now();
     let mut tx = state.db.begin().await?;
-    if store::get(&mut tx, &caller.account_id, &id, now)
+    // Held, so that concurrent replays take turns and each sees the job of the one before.
+    store::get_locked(&mut tx, state.db.engine, &caller.account_id, &id, now)
         .await?
-        .is_none()
-    {
-        return Err(not_found());
-    }
+        .ok_or_else(not_found)?;
     let (event_id, object_key) = store::delivered_event(&mut tx, &id, &delivery_id)
         .await?
         .ok_or_else(|| ApiError::not_found("delivery"))?;
     if events::get(&mut tx, &event_id).await?.is_none() {
         return Err(ApiError::not_found("event"));
     }
-    let replayed = events::queue_delivery(&mut tx, &id, &event_id, &object_key, now).await?;
+    let replayed = match store::hurry_in_flight(&mut tx, &id, &event_id, now).await? {
+        Some(in_flight) => in_flight,
+        None => events::queue_delivery(&mut tx, &id, &event_id, &object_key, now).await?,
+    };
     tx.commit().await?;
     let delivery = store::delivery(&state.db, &id, &replayed)
         .await?

@@ -5,6 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::model::{Attempt, Delivery, Webhook};
+use crate::events::TEST_TYPE;
 use crate::store::{Db, Engine, Timestamp, placeholders};
 
 /// The context a webhook's signing secrets are sealed under.
@@ -130,14 +131,83 @@ pub async fn get(
     id: &str,
     now: Timestamp,
 ) -> sqlx::Result<Option<Webhook>> {
+    select(conn, account_id, id, now, "").await
+}
+
+/// The account's webhook `id`, which concurrent writers of it then wait for until the
+/// transaction ends, so that what is counted or checked in it holds: PostgreSQL locks the
+/// row; on SQLite the writer lock (`Db::begin`) makes them take turns already.
+pub async fn get_locked(
+    conn: &mut sqlx::AnyConnection,
+    engine: Engine,
+    account_id: &str,
+    id: &str,
+    now: Timestamp,
+) -> sqlx::Result<Option<Webhook>> {
+    let lock = if engine == Engine::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    select(conn, account_id, id, now, lock).await
+}
+
+async fn select(
+    conn: &mut sqlx::AnyConnection,
+    account_id: &str,
+    id: &str,
+    now: Timestamp,
+    lock: &str,
+) -> sqlx::Result<Option<Webhook>> {
     let row = sqlx::query(&format!(
-        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1 AND account_id = $2"
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1 AND account_id = $2{lock}"
     ))
     .bind(id)
     .bind(account_id)
     .fetch_optional(conn)
     .await?;
     row.map(|row| webhook_of(&row, now)).transpose()
+}
+
+/// Whether a test of the webhook has not had its attempt yet: a `webhook.test` delivery
+/// to it (its object is the webhook) that is not final and has no attempt recorded. Its
+/// later retries, if the attempt failed, do not count: they are the worker's.
+pub async fn test_under_way(
+    conn: &mut sqlx::AnyConnection,
+    webhook_id: &str,
+) -> sqlx::Result<bool> {
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM webhook_deliveries d JOIN events e ON e.id = d.event_id \
+         WHERE d.webhook_id = $1 AND d.object_key = $1 AND d.status IN ('pending', 'delivering') \
+         AND e.type = $2 \
+         AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.delivery_id = d.id)",
+    )
+    .bind(webhook_id)
+    .bind(TEST_TYPE)
+    .fetch_one(conn)
+    .await?;
+    Ok(waiting > 0)
+}
+
+/// When each `webhook.test` event sent to the webhook after `since` was written, oldest
+/// first.
+pub async fn tests_since(
+    conn: &mut sqlx::AnyConnection,
+    account_id: &str,
+    webhook_id: &str,
+    since: Timestamp,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT e.at FROM events e WHERE e.account_id = $1 AND e.type = $2 AND e.at > $3 \
+         AND EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id \
+         AND d.webhook_id = $4 AND d.object_key = $4) ORDER BY e.at",
+    )
+    .bind(account_id)
+    .bind(TEST_TYPE)
+    .bind(since.0)
+    .bind(webhook_id)
+    .fetch_all(conn)
+    .await
 }
 
 /// A page of the account's webhooks, oldest first, after the webhook `after`; `None` when
@@ -259,7 +329,8 @@ pub async fn delete(db: &Db, account_id: &str, id: &str) -> sqlx::Result<bool> {
 }
 
 /// Replaces the signing secret: the current one becomes the previous, which keeps signing
-/// until `previous_until`. False when the account has no such webhook.
+/// until `previous_until`. False when the account has no such webhook, or when its
+/// previous secret still signs (a rotation must not cut that one's overlap short).
 pub async fn rotate_secret(
     conn: &mut sqlx::AnyConnection,
     account_id: &str,
@@ -270,7 +341,8 @@ pub async fn rotate_secret(
 ) -> sqlx::Result<bool> {
     let rotated = sqlx::query(
         "UPDATE webhooks SET previous_secret = secret, previous_secret_until = $3, secret = $4, \
-         updated_at = $5 WHERE id = $1 AND account_id = $2",
+         updated_at = $5 WHERE id = $1 AND account_id = $2 \
+         AND (previous_secret_until IS NULL OR previous_secret_until <= $5)",
     )
     .bind(id)
     .bind(account_id)
@@ -403,6 +475,35 @@ pub async fn delivery(db: &Db, webhook_id: &str, id: &str) -> sqlx::Result<Optio
     add_attempts(db, &mut found).await?;
     let [found] = found;
     Ok(Some(found))
+}
+
+/// The delivery of the event `event_id` to the webhook that is not final yet (the oldest,
+/// should there be more), made due at once if it waits for a later try.
+pub async fn hurry_in_flight(
+    conn: &mut sqlx::AnyConnection,
+    webhook_id: &str,
+    event_id: &str,
+    now: Timestamp,
+) -> sqlx::Result<Option<String>> {
+    let in_flight: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM webhook_deliveries WHERE webhook_id = $1 AND event_id = $2 \
+         AND status IN ('pending', 'delivering') ORDER BY position LIMIT 1",
+    )
+    .bind(webhook_id)
+    .bind(event_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(id) = &in_flight {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET next_attempt_at = $2, updated_at = $2 \
+             WHERE id = $1 AND status = 'pending' AND next_attempt_at > $2",
+        )
+        .bind(id)
+        .bind(now.0)
+        .execute(conn)
+        .await?;
+    }
+    Ok(in_flight)
 }
 
 /// The event and object a delivery of a webhook carries, to deliver it again.

@@ -26,6 +26,9 @@ struct Owned {
     email: String,
     /// An address on the account's suppression list.
     suppressed: &'static str,
+    /// A webhook of the account, and one of its deliveries.
+    webhook: String,
+    delivery: String,
 }
 
 async fn set_up(app: &TestApp) -> Owned {
@@ -126,6 +129,31 @@ async fn set_up(app: &TestApp) -> Owned {
         .await
         .unwrap();
     assert_eq!(added.status(), 201);
+    let webhook: Value = app
+        .api(Method::POST, "/v2/webhooks")
+        .json(&json!({"url": "https://hooks.walls.invalid/mailroom", "events": ["email.sent"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let webhook = webhook["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{webhook}"))
+        .to_string();
+    let tested: Value = app
+        .api(Method::POST, &format!("/v2/webhooks/{webhook}/test"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let delivery = tested["delivery_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{tested}"))
+        .to_string();
     Owned {
         member_token,
         first_entity,
@@ -136,6 +164,8 @@ async fn set_up(app: &TestApp) -> Owned {
         member,
         email,
         suppressed,
+        webhook,
+        delivery,
     }
 }
 
@@ -155,6 +185,7 @@ async fn snapshot(app: &TestApp, owned: &Owned) -> Vec<Value> {
         format!("/v2/messages/{}", owned.message),
         format!("/v2/emails/{}", owned.email),
         "/v2/suppressions".to_string(),
+        format!("/v2/webhooks/{}", owned.webhook),
     ] {
         let mut value: Value = app
             .api(Method::GET, &path)
@@ -194,6 +225,18 @@ fn concrete(path: &str, owned: &Owned) -> Option<(String, Value)> {
             (path.replace("{id}", &owned.email), json!({}))
         }
         "/v2/suppressions/{email}" => (format!("/v2/suppressions/{}", owned.suppressed), json!({})),
+        "/v2/webhooks/{id}"
+        | "/v2/webhooks/{id}/rotate-secret"
+        | "/v2/webhooks/{id}/test"
+        | "/v2/webhooks/{id}/deliveries" => (
+            path.replace("{id}", &owned.webhook),
+            json!({"url": "https://intruder.example/hook", "enabled": false}),
+        ),
+        "/v2/webhooks/{id}/deliveries/{delivery_id}/replay" => (
+            path.replace("{id}", &owned.webhook)
+                .replace("{delivery_id}", &owned.delivery),
+            json!({}),
+        ),
         "/entities/invitations/{id}" | "/entities/invitations/{id}/resend" => {
             (path.replace("{id}", &owned.invitation), json!({}))
         }
@@ -294,7 +337,8 @@ async fn no_route_reaches_another_tenants_objects(engine: Engine) {
 }
 
 /// Account-scoped routes (DESIGN §2): domains, mailboxes, SMTP settings, the account's
-/// sender address, the delivery log, and making entities.
+/// sender address, the delivery log, suppressions, webhooks, the event log, and making
+/// entities.
 fn account_scoped(method: &Method, path: &str) -> bool {
     [
         "/v2/domains",
@@ -303,6 +347,8 @@ fn account_scoped(method: &Method, path: &str) -> bool {
         "/v2/messages",
         "/v1/email-address",
         "/v2/suppressions",
+        "/v2/webhooks",
+        "/v2/events",
     ]
     .iter()
     .any(|prefix| path.starts_with(prefix))
@@ -321,6 +367,7 @@ fn valid_body(path: &str, owned: &Owned) -> Value {
         "/v1/email-address/verify" => json!({"code": "000000"}),
         "/entities" => json!({"name": "Intruder"}),
         "/v2/suppressions" => json!({"email": "intruder@walls.example"}),
+        "/v2/webhooks" => json!({"url": "https://intruder.example/hook", "events": ["email.sent"]}),
         _ => concrete(path, owned).map_or(json!({}), |(_, body)| body),
     }
 }

@@ -5,10 +5,13 @@ Usage: webhook_receiver.py [CERT_PEM KEY_PEM]   (with both: https)
 Prints `port N` once it listens on 127.0.0.1, then serves until killed.
 
 Every request outside /__receiver/ is recorded: method, path, headers, body, which of the
-configured secrets verify it, and when it arrived; it is answered as the script for its
-path says (each request takes the next answer; the last one repeats; by default 200 "ok").
-An answer is {"status": N, "body": "...", "body_size": N, "headers": {...}} or
-{"hang": true} (no answer at all; the connection stays open a minute).
+configured secrets verify it, when it arrived and on which connection (numbered from 1 as
+they are accepted: connections kept alive carry several requests); it is answered as the
+script for its path says (each request takes the next answer; the last one repeats; by
+default 200 "ok"). An answer is {"status": N, "body": "...", "body_size": N,
+"headers": {...}, "delay": SECONDS, "close": true} (`delay`: wait before answering;
+`close`: hang up after the reply without saying so in a header) or {"hang": true} (no
+answer at all; the connection stays open a minute).
 
 Control, over the same port:
   PUT /__receiver/secrets   ["whsec_...", ...]      the secrets to verify with
@@ -34,6 +37,7 @@ SECRETS = []
 SCRIPTS = {}
 RECEIVED = []
 AHEAD = [0.0]
+CONNECTIONS = [0]
 
 
 class ShiftedClock(datetime):
@@ -62,6 +66,12 @@ def verify(body, headers):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        with LOCK:
+            CONNECTIONS[0] += 1
+            self.connection_number = CONNECTIONS[0]
 
     def log_message(self, format, *args):
         sys.stderr.write("receiver: " + (format % args) + "\n")
@@ -112,6 +122,7 @@ class Handler(BaseHTTPRequestHandler):
                 "verified": verified,
                 "errors": errors,
                 "arrived": time.time(),
+                "connection": self.connection_number,
             })
             answers = SCRIPTS.get(self.path) or [{}]
             answer = answers.pop(0) if len(answers) > 1 else answers[0]
@@ -119,11 +130,15 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(60)
             self.close_connection = True
             return
+        if answer.get("delay"):
+            time.sleep(float(answer["delay"]))
         if "body_size" in answer:
             reply = b"x" * int(answer["body_size"])
         else:
             reply = answer.get("body", "ok").encode()
         self.answer(int(answer.get("status", 200)), reply, answer.get("headers"))
+        if answer.get("close"):
+            self.close_connection = True
 
     do_GET = handle_any
     do_POST = handle_any
@@ -132,6 +147,8 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Many endpoints' connections may come at once.
+    request_queue_size = 128
 
     def handle_error(self, request, client_address):
         # mailroom reads the first KiB of a long reply and hangs up: not an error.

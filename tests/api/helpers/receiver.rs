@@ -32,6 +32,9 @@ pub struct Arrival {
     pub errors: Vec<String>,
     /// Seconds since the Unix epoch, by this machine's clock.
     pub arrived: f64,
+    /// The connection it came on, numbered from 1 as the receiver accepted them: a
+    /// connection kept alive carries several requests.
+    pub connection: u64,
 }
 
 impl Arrival {

@@ -25,6 +25,10 @@ both_engines!(
     the_event_log_is_listed_oldest_first_paged_and_filtered,
     deliveries_are_listed_and_replayed,
     a_test_event_reports_an_endpoint_that_cannot_be_reached,
+    a_webhook_is_tested_once_at_a_time,
+    a_webhook_is_tested_at_most_ten_times_a_minute,
+    replays_of_an_event_are_one_delivery_at_a_time,
+    concurrent_rotations_make_one_new_secret,
 );
 
 /// A URL that the tests' default destination policy (loopback allowed) saves, where
@@ -681,6 +685,20 @@ async fn rotating_keeps_the_previous_secret_for_a_day(engine: Engine) {
     assert_eq!(read["previous_secret_expires_at"], *expires);
     assert!(read.get("secret").is_none());
 
+    // Rotating again within the day would end the first one's overlap at once: refused,
+    // saying until when, and how a leaked secret is dropped at once instead.
+    let again = app
+        .api(Method::POST, &format!("/v2/webhooks/{id}/rotate-secret"))
+        .send()
+        .await
+        .unwrap();
+    let refused = error_code(again, 409).await;
+    assert_eq!(refused["code"], "rotation_in_progress");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains(expires.as_str().unwrap()), "{message}");
+    assert!(message.contains("delete the webhook"), "{message}");
+    assert_eq!(app.get_json(&format!("/v2/webhooks/{id}")).await, read);
+
     // Both are kept, sealed: the new one signs, the old one beside it.
     let key = MasterKey::load(&app.settings).unwrap();
     let context = mailroom::webhooks::store::seal_context(id);
@@ -929,7 +947,8 @@ async fn deliveries_are_listed_and_replayed(engine: Engine) {
     assert_eq!(attempts[1]["http_status"], Value::Null);
     assert_eq!(attempts[1]["error"], "connection refused");
 
-    // Replayed: a new delivery of the same event (the same webhook-id).
+    // Replayed while the event's first delivery is still being tried: that one is
+    // answered, and no other is queued.
     let replayed = app
         .api(Method::POST, &format!("{path}/{delivery}/replay"))
         .send()
@@ -937,12 +956,11 @@ async fn deliveries_are_listed_and_replayed(engine: Engine) {
         .unwrap();
     assert_eq!(replayed.status(), 202);
     let replayed: Value = replayed.json().await.unwrap();
-    assert_ne!(replayed["id"], delivery.as_str());
+    assert_eq!(replayed["id"], items[1]["id"]);
     assert_eq!(replayed["event_id"], first.as_str());
     assert_eq!(replayed["event_type"], "email.sent");
     let list = app.get_json(&path).await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 4);
-    assert_eq!(list["items"][0]["id"], replayed["id"]);
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
 
     for query in [
         "status=lost",
@@ -1014,5 +1032,264 @@ async fn a_test_event_reports_an_endpoint_that_cannot_be_reached(engine: Engine)
             .as_array()
             .unwrap()
             .is_empty()
+    );
+}
+
+/// An HTTP endpoint on loopback that holds every request until `release` is called, then
+/// answers 200; it counts the requests that reached it.
+struct HoldingEndpoint {
+    url: String,
+    arrived: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl HoldingEndpoint {
+    async fn start() -> HoldingEndpoint {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let counter = arrived.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = counter.clone();
+                let mut released = released.clone();
+                tokio::spawn(async move {
+                    // The request's head and body, then the wait.
+                    let mut request = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(read) = stream.read(&mut chunk).await else {
+                            return;
+                        };
+                        if read == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&chunk[..read]);
+                        let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|line| line.strip_prefix("content-length:"))
+                                .and_then(|n| n.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = released.wait_for(|released| *released).await;
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        });
+        HoldingEndpoint {
+            url,
+            arrived,
+            release,
+        }
+    }
+
+    fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Sends `count` requests at once; each answer, status and JSON body, comes on the channel
+/// as it arrives (a request with no answer within `limit` comes as status 0).
+fn at_once(
+    count: usize,
+    limit: Duration,
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> tokio::sync::mpsc::UnboundedReceiver<(u16, Value)> {
+    let (answers, answered) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..count {
+        let sent = request().timeout(limit).send();
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            let answer = match sent.await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    (status, response.json().await.unwrap_or(Value::Null))
+                }
+                Err(_) => (0, Value::Null),
+            };
+            let _ = answers.send(answer);
+        });
+    }
+    answered
+}
+
+async fn a_webhook_is_tested_once_at_a_time(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let endpoint = HoldingEndpoint::start().await;
+    let made = webhook(&app, &endpoint.url, &["email.sent"]).await;
+    let id = made["id"].as_str().unwrap().to_string();
+    let path = format!("/v2/webhooks/{id}/test");
+    // Twenty at once: one goes to the endpoint and waits there; the others are refused
+    // at once, without touching it.
+    let mut answered = at_once(20, Duration::from_secs(8), || app.api(Method::POST, &path));
+    for _ in 0..19 {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(8), answered.recv())
+            .await
+            .expect("refused at once")
+            .unwrap();
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "test_in_progress", "{body}");
+    }
+    assert_eq!(endpoint.arrived(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(endpoint.arrived(), 1);
+    // Once it has answered, that test's answer comes back, and the next may go.
+    endpoint.release.send(true).unwrap();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(8), answered.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outcome"]["http_status"], 200, "{body}");
+    let next = app.api(Method::POST, &path).send().await.unwrap();
+    assert_eq!(next.status(), 200);
+    let next: Value = next.json().await.unwrap();
+    assert_eq!(next["outcome"]["http_status"], 200, "{next}");
+    assert_eq!(endpoint.arrived(), 2);
+    // Only the tests that went were written.
+    let log = app.get_json("/v2/events?type=webhook.test").await;
+    assert_eq!(log["items"].as_array().unwrap().len(), 2, "{log}");
+}
+
+async fn a_webhook_is_tested_at_most_ten_times_a_minute(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let made = webhook(&app, NOWHERE, &["email.sent"]).await;
+    let path = format!("/v2/webhooks/{}/test", made["id"].as_str().unwrap());
+    for _ in 0..10 {
+        let tested = app.api(Method::POST, &path).send().await.unwrap();
+        assert_eq!(tested.status(), 200);
+    }
+    let refused = app.api(Method::POST, &path).send().await.unwrap();
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(error_code(refused, 429).await["code"], "rate_limited");
+    // Refused before anything was written or sent.
+    let log = app.get_json("/v2/events?type=webhook.test").await;
+    assert_eq!(log["items"].as_array().unwrap().len(), 10);
+    // Another webhook has its own allowance.
+    let other = webhook(&app, NOWHERE, &["email.sent"]).await;
+    let tested = app
+        .api(
+            Method::POST,
+            &format!("/v2/webhooks/{}/test", other["id"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tested.status(), 200);
+    // When Retry-After says, the next goes.
+    app.advance_clock(Duration::from_secs(wait)).await;
+    let tested = app.api(Method::POST, &path).send().await.unwrap();
+    assert_eq!(tested.status(), 200);
+}
+
+/// The ids of the deliveries `count` replays of `event` answered, each a 202.
+async fn replayed_ids(
+    mut answered: tokio::sync::mpsc::UnboundedReceiver<(u16, Value)>,
+    count: usize,
+    event: &str,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let (status, body) = answered.recv().await.unwrap();
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["event_id"], event);
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+async fn replays_of_an_event_are_one_delivery_at_a_time(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let made = webhook(&app, NOWHERE, &["email.sent"]).await;
+    let id = made["id"].as_str().unwrap().to_string();
+    let event = record(&app, &app.admin.account_id, "email.sent", "em_1").await;
+    let path = format!("/v2/webhooks/{id}/deliveries");
+    let first = app.get_json(&path).await["items"][0].clone();
+    let first_id = first["id"].as_str().unwrap().to_string();
+    let replay = format!("{path}/{first_id}/replay");
+    let replays_at_once = |count| {
+        at_once(count, Duration::from_secs(10), || {
+            app.api(Method::POST, &replay)
+        })
+    };
+    // The first delivery fails and waits for its next try: replays answer it (due again
+    // at once) and queue nothing.
+    let ids = replayed_ids(replays_at_once(30), 30, &event).await;
+    assert!(ids.iter().all(|replayed| *replayed == first_id), "{ids:?}");
+    let list = app.get_json(&path).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+
+    // Once it is final (out of attempts, as the worker leaves it), a replay queues a new
+    // delivery of the event, and only one, however many come at once.
+    sqlx::query("UPDATE webhook_deliveries SET status = 'failed' WHERE id = $1")
+        .bind(&first_id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let ids = replayed_ids(replays_at_once(30), 30, &event).await;
+    assert_ne!(ids[0], first_id);
+    assert!(ids.iter().all(|replayed| *replayed == ids[0]), "{ids:?}");
+    let list = app.get_json(&path).await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{list}");
+    assert_eq!(items[0]["id"], ids[0].as_str());
+    assert_eq!(items[0]["event_id"], event.as_str());
+}
+
+async fn concurrent_rotations_make_one_new_secret(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let made = webhook(&app, NOWHERE, &["email.sent"]).await;
+    let id = made["id"].as_str().unwrap().to_string();
+    let path = format!("/v2/webhooks/{id}/rotate-secret");
+    let mut answered = at_once(10, Duration::from_secs(10), || app.api(Method::POST, &path));
+    let mut rotated = Vec::new();
+    for _ in 0..10 {
+        let (status, body) = answered.recv().await.unwrap();
+        match status {
+            200 => rotated.push(body),
+            409 => assert_eq!(body["error"]["code"], "rotation_in_progress", "{body}"),
+            _ => panic!("{status} {body}"),
+        }
+    }
+    assert_eq!(rotated.len(), 1, "{rotated:?}");
+    // The first secret is the previous one, beside the one answered.
+    let key = MasterKey::load(&app.settings).unwrap();
+    let context = mailroom::webhooks::store::seal_context(&id);
+    let (current, previous): (String, String) =
+        sqlx::query_as("SELECT secret, previous_secret FROM webhooks WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        key.open(&current, &context).unwrap(),
+        rotated[0]["secret"].as_str().unwrap().as_bytes()
+    );
+    assert_eq!(
+        key.open(&previous, &context).unwrap(),
+        made["secret"].as_str().unwrap().as_bytes()
     );
 }

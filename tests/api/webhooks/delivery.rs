@@ -2,7 +2,9 @@
 //! verifying with the `standardwebhooks` package) gets, signed, in order, retried, and
 //! what mailroom records of each attempt; endpoints disabled on 410 and after a day of
 //! failures; secret rotation; replay; no redirects; TLS; the destination policy; a crash
-//! mid-delivery; two instances on one PostgreSQL database.
+//! mid-delivery; two instances on one PostgreSQL database; replies with control
+//! characters; one account's silent endpoints against another's; connections kept alive;
+//! old events pruned; jobs given back untried when their lease runs short in line.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -10,7 +12,8 @@ use std::time::{Duration, Instant};
 use mailroom::config::Settings;
 use mailroom::domains::model::DomainStatus;
 use mailroom::domains::store::set_status_by_operator;
-use mailroom::mail::destination::WEBHOOK_RULE;
+use mailroom::events::{self, NewEvent};
+use mailroom::mail::destination::WEBHOOK_RULE_SHORT;
 use mailroom::store::Db;
 use mailroom::tenancy::accounts::create_account;
 use mailroom::types::DomainName;
@@ -35,6 +38,12 @@ both_engines!(
     a_self_signed_endpoint_fails_with_a_readable_error,
     loopback_names_are_refused_without_the_allow_list,
     a_killed_instance_delivers_after_restart,
+    a_reply_with_control_characters_is_recorded_escaped,
+    silent_endpoints_of_one_account_hold_up_no_other_account,
+    kept_alive_connections_are_reused,
+    an_endpoint_that_hangs_up_after_each_reply_loses_nothing,
+    old_events_go_unless_a_delivery_still_needs_them,
+    a_job_whose_lease_runs_short_in_line_is_given_back_untried,
 );
 
 const DOMAIN: &str = "acme.example";
@@ -49,6 +58,51 @@ async fn setup(
     let (app, relay) = spawn_app_with_relay(engine, configure).await;
     app.active_domain(DOMAIN).await;
     Some((app, relay, receiver))
+}
+
+/// An app without a relay, and a receiver; `None` when the receiver cannot run.
+async fn app_and_receiver(
+    engine: Engine,
+    configure: impl FnOnce(&mut Settings),
+) -> Option<(TestApp, Receiver)> {
+    let receiver = Receiver::start()?;
+    let app = spawn_app_with(engine, configure).await;
+    Some((app, receiver))
+}
+
+/// Writes `count` events of `kind` for the account in one transaction, as the changes
+/// that cause them would, each about an object of its own (so that none waits for
+/// another); answers their ids.
+async fn record_events(app: &TestApp, account_id: &str, kind: &str, count: usize) -> Vec<String> {
+    let mut tx = app.db.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let object = mailroom::store::new_id("obj");
+        let event = NewEvent {
+            account_id: Some(account_id),
+            entity_id: None,
+            kind,
+            object_key: &object,
+            email_id: None,
+            recipient: None,
+            detail: None,
+            data: Some(json!({"id": object})),
+        };
+        ids.push(events::record(&mut tx, event, app.db.now()).await.unwrap());
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+/// The ids of the account's events `GET /v2/events` lists.
+async fn listed_events(app: &TestApp) -> Vec<String> {
+    let page = app.get_json("/v2/events?limit=200").await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Adds a webhook to `url` for `events`; answers its id and secret.
@@ -355,7 +409,11 @@ async fn a_silent_endpoint_holds_up_no_other(engine: Engine) {
 
 /// Waits until the webhook `id` has nothing pending or under way.
 async fn settle_one(app: &TestApp, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    settle_one_within(app, id, Duration::from_secs(10)).await
+}
+
+async fn settle_one_within(app: &TestApp, id: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
     loop {
         let open: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = $1 \
@@ -564,8 +622,20 @@ async fn loopback_names_are_refused_without_the_allow_list(engine: Engine) {
     let outcome = test_delivery(&app, &webhook_id).await;
     assert!(outcome["http_status"].is_null(), "{outcome}");
     let error = outcome["error"].as_str().unwrap();
-    assert!(error.contains(WEBHOOK_RULE), "{error}");
+    assert!(error.contains(WEBHOOK_RULE_SHORT), "{error}");
     assert!(error.contains("localhost:8443"), "{error}");
+    // A name that does not resolve reads the same: which internal names exist is not told.
+    let (unknown, _) = add_webhook(
+        &app,
+        "https://no-such-host.invalid:8443/hook",
+        &["email.queued"],
+    )
+    .await;
+    let outcome = test_delivery(&app, &unknown).await;
+    assert_eq!(
+        outcome["error"].as_str().unwrap(),
+        error.replace("localhost", "no-such-host.invalid")
+    );
 }
 
 /// A crash mid-delivery loses nothing: the lease runs out and the next instance delivers.
@@ -704,5 +774,296 @@ async fn two_instances_deliver_each_event_once() {
         let ids: HashSet<&str> = arrived.iter().map(Arrival::id).collect();
         assert_eq!(ids.len(), 20, "{path}");
         assert!(arrived.iter().all(|a| a.verified == [secret]), "{path}");
+    }
+}
+
+/// A reply's body is stored as text a user reads: its control characters (a NUL, which
+/// PostgreSQL refuses in text, an escape sequence, line breaks) are spelled out. The
+/// attempt is recorded, the delivery ends, and the event is not sent again; other
+/// endpoints' attempts finished at the same moment are recorded with it.
+async fn a_reply_with_control_characters_is_recorded_escaped(engine: Engine) {
+    let Some((app, receiver)) = app_and_receiver(engine, |_| {}).await else {
+        return;
+    };
+    let (controls_id, _) = add_webhook(&app, &receiver.url("/controls"), &["email.sent"]).await;
+    let (plain_id, _) = add_webhook(&app, &receiver.url("/plain"), &["email.sent"]).await;
+    receiver
+        .script(
+            "/controls",
+            json!([{"status": 200, "body": "ok\u{0}\u{1b}[31m\r\nbye\u{7f}"}]),
+        )
+        .await;
+    let written = record_events(&app, &app.admin.account_id, "email.sent", 3).await;
+    receiver
+        .wait_for("/controls", 3, Duration::from_secs(20))
+        .await;
+    receiver
+        .wait_for("/plain", 3, Duration::from_secs(20))
+        .await;
+    settle(&app.db).await;
+    for (webhook_id, response) in [
+        (&controls_id, "ok\\0\\x1b[31m\\r\\nbye\\x7f"),
+        (&plain_id, "ok"),
+    ] {
+        let recorded = deliveries(&app, webhook_id).await;
+        assert_eq!(recorded.len(), 3, "{recorded:?}");
+        for delivery in &recorded {
+            assert_eq!(delivery["status"], "succeeded", "{delivery}");
+            let attempts = delivery["attempts"].as_array().unwrap();
+            assert_eq!(attempts.len(), 1, "{delivery}");
+            assert_eq!(attempts[0]["http_status"], 200, "{delivery}");
+            assert_eq!(attempts[0]["response"], response, "{delivery}");
+        }
+        let recorded_ids: HashSet<&str> = recorded
+            .iter()
+            .map(|d| d["event_id"].as_str().unwrap())
+            .collect();
+        let written_ids: HashSet<&str> = written.iter().map(String::as_str).collect();
+        assert_eq!(recorded_ids, written_ids);
+    }
+    // Past every lease: nothing goes out again.
+    let mut ahead = Duration::ZERO;
+    advance(&app, &receiver, &mut ahead, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received_on("/controls").await.len(), 3);
+    assert_eq!(receiver.received_on("/plain").await.len(), 3);
+}
+
+/// Jobs of the account's endpoints held by this instance (claimed, their lease live).
+async fn held_by(app: &TestApp, account_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+         WHERE w.account_id = $1 AND d.status = 'delivering' AND d.next_attempt_at > $2",
+    )
+    .bind(account_id)
+    .bind(app.db.now().0)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap()
+}
+
+/// An account whose endpoints never answer holds jobs of its own only: another account's
+/// event goes out at once. With 16 turns per endpoint, each of the six silent endpoints
+/// may take 256 jobs ahead, together more than all the jobs an instance holds at once;
+/// only the limit on what one account holds leaves room for the other's.
+async fn silent_endpoints_of_one_account_hold_up_no_other_account(engine: Engine) {
+    let Some((app, receiver)) = app_and_receiver(engine, |s| s.webhook_concurrency = 16).await
+    else {
+        return;
+    };
+    let crowded = app.admin.account_id.clone();
+    for n in 0..6 {
+        let path = format!("/silent{n}");
+        receiver.script(&path, json!([{"hang": true}])).await;
+        add_webhook(&app, &receiver.url(&path), &["email.sent"]).await;
+    }
+    record_events(&app, &crowded, "email.sent", 200).await;
+    // Until the silent endpoints hold all they may: the count stays the same a second.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let (mut held, mut same_since) = (0, Instant::now());
+    loop {
+        let now_held = held_by(&app, &crowded).await;
+        if now_held != held {
+            (held, same_since) = (now_held, Instant::now());
+        } else if held > 0 && same_since.elapsed() >= Duration::from_secs(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} jobs held, still changing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(held >= 100, "the silent endpoints hold {held} jobs");
+
+    let other = app.other_account().await;
+    let response = app
+        .with_key(&other.api_key, Method::POST, "/v2/webhooks")
+        .json(&json!({"url": receiver.url("/other"), "events": ["email.sent"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let started = Instant::now();
+    let written = record_events(&app, &other.account_id, "email.sent", 1).await;
+    let arrived = receiver.wait_for("/other", 1, Duration::from_secs(3)).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(arrived[0].id(), written[0]);
+    // …while the silent endpoints still held their jobs.
+    let still_held = held_by(&app, &crowded).await;
+    assert!(still_held >= 100, "{still_held}");
+}
+
+/// An endpoint that keeps connections alive gets its events over a few of them (at most
+/// one per turn of its concurrency cap), not one connection per event.
+async fn kept_alive_connections_are_reused(engine: Engine) {
+    let Some((app, receiver)) = app_and_receiver(engine, |s| s.webhook_concurrency = 4).await
+    else {
+        return;
+    };
+    let (webhook_id, secret) = add_webhook(&app, &receiver.url("/keep"), &["email.sent"]).await;
+    receiver.verify_with(&[&secret]).await;
+    let written = record_events(&app, &app.admin.account_id, "email.sent", 20).await;
+    let arrived = receiver
+        .wait_for("/keep", 20, Duration::from_secs(20))
+        .await;
+    assert_signed(&arrived);
+    let ids: HashSet<&str> = arrived.iter().map(Arrival::id).collect();
+    let written_ids: HashSet<&str> = written.iter().map(String::as_str).collect();
+    assert_eq!(ids, written_ids);
+    let connections: HashSet<u64> = arrived.iter().map(|a| a.connection).collect();
+    assert!(
+        connections.len() <= 4,
+        "20 events came over {} connections",
+        connections.len()
+    );
+    settle_one(&app, &webhook_id).await;
+    let recorded = deliveries(&app, &webhook_id).await;
+    assert!(
+        recorded.iter().all(|d| d["status"] == "succeeded"),
+        "{recorded:?}"
+    );
+}
+
+/// An endpoint that hangs up after each reply, without saying so in a header, makes every
+/// kept connection useless: each event still arrives, in one attempt.
+async fn an_endpoint_that_hangs_up_after_each_reply_loses_nothing(engine: Engine) {
+    let Some((app, receiver)) = app_and_receiver(engine, |s| s.webhook_concurrency = 4).await
+    else {
+        return;
+    };
+    let (webhook_id, secret) = add_webhook(&app, &receiver.url("/close"), &["email.sent"]).await;
+    receiver.verify_with(&[&secret]).await;
+    receiver.script("/close", json!([{"close": true}])).await;
+    let written = record_events(&app, &app.admin.account_id, "email.sent", 20).await;
+    let arrived = receiver
+        .wait_for("/close", 20, Duration::from_secs(20))
+        .await;
+    assert_signed(&arrived);
+    let ids: HashSet<&str> = arrived.iter().map(Arrival::id).collect();
+    let written_ids: HashSet<&str> = written.iter().map(String::as_str).collect();
+    assert_eq!(ids, written_ids);
+    settle_one(&app, &webhook_id).await;
+    let recorded = deliveries(&app, &webhook_id).await;
+    assert_eq!(recorded.len(), 20);
+    for delivery in &recorded {
+        assert_eq!(delivery["status"], "succeeded", "{delivery}");
+        let attempts = delivery["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "no failed attempt: {delivery}");
+        assert_eq!(attempts[0]["http_status"], 200, "{delivery}");
+    }
+}
+
+/// Events older than the retention go with their deliveries, except one whose delivery
+/// is still being retried; a delivery waiting for a disabled endpoint keeps its event
+/// only as long as the retries would have lasted (about three days) and a day more.
+/// The worker prunes once a minute (real time): the test waits for it.
+async fn old_events_go_unless_a_delivery_still_needs_them(engine: Engine) {
+    let Some((app, receiver)) = app_and_receiver(engine, |s| s.event_retention_days = 1).await
+    else {
+        return;
+    };
+    let account = app.admin.account_id.clone();
+    let (delivered_to, _) = add_webhook(&app, &receiver.url("/ok"), &["domain.verified"]).await;
+    let (failing, _) = add_webhook(&app, &receiver.url("/failing"), &["sender.verified"]).await;
+    let (disabled, _) = add_webhook(&app, &receiver.url("/off"), &["mailbox.created"]).await;
+    receiver.script("/failing", json!([{"status": 503}])).await;
+    receiver.script("/off", json!([{"status": 503}])).await;
+    let mut ahead = Duration::ZERO;
+
+    // Day 0: an event whose endpoint fails once, then is turned off.
+    let waiting = record_events(&app, &account, "mailbox.created", 1).await;
+    receiver.wait_for("/off", 1, Duration::from_secs(20)).await;
+    settle(&app.db).await;
+    let response = app
+        .api(Method::PATCH, &format!("/v2/webhooks/{disabled}"))
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(deliveries(&app, &disabled).await[0]["status"], "pending");
+
+    // Day 3: one event delivered, one whose endpoint keeps failing.
+    advance(&app, &receiver, &mut ahead, Duration::from_secs(3 * 86_400)).await;
+    let delivered = record_events(&app, &account, "domain.verified", 1).await;
+    let retried = record_events(&app, &account, "sender.verified", 1).await;
+    receiver.wait_for("/ok", 1, Duration::from_secs(20)).await;
+    receiver
+        .wait_for("/failing", 1, Duration::from_secs(20))
+        .await;
+    settle(&app.db).await;
+    assert_eq!(
+        listed_events(&app).await,
+        [waiting[0].clone(), delivered[0].clone(), retried[0].clone()]
+    );
+
+    // Day 4.5: the delivered event is past the retention, the disabled endpoint's past
+    // every retry and a day; the failing endpoint's delivery is still being retried.
+    advance(&app, &receiver, &mut ahead, Duration::from_secs(36 * 3600)).await;
+    receiver
+        .wait_for("/failing", 2, Duration::from_secs(20))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(75);
+    loop {
+        let listed = listed_events(&app).await;
+        if !listed.contains(&delivered[0]) {
+            assert_eq!(listed, retried, "only the event still retried is kept");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not pruned: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(deliveries(&app, &delivered_to).await.is_empty());
+    assert!(deliveries(&app, &disabled).await.is_empty());
+    let kept = deliveries(&app, &failing).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["event_id"], retried[0].as_str());
+    assert!(
+        kept[0]["status"] == "pending" || kept[0]["status"] == "delivering",
+        "{kept:?}"
+    );
+}
+
+/// A job claimed with others waits in its endpoint's line (one at a time here, each
+/// answer taking 8 s); when its turn comes with too little of its 30 s lease left for an
+/// attempt, it is given back untried and claimed again: it arrives once, and its first
+/// recorded attempt is number 1.
+async fn a_job_whose_lease_runs_short_in_line_is_given_back_untried(engine: Engine) {
+    let Some((app, receiver)) = app_and_receiver(engine, |s| s.webhook_concurrency = 1).await
+    else {
+        return;
+    };
+    let (webhook_id, secret) = add_webhook(&app, &receiver.url("/slow"), &["email.sent"]).await;
+    receiver.verify_with(&[&secret]).await;
+    receiver.script("/slow", json!([{"delay": 8}])).await;
+    let written = record_events(&app, &app.admin.account_id, "email.sent", 4).await;
+    let arrived = receiver.wait_for("/slow", 4, Duration::from_secs(55)).await;
+    // Long enough for a second attempt at a job whose lease ran out mid-attempt.
+    settle_one_within(&app, &webhook_id, Duration::from_secs(20)).await;
+    let arrived_again = receiver.received_on("/slow").await;
+    assert_eq!(arrived_again.len(), 4, "each event once: {arrived_again:?}");
+    assert_signed(&arrived);
+    let ids: Vec<&str> = arrived.iter().map(Arrival::id).collect();
+    let mut expected: Vec<&str> = written.iter().map(String::as_str).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(sorted, expected);
+    // One at a time: each answer took 8 s.
+    for pair in arrived.windows(2) {
+        assert!(pair[1].arrived - pair[0].arrived >= 7.5, "{arrived:?}");
+    }
+    let recorded = deliveries(&app, &webhook_id).await;
+    assert_eq!(recorded.len(), 4);
+    for delivery in &recorded {
+        assert_eq!(delivery["status"], "succeeded", "{delivery}");
+        let numbers: Vec<&Value> = delivery["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| &a["number"])
+            .collect();
+        assert_eq!(numbers, [1], "{delivery}");
     }
 }
