@@ -146,8 +146,8 @@ pub struct Settings {
     /// an event; one still being delivered to a webhook stays until that ends.
     #[serde(deserialize_with = "number")]
     pub event_retention_days: u64,
-    /// Deliveries one webhook endpoint may have under way at once, so that a slow
-    /// endpoint holds up only its own.
+    /// Deliveries one webhook endpoint may have under way at once on each instance, so
+    /// that a slow endpoint holds up only its own.
     #[serde(deserialize_with = "number")]
     pub webhook_concurrency: u64,
     /// Consecutive failed deliveries (over at least 24 hours) after which an endpoint is

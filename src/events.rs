@@ -53,6 +53,28 @@ pub struct NewEvent<'a> {
     pub data: Option<serde_json::Value>,
 }
 
+impl<'a> NewEvent<'a> {
+    /// An event about an object that is not an email: `data` is `object` as the API shows it.
+    pub fn about(
+        account_id: &'a str,
+        entity_id: Option<&'a str>,
+        kind: &'a str,
+        object_key: &'a str,
+        object: &impl Serialize,
+    ) -> serde_json::Result<NewEvent<'a>> {
+        Ok(NewEvent {
+            account_id: Some(account_id),
+            entity_id,
+            kind,
+            object_key,
+            email_id: None,
+            recipient: None,
+            detail: None,
+            data: Some(serde_json::to_value(object)?),
+        })
+    }
+}
+
 /// Writes `event` on `conn`, inside the caller's transaction, with a delivery job for each
 /// enabled webhook of the account subscribed to its type; answers its id.
 pub async fn record(

@@ -85,6 +85,7 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (webhook_id, next_attempt_at, position) WHERE status IN ('pending', 'delivering');
 CREATE INDEX webhook_deliveries_under_way ON webhook_deliveries (webhook_id) WHERE status = 'delivering';
 CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries (webhook_id, position);
+CREATE INDEX webhook_deliveries_by_status ON webhook_deliveries (webhook_id, status, position);
 CREATE INDEX webhook_deliveries_by_object ON webhook_deliveries (webhook_id, object_key, position) WHERE status IN ('pending', 'delivering');
 CREATE INDEX webhook_deliveries_by_event ON webhook_deliveries (event_id);
 

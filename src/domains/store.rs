@@ -326,21 +326,12 @@ async fn record_status_event(
     event: DomainEvent<'_>,
     at: Timestamp,
 ) -> anyhow::Result<()> {
-    crate::events::record(
-        conn,
-        crate::events::NewEvent {
-            account_id: Some(event.account_id),
-            entity_id: None,
-            kind: event.view.status.event_type(),
-            object_key: event.domain_id,
-            email_id: None,
-            recipient: None,
-            detail: Some(event.reason),
-            data: Some(serde_json::to_value(event.view)?),
-        },
-        at,
-    )
-    .await?;
+    let kind = event.view.status.event_type();
+    let new = crate::events::NewEvent {
+        detail: Some(event.reason),
+        ..crate::events::NewEvent::about(event.account_id, None, kind, event.domain_id, event.view)?
+    };
+    crate::events::record(conn, new, at).await?;
     Ok(())
 }
 

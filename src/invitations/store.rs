@@ -275,21 +275,10 @@ pub async fn record_event(
     at: Timestamp,
 ) -> anyhow::Result<()> {
     let view = &invitation.stored.invitation;
-    crate::events::record(
-        conn,
-        crate::events::NewEvent {
-            account_id: Some(&invitation.account_id),
-            entity_id: Some(&view.entity_id),
-            kind,
-            object_key: &view.id,
-            email_id: None,
-            recipient: None,
-            detail: None,
-            data: Some(serde_json::to_value(view)?),
-        },
-        at,
-    )
-    .await?;
+    let account_id = &invitation.account_id;
+    let event =
+        crate::events::NewEvent::about(account_id, Some(&view.entity_id), kind, &view.id, view)?;
+    crate::events::record(conn, event, at).await?;
     Ok(())
 }
 

@@ -265,13 +265,19 @@ pub async fn record_event(
             })),
         })
     });
+    // A recipient's events go out in order; recipients of one email need not wait for
+    // each other.
+    let object_key = match recipient {
+        Some(address) => format!("{}/{address}", email.id),
+        None => email.id.to_string(),
+    };
     crate::events::record(
         conn,
         crate::events::NewEvent {
             account_id: email.account_id,
             entity_id: email.entity_id,
             kind: &kind,
-            object_key: email.id,
+            object_key: &object_key,
             email_id: Some(email.id),
             recipient,
             detail,

@@ -265,21 +265,9 @@ async fn record_event(
     mailbox: &Mailbox,
     at: i64,
 ) -> sqlx::Result<()> {
-    let data = serde_json::to_value(mailbox).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    crate::events::record(
-        conn,
-        crate::events::NewEvent {
-            account_id: Some(account_id),
-            entity_id: None,
-            kind,
-            object_key: &mailbox.id.to_string(),
-            email_id: None,
-            recipient: None,
-            detail: None,
-            data: Some(data),
-        },
-        Timestamp(at),
-    )
-    .await?;
+    let id = mailbox.id.to_string();
+    let event = crate::events::NewEvent::about(account_id, None, kind, &id, mailbox)
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    crate::events::record(conn, event, Timestamp(at)).await?;
     Ok(())
 }

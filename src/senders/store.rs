@@ -299,21 +299,9 @@ pub async fn record_event(
     view: &SenderAddress,
     at: Timestamp,
 ) -> anyhow::Result<()> {
-    crate::events::record(
-        conn,
-        crate::events::NewEvent {
-            account_id: Some(&view.account_id),
-            entity_id: view.organization_id.as_deref(),
-            kind,
-            object_key: &view.id,
-            email_id: None,
-            recipient: None,
-            detail: None,
-            data: Some(serde_json::to_value(view)?),
-        },
-        at,
-    )
-    .await?;
+    let entity_id = view.organization_id.as_deref();
+    let event = crate::events::NewEvent::about(&view.account_id, entity_id, kind, &view.id, view)?;
+    crate::events::record(conn, event, at).await?;
     Ok(())
 }
 

@@ -13,30 +13,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::Rng;
-use serde::Serialize;
 use sqlx::Row;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use utoipa::ToSchema;
 
 use super::client::{self, Connections, Reply};
+use super::model::Outcome;
 use super::signature::{self, SigningKey};
 use crate::config::Settings;
 use crate::mail::destination::Policy;
 use crate::store::crypto::MasterKey;
 use crate::store::{Db, Engine, placeholders};
 use crate::types::text::escape_controls;
-
-/// What one attempt at a delivery came to.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Outcome {
-    /// The endpoint's HTTP status; `null` when no answer came.
-    pub http_status: Option<u16>,
-    pub latency_ms: i64,
-    /// The first KiB of the reply's body.
-    pub response: Option<String>,
-    /// Why no answer came: the destination refused by policy, a timeout, a TLS failure…
-    pub error: Option<String>,
-}
 
 /// How long the worker waits after attempt n (the n-th entry) before the next; past the
 /// end, the delivery has failed. About three days in all, each wait ±10 %.
@@ -73,6 +60,10 @@ const AHEAD: i64 = 64;
 /// `SLOTS`: endpoints that never answer cannot take the slots of other accounts' jobs.
 const ACCOUNT_HELD: i64 = 256;
 
+/// Successful attempts recorded by one statement (two parameters each; SQLite's binding
+/// cost grows with the square of a statement's parameters).
+const SUCCESSES_PER_STATEMENT: usize = 64;
+
 /// Jobs one claim takes at most (its reads bind one parameter per job).
 const CLAIM_AT_MOST: usize = 256;
 
@@ -84,6 +75,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Tries at recording an attempt (0.2 s, doubling, apart).
 const RECORD_TRIES: u32 = 6;
+
+/// Tries at recording a group of attempts together before each is tried alone.
+const GROUP_TRIES: u32 = 3;
 
 /// How long failures must have gone on before their count disables an endpoint.
 const FAILING_FOR_MS: i64 = 24 * 3_600_000;
@@ -128,32 +122,36 @@ impl Job {
 
 const RETURNING: &str = "RETURNING id, webhook_id, event_id, attempts, next_attempt_at";
 
-/// Takes the lease on up to `limit` due jobs for this instance alone: at most `ahead` held
-/// per endpoint and `ACCOUNT_HELD` per account (those of other claims counted), and none
-/// while an earlier job about the same object waits for its first attempt or is being
+/// Takes the lease on up to `limit` due jobs for this instance alone: at most `cap` ×
+/// `AHEAD` held per endpoint — only `cap` for an endpoint that is failing, whose jobs
+/// would only wait — and `ACCOUNT_HELD` per account (those of other claims counted), and
+/// none while an earlier job about the same object waits for its first attempt or is being
 /// attempted, so that one object's events arrive in order while the endpoint answers; an
 /// earlier job that failed and waits for its retry does not hold the later ones back.
 /// Each enabled endpoint's first due jobs are read from its own index, so a long backlog
 /// at one endpoint costs the others nothing; each account's first job comes before any
 /// account's second, so that one account's endpoints cannot take every slot.
-async fn claim_due(db: &Db, ahead: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
+async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
     let lock = match db.engine {
         Engine::Postgres => "FOR UPDATE SKIP LOCKED",
         Engine::Sqlite => "",
     };
-    // The `status IN (…)` terms repeat the partial indexes' conditions, so that they are used.
-    let earlier_waits = "EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.webhook_id = d.webhook_id \
-         AND e.object_key = d.object_key AND e.status IN ('pending', 'delivering') AND e.position < d.position \
-         AND ((e.status = 'delivering' AND e.next_attempt_at > $1) OR (e.status = 'pending' AND e.attempts = 0)))";
-    // Each enabled endpoint's first due jobs, endpoint by endpoint (the engines differ in
-    // how a join is made to read them so: PostgreSQL by LATERAL, SQLite by CROSS JOIN,
-    // which keeps the endpoints as the outer loop).
+    // Each enabled endpoint's first due jobs, endpoint by endpoint, none behind an earlier
+    // job about the same object that is being attempted (its lease run out or not: after
+    // a crash it goes first) or not attempted yet. The engines differ in how a join reads
+    // them so: PostgreSQL by LATERAL, SQLite by a CROSS JOIN, which keeps the endpoints as
+    // the outer loop. The `status IN (…)` terms repeat the partial indexes' conditions, so
+    // that they are used.
     let first_due = "x.webhook_id = w.id AND x.status IN ('pending', 'delivering') \
-         AND x.next_attempt_at <= $1 ORDER BY x.next_attempt_at, x.position LIMIT $3";
+         AND x.next_attempt_at <= $1 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e \
+         WHERE e.webhook_id = x.webhook_id AND e.object_key = x.object_key \
+         AND e.status IN ('pending', 'delivering') AND e.position < x.position \
+         AND (e.status = 'delivering' OR e.attempts = 0)) \
+         ORDER BY x.next_attempt_at, x.position LIMIT $3";
     let (deliveries, picked) = match db.engine {
         Engine::Postgres => (
             format!(
-                "CROSS JOIN LATERAL (SELECT x.id, x.webhook_id, x.object_key, x.next_attempt_at, x.position \
+                "CROSS JOIN LATERAL (SELECT x.id, x.webhook_id, x.next_attempt_at, x.position \
                  FROM webhook_deliveries x WHERE {first_due}) d"
             ),
             String::from("TRUE"),
@@ -170,13 +168,13 @@ async fn claim_due(db: &Db, ahead: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
            JOIN webhooks w ON w.id = h.webhook_id GROUP BY w.account_id) \
          SELECT id FROM (SELECT due.*, ROW_NUMBER() OVER (PARTITION BY due.account_id \
            ORDER BY due.turn, due.next_attempt_at, due.position) AS account_turn \
-         FROM (SELECT d.id, d.next_attempt_at, d.position, w.account_id, \
+         FROM (SELECT d.id, d.next_attempt_at, d.position, w.account_id, w.failures, \
            COALESCE(h.busy, 0) AS busy, COALESCE(a.busy, 0) AS account_busy, \
            ROW_NUMBER() OVER (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.position) AS turn \
            FROM webhooks w {deliveries} \
            LEFT JOIN held h ON h.webhook_id = w.id LEFT JOIN account_held a ON a.account_id = w.account_id \
-           WHERE {picked} AND w.enabled = 1 AND NOT {earlier_waits}) AS due \
-         WHERE due.turn + due.busy <= $3) AS fair \
+           WHERE {picked} AND w.enabled = 1) AS due \
+         WHERE due.turn + due.busy <= CASE WHEN due.failures > 0 THEN $6 ELSE $3 END) AS fair \
          WHERE fair.account_turn + fair.account_busy <= $5 \
          ORDER BY fair.account_turn, fair.next_attempt_at, fair.position LIMIT $4"
     );
@@ -192,22 +190,25 @@ async fn claim_due(db: &Db, ahead: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
     let rows = sqlx::query(&sql)
         .bind(now)
         .bind(now + LEASE_MS)
-        .bind(ahead)
+        .bind(cap.saturating_mul(AHEAD))
         .bind(limit)
         .bind(ACCOUNT_HELD)
+        .bind(cap)
         .fetch_all(&db.pool)
         .await?;
     rows.iter().map(Job::from_row).collect()
 }
 
-/// Takes the lease on the job `id`, due or not, whatever the cap and order (a test, a
-/// replay): `None` when it is final or another attempt has it.
+/// Takes the lease on the job `id` if it was never attempted (or its attempt's lease ran
+/// out), whatever the cap and order (a test): `None` when it is final, has been attempted,
+/// or another attempt has it.
 async fn claim_one(db: &Db, id: &str) -> sqlx::Result<Option<Job>> {
     let now = db.now().0;
     let row = sqlx::query(&format!(
         "UPDATE webhook_deliveries SET status = 'delivering', attempts = attempts + 1, \
          next_attempt_at = $2, updated_at = $1 WHERE id = $3 \
-         AND (status = 'pending' OR (status = 'delivering' AND next_attempt_at <= $1)) {RETURNING}"
+         AND ((status = 'pending' AND attempts = 0) OR (status = 'delivering' AND next_attempt_at <= $1)) \
+         {RETURNING}"
     ))
     .bind(now)
     .bind(now + LEASE_MS)
@@ -475,14 +476,86 @@ struct Attempted {
 async fn record(db: &Db, attempts: &[Attempted], disable_after: u64) -> sqlx::Result<usize> {
     let now = db.now().0;
     let mut tx = db.begin().await?;
+    let (succeeded, mut others): (Vec<&Attempted>, Vec<&Attempted>) = attempts
+        .iter()
+        .partition(|attempted| attempted.verdict == Verdict::Succeeded);
+    // Endpoints' rows are locked in one order, whoever records (PostgreSQL).
+    others.sort_by(|a, b| a.job.webhook_id.cmp(&b.job.webhook_id));
     let mut recorded = 0;
-    for attempted in attempts {
+    // Successes, the most of them by far, a few statements for a whole chunk.
+    for chunk in succeeded.chunks(SUCCESSES_PER_STATEMENT) {
+        recorded += record_successes(&mut tx, chunk, now).await?;
+    }
+    for attempted in others {
         if record_one(&mut tx, attempted, disable_after, now).await? {
             recorded += 1;
         }
     }
     tx.commit().await?;
     Ok(recorded)
+}
+
+/// Records successful attempts, those whose lease is still theirs: the jobs `succeeded`,
+/// an attempt row each, and their endpoints' runs of failures ended.
+async fn record_successes(
+    tx: &mut sqlx::AnyConnection,
+    attempts: &[&Attempted],
+    now: i64,
+) -> sqlx::Result<usize> {
+    let leases: Vec<String> = (0..attempts.len())
+        .map(|i| format!("({})", placeholders(2 + i * 2, 2)))
+        .collect();
+    let sql = format!(
+        "UPDATE webhook_deliveries SET status = 'succeeded', next_attempt_at = NULL, updated_at = $1 \
+         WHERE status = 'delivering' AND (id, next_attempt_at) IN (VALUES {}) RETURNING id",
+        leases.join(", ")
+    );
+    let mut query = sqlx::query_scalar(&sql).bind(now);
+    for attempted in attempts {
+        query = query
+            .bind(&attempted.job.id)
+            .bind(attempted.job.lease_until);
+    }
+    let ours: Vec<String> = query.fetch_all(&mut *tx).await?;
+    let ours: Vec<&&Attempted> = attempts
+        .iter()
+        .filter(|attempted| ours.contains(&attempted.job.id))
+        .collect();
+    if ours.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<String> = (0..ours.len())
+        .map(|i| format!("({})", placeholders(1 + i * 6, 6)))
+        .collect();
+    let sql = format!(
+        "INSERT INTO webhook_attempts (delivery_id, number, at, http_status, latency_ms, response) VALUES {}",
+        rows.join(", ")
+    );
+    let mut insert = sqlx::query(&sql);
+    for attempted in &ours {
+        let Attempted { job, outcome, .. } = attempted;
+        insert = insert
+            .bind(&job.id)
+            .bind(job.attempts)
+            .bind(now)
+            .bind(outcome.http_status.map(i64::from))
+            .bind(outcome.latency_ms)
+            .bind(&outcome.response);
+    }
+    insert.execute(&mut *tx).await?;
+    let mut webhooks: Vec<&str> = ours.iter().map(|a| a.job.webhook_id.as_str()).collect();
+    webhooks.sort_unstable();
+    webhooks.dedup();
+    let sql = format!(
+        "UPDATE webhooks SET failures = 0, failing_since = NULL WHERE id IN ({}) AND failures > 0",
+        placeholders(1, webhooks.len())
+    );
+    let mut reset = sqlx::query(&sql);
+    for webhook in webhooks {
+        reset = reset.bind(webhook);
+    }
+    reset.execute(&mut *tx).await?;
+    Ok(ours.len())
 }
 
 async fn record_one(
@@ -593,8 +666,8 @@ async fn record_one(
 }
 
 /// `record`, tried again a few times on a database error: an attempt not recorded is made
-/// again once its lease runs out. A group that cannot be written is written one attempt at
-/// a time, so that one bad row costs only its own attempt.
+/// again once its lease runs out. A group still refused is written one attempt at a time,
+/// so that one bad row costs only its own attempt.
 async fn record_retrying(
     db: &Db,
     attempts: &[Attempted],
@@ -604,17 +677,23 @@ async fn record_retrying(
     let mut tries = 1;
     loop {
         match record(db, attempts, disable_after).await {
+            Err(error) if tries < GROUP_TRIES => {
+                tracing::warn!(%error, tries, "cannot record webhook attempts; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                tries += 1;
+            }
+            // Still refused: a row of its own may be the cause.
             Err(error) if attempts.len() > 1 => {
                 tracing::warn!(%error, "cannot record webhook attempts together; one at a time");
                 let mut recorded = 0;
                 for attempted in attempts {
-                    recorded += Box::pin(record_retrying(
-                        db,
-                        std::slice::from_ref(attempted),
-                        disable_after,
-                    ))
-                    .await
-                    .unwrap_or(0);
+                    match record(db, std::slice::from_ref(attempted), disable_after).await {
+                        Ok(one) => recorded += one,
+                        Err(error) => {
+                            tracing::error!(delivery = %attempted.job.id, %error, "cannot record a webhook attempt")
+                        }
+                    }
                 }
                 return Ok(recorded);
             }
@@ -656,34 +735,39 @@ pub async fn deliver_now(
     policy: &Policy,
     delivery_id: &str,
 ) -> anyhow::Result<Outcome> {
-    if let Some(job) = claim_one(db, delivery_id).await? {
-        let mut prepared = prepare_all(db, master_key, vec![job]).await;
-        let (job, prepared) = prepared.pop().context("the delivery was not read")?;
-        let (outcome, verdict) = attempt(db, policy, None, &job, prepared).await;
-        log_attempt(&job, &outcome, verdict);
-        let attempted = Attempted {
-            job,
-            outcome: outcome.clone(),
-            verdict,
-        };
-        if record_retrying(db, std::slice::from_ref(&attempted), 0).await? == 0 {
-            tracing::warn!(delivery = %attempted.job.id, "lease lost before the attempt was recorded");
-        }
-        return Ok(outcome);
-    }
-    // Final already, or the worker has it: its attempt, once recorded.
+    // The worker may have it already (it was due at once): then its attempt, once
+    // recorded — or, if the worker gave it back untried, this one.
     let deadline = Instant::now() + Duration::from_millis(LEASE_MS as u64 + 5_000);
     loop {
-        let row =
-            sqlx::query("SELECT status, next_attempt_at FROM webhook_deliveries WHERE id = $1")
-                .bind(delivery_id)
-                .fetch_optional(&db.pool)
-                .await?
-                .with_context(|| format!("no delivery {delivery_id}"))?;
+        if let Some(job) = claim_one(db, delivery_id).await? {
+            let mut prepared = prepare_all(db, master_key, vec![job]).await;
+            let (job, prepared) = prepared.pop().context("the delivery was not read")?;
+            let (outcome, verdict) = attempt(db, policy, None, &job, prepared).await;
+            log_attempt(&job, &outcome, verdict);
+            let attempted = Attempted {
+                job,
+                outcome: outcome.clone(),
+                verdict,
+            };
+            if record_retrying(db, std::slice::from_ref(&attempted), 0).await? == 0 {
+                tracing::warn!(delivery = %attempted.job.id, "lease lost before the attempt was recorded");
+            }
+            return Ok(outcome);
+        }
+        let row = sqlx::query(
+            "SELECT status, attempts, next_attempt_at FROM webhook_deliveries WHERE id = $1",
+        )
+        .bind(delivery_id)
+        .fetch_optional(&db.pool)
+        .await?
+        .with_context(|| format!("no delivery {delivery_id}"))?;
         let status: String = row.try_get("status")?;
+        let attempts: i64 = row.try_get("attempts")?;
         let lease: Option<i64> = row.try_get("next_attempt_at")?;
         let under_way = status == "delivering" && lease.is_some_and(|lease| lease > db.now().0);
-        if !under_way {
+        // Given back untried since: claimed again above, on the next turn.
+        let untried = status == "pending" && attempts == 0;
+        if !under_way && !untried {
             return last_outcome(db, delivery_id).await;
         }
         if Instant::now() >= deadline {
@@ -738,20 +822,16 @@ impl Worker {
         let lines = Arc::new(Lines::default());
         let (finished, results) = mpsc::unbounded_channel();
         let recorder = tokio::spawn(self.clone().record_all(results, room.clone()));
-        let mut last_prune: Option<Instant> = None;
+        let pruner = tokio::spawn(self.clone().prune_every_minute(stop.clone()));
         tracing::info!("webhook worker started");
         while !*stop.borrow() {
-            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
-                self.prune().await;
-                last_prune = Some(Instant::now());
-            }
             let free = slots.available_permits();
             let mut full = false;
             if free > 0 {
                 let cap =
                     i64::try_from(self.settings.webhook_concurrency.max(1)).unwrap_or(i64::MAX);
                 let limit = free.min(CLAIM_AT_MOST);
-                match claim_due(&self.db, cap.saturating_mul(AHEAD), limit as i64).await {
+                match claim_due(&self.db, cap, limit as i64).await {
                     Ok(jobs) => {
                         full = jobs.len() == limit;
                         for (job, prepared) in prepare_all(&self.db, &self.master_key, jobs).await {
@@ -787,6 +867,7 @@ impl Worker {
         let _ = slots.acquire_many(SLOTS as u32).await;
         drop(finished);
         let _ = recorder.await;
+        let _ = pruner.await;
         tracing::info!("webhook worker stopped");
     }
 
@@ -852,6 +933,18 @@ impl Worker {
                 Err(error) => tracing::error!(%error, "cannot record webhook attempts"),
             }
             room.notify_one();
+        }
+    }
+
+    /// Prunes old events once a minute, apart from the deliveries: a large first prune
+    /// (after an upgrade, or a shorter retention) holds none of them up.
+    async fn prune_every_minute(self, mut stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            self.prune().await;
+            tokio::select! {
+                _ = tokio::time::sleep(PRUNE_EVERY) => {}
+                _ = stop.changed() => {}
+            }
         }
     }
 

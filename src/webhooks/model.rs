@@ -331,7 +331,7 @@ pub struct TestAnswer {
     pub delivery_id: String,
     pub event_id: String,
     /// What the endpoint replied, or why it could not be reached.
-    pub outcome: super::delivery::Outcome,
+    pub outcome: Outcome,
 }
 
 /// An event as the log lists it and webhooks receive it.
@@ -423,4 +423,16 @@ mod tests {
         assert!(parse_event_types(&[]).is_err());
         assert!(parse_event_types(&["webhook.test".to_string()]).is_err());
     }
+}
+
+/// What one attempt at a delivery came to.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Outcome {
+    /// The endpoint's HTTP status; `null` when no answer came.
+    pub http_status: Option<u16>,
+    pub latency_ms: i64,
+    /// The first KiB of the reply's body.
+    pub response: Option<String>,
+    /// Why no answer came: the destination refused by policy, a timeout, a TLS failure…
+    pub error: Option<String>,
 }

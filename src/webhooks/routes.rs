@@ -312,21 +312,9 @@ pub async fn test_webhook(
         "webhook_id": id,
         "message": "A test event from mailroom: this endpoint receives the account's events.",
     });
-    let event_id = events::record(
-        &mut tx,
-        NewEvent {
-            account_id: Some(&caller.account_id),
-            entity_id: None,
-            kind: TEST_TYPE,
-            object_key: &id,
-            email_id: None,
-            recipient: None,
-            detail: None,
-            data: Some(data),
-        },
-        now,
-    )
-    .await?;
+    let event = NewEvent::about(&caller.account_id, None, TEST_TYPE, &id, &data)
+        .map_err(anyhow::Error::from)?;
+    let event_id = events::record(&mut tx, event, now).await?;
     let delivery_id = events::queue_delivery(&mut tx, &id, &event_id, &id, now).await?;
     tx.commit().await?;
     let outcome = super::delivery::deliver_now(

@@ -198,8 +198,8 @@ pub async fn tests_since(
     since: Timestamp,
 ) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar(
-        "SELECT e.at FROM events e WHERE e.account_id = $1 AND e.type = $2 AND e.at > $3 \
-         AND EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id \
+        "SELECT e.at FROM events e WHERE e.account_id = $1 AND e.type = $2 AND e.data IS NOT NULL \
+         AND e.at > $3 AND EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id \
          AND d.webhook_id = $4 AND d.object_key = $4) ORDER BY e.at",
     )
     .bind(account_id)

@@ -44,6 +44,9 @@ both_engines!(
     an_endpoint_that_hangs_up_after_each_reply_loses_nothing,
     old_events_go_unless_a_delivery_still_needs_them,
     a_job_whose_lease_runs_short_in_line_is_given_back_untried,
+    each_recipients_events_arrive_in_order,
+    a_failing_endpoint_holds_only_its_concurrency,
+    one_objects_backlog_hides_no_other_object,
 );
 
 const DOMAIN: &str = "acme.example";
@@ -83,6 +86,28 @@ async fn record_events(app: &TestApp, account_id: &str, kind: &str, count: usize
             entity_id: None,
             kind,
             object_key: &object,
+            email_id: None,
+            recipient: None,
+            detail: None,
+            data: Some(json!({"id": object})),
+        };
+        ids.push(events::record(&mut tx, event, app.db.now()).await.unwrap());
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+/// Writes one event of `kind` about each of `objects`, in this order and in one
+/// transaction; answers their ids.
+async fn record_about(app: &TestApp, kind: &str, objects: &[String]) -> Vec<String> {
+    let mut tx = app.db.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for object in objects {
+        let event = NewEvent {
+            account_id: Some(&app.admin.account_id),
+            entity_id: None,
+            kind,
+            object_key: object,
             email_id: None,
             recipient: None,
             detail: None,
@@ -1066,4 +1091,216 @@ async fn a_job_whose_lease_runs_short_in_line_is_given_back_untried(engine: Engi
             .collect();
         assert_eq!(numbers, [1], "{delivery}");
     }
+}
+
+/// The webhook's run of failures as mailroom counts it, once it has begun.
+async fn wait_until_failing(app: &TestApp, webhook_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let failures: i64 = sqlx::query_scalar("SELECT failures FROM webhooks WHERE id = $1")
+            .bind(webhook_id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        if failures > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no failure counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The webhook's jobs being attempted or waiting for their turn.
+async fn delivering(app: &TestApp, webhook_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = $1 AND status = 'delivering'",
+    )
+    .bind(webhook_id)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap()
+}
+
+/// Each recipient's `email.queued` reaches the endpoint before its `email.sent`, even when
+/// both are due at once: the endpoint here has failed once (so it is given no more jobs
+/// than its four turns) and is busy with four slow answers while the email is queued and
+/// sent, so that all ten jobs are due together when it is free again.
+async fn each_recipients_events_arrive_in_order(engine: Engine) {
+    let Some((app, relay, receiver)) = setup(engine, |s| s.webhook_concurrency = 4).await else {
+        return;
+    };
+    let (webhook_id, secret) = add_webhook(
+        &app,
+        &receiver.url("/hook"),
+        &["email.queued", "email.sent"],
+    )
+    .await;
+    receiver.verify_with(&[&secret]).await;
+    let slow = json!({"status": 200, "delay": 4});
+    receiver
+        .script(
+            "/hook",
+            json!([{"status": 500}, slow, slow, slow, slow, {"status": 200}]),
+        )
+        .await;
+    let account = app.admin.account_id.clone();
+    record_events(&app, &account, "email.queued", 1).await;
+    receiver.wait_for("/hook", 1, Duration::from_secs(10)).await;
+    wait_until_failing(&app, &webhook_id).await;
+    record_events(&app, &account, "email.queued", 4).await;
+    receiver.wait_for("/hook", 5, Duration::from_secs(10)).await;
+
+    let recipients: Vec<String> = (0..5)
+        .map(|n| format!("customer{n}@client.example"))
+        .collect();
+    let response = app
+        .api(Method::POST, "/v2/emails")
+        .json(&json!({
+            "from": format!("billing@{DOMAIN}"),
+            "to": recipients,
+            "subject": "Your invoice",
+            "text": "Hello",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let email: Value = response.json().await.unwrap();
+    let email_id = email["id"].as_str().unwrap();
+    relay.wait_for(1, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sent: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE email_id = $1 AND type = 'email.sent'",
+        )
+        .bind(email_id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        if sent == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{sent} of 5 sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let about_the_email = |arrivals: &[Arrival]| -> Vec<Arrival> {
+        arrivals
+            .iter()
+            .filter(|a| a.json()["data"]["id"] == email_id)
+            .cloned()
+            .collect()
+    };
+    assert!(
+        about_the_email(&receiver.received_on("/hook").await).is_empty(),
+        "the email's events were all written while the endpoint was busy"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let arrived = loop {
+        let arrived = about_the_email(&receiver.received_on("/hook").await);
+        if arrived.len() >= 10 {
+            break arrived;
+        }
+        assert!(Instant::now() < deadline, "{arrived:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_signed(&arrived);
+    for recipient in &recipients {
+        let kinds: Vec<String> = arrived
+            .iter()
+            .map(Arrival::json)
+            .filter(|payload| payload["data"]["recipient"]["email"] == recipient.as_str())
+            .map(|payload| payload["type"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(kinds, ["email.queued", "email.sent"], "{recipient}");
+    }
+}
+
+/// An endpoint that keeps failing is given only as many jobs as its concurrency cap at a
+/// time: the others wait in the database, where another instance, or the endpoint's
+/// recovery, finds them, instead of in this instance's line.
+async fn a_failing_endpoint_holds_only_its_concurrency(engine: Engine) {
+    let Some((app, receiver)) = app_and_receiver(engine, |s| s.webhook_concurrency = 4).await
+    else {
+        return;
+    };
+    let (webhook_id, _) = add_webhook(&app, &receiver.url("/down"), &["email.sent"]).await;
+    receiver
+        .script("/down", json!([{"status": 500, "delay": 0.2}]))
+        .await;
+    let account = app.admin.account_id.clone();
+    record_events(&app, &account, "email.sent", 1).await;
+    receiver.wait_for("/down", 1, Duration::from_secs(10)).await;
+    wait_until_failing(&app, &webhook_id).await;
+
+    record_events(&app, &account, "email.sent", 50).await;
+    receiver.wait_for("/down", 5, Duration::from_secs(10)).await;
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(delivering(&app, &webhook_id).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(most <= 4, "{most} jobs held by a failing endpoint");
+    assert!(most > 0, "none attempted");
+    // …while it was tried all along, four at a time.
+    let tried = receiver.received_on("/down").await.len();
+    assert!(tried >= 20, "{tried} attempts in 2 s");
+}
+
+/// 300 events about one object go one at a time, in order; 20 events about other objects,
+/// written after them, do not wait behind them.
+async fn one_objects_backlog_hides_no_other_object(engine: Engine) {
+    let Some((app, receiver)) = app_and_receiver(engine, |_| {}).await else {
+        return;
+    };
+    let (_, secret) = add_webhook(&app, &receiver.url("/hook"), &["email.sent"]).await;
+    receiver.verify_with(&[&secret]).await;
+    let one = mailroom::store::new_id("obj");
+    let mut objects = vec![one.clone(); 300];
+    objects.extend((0..20).map(|_| mailroom::store::new_id("obj")));
+    let started = Instant::now();
+    let written = record_about(&app, "email.sent", &objects).await;
+    let (backlog, others) = written.split_at(300);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let arrived = loop {
+        let arrived = receiver.received_on("/hook").await;
+        let others_in = arrived
+            .iter()
+            .filter(|a| others.iter().any(|id| id == a.id()))
+            .count();
+        if others_in == others.len() {
+            break arrived;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{others_in} of 20 others arrived in 5 s, after {} of the backlog",
+            arrived.len() - others_in
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let last_other = arrived
+        .iter()
+        .rposition(|a| others.iter().any(|id| id == a.id()))
+        .unwrap();
+    let backlog_before = arrived[..last_other]
+        .iter()
+        .filter(|a| backlog.iter().any(|id| id == a.id()))
+        .count();
+    assert!(
+        backlog_before < 20,
+        "the others came after {backlog_before} of the backlog"
+    );
+
+    let arrived = receiver
+        .wait_for("/hook", 320, Duration::from_secs(90))
+        .await;
+    assert_signed(&arrived);
+    let backlog_arrived: Vec<&str> = arrived
+        .iter()
+        .map(Arrival::id)
+        .filter(|id| backlog.iter().any(|b| b == id))
+        .collect();
+    assert_eq!(backlog_arrived, backlog, "the backlog once each, in order");
 }

@@ -22,6 +22,7 @@ both_engines!(
     invitations_accepted_and_expired_are_announced,
     mailbox_calls_are_announced_without_their_passwords,
     each_recipient_of_an_email_has_its_events,
+    an_email_whose_domain_is_suspended_before_it_goes_fails,
 );
 
 /// The account's events of type `kind`, oldest first, read with `key`.
@@ -569,5 +570,63 @@ async fn each_recipient_of_an_email_has_its_events(engine: Engine) {
         2,
         "ok, then busy after its deferral"
     );
+    another_account_sees_none(&app).await;
+}
+
+/// An email scheduled from a domain the operator suspends before its time fails when its
+/// time comes (its From is no longer the account's to send as): `email.failed` for its
+/// recipient, with the reason as its reply, and nothing reaches the relay.
+async fn an_email_whose_domain_is_suspended_before_it_goes_fails(engine: Engine) {
+    let (app, relay, _dns) = app_with_relay_and_dns(engine).await;
+    let account = app.admin.account_id.clone();
+    app.active_domain("acme.example").await;
+    let at = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let tags = json!({"customer": "c-7"});
+    let sent = app
+        .api(Method::POST, "/v2/emails")
+        .json(&json!({"from": "billing@acme.example", "to": "jo@client.example",
+                      "subject": "Invoice 7", "text": "Hello", "tags": tags,
+                      "scheduled_at": at.format(&time::format_description::well_known::Rfc3339).unwrap()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202, "{}", sent.text().await.unwrap());
+    let sent: Value = sent.json().await.unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+
+    let name = DomainName::parse("acme.example").unwrap();
+    set_status_by_operator(&app.db, &app.settings, &name, None, DomainStatus::Suspended)
+        .await
+        .unwrap();
+    assert!(events(&app, "email.failed").await.is_empty());
+    app.advance_clock(Duration::from_secs(3600 + 60)).await;
+    let failed = wait_for_events(&app, "email.failed", 1).await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let event = &failed[0];
+    assert_payload(event, "email.failed", &account, None);
+    let shown = app.get_json(&format!("/v2/emails/{id}")).await;
+    assert_eq!(shown["status"], "failed", "{shown}");
+    for field in ["id", "from", "subject", "tags", "message_id", "created_at"] {
+        assert_eq!(event["data"][field], shown[field], "{field}: {event}");
+    }
+    let recipient = &event["data"]["recipient"];
+    assert_eq!(recipient["email"], "jo@client.example", "{event}");
+    assert_eq!(recipient["status"], "failed", "{event}");
+    let reply = recipient["reply"].as_str().unwrap();
+    assert!(
+        reply.contains("billing@acme.example") && reply.contains("no longer"),
+        "{reply}"
+    );
+    assert_eq!(
+        shown["recipients"][0]["last_reply"].as_str(),
+        Some(reply),
+        "the reply the email shows: {shown}"
+    );
+    let all = events(&app, EMAIL_TYPES).await;
+    assert_eq!(
+        of_recipient(&all, &id, "jo@client.example"),
+        ["email.queued", "email.failed"]
+    );
+    assert!(relay.received().is_empty(), "nothing was sent");
     another_account_sees_none(&app).await;
 }
