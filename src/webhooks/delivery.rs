@@ -275,6 +275,9 @@ async fn prepare_all(
     master_key: &MasterKey,
     jobs: Vec<Job>,
 ) -> Vec<(Job, Result<Prepared, NotSent>)> {
+    if jobs.is_empty() {
+        return Vec::new();
+    }
     let read = async {
         let mut conn = db.pool.acquire().await?;
         let event_ids: Vec<&str> = jobs.iter().map(|job| job.event_id.as_str()).collect();
