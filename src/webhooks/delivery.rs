@@ -87,8 +87,9 @@ pub const GONE_REASON: &str = "endpoint.disabled: the endpoint answered 410 Gone
 
 const USER_AGENT: &str = concat!("mailroom/", env!("CARGO_PKG_VERSION"), " (webhooks)");
 
-/// The worker: claims due deliveries and attempts each in a slot of its own, so that a
-/// slow endpoint holds only its own slots (at most `webhook_concurrency` of them).
+/// The worker: claims due deliveries ahead and lines them up per endpoint, at most
+/// `webhook_concurrency` attempts of an endpoint at once, so that a slow endpoint holds up
+/// only its own.
 #[derive(Clone)]
 pub struct Worker {
     pub db: Db,
