@@ -208,9 +208,10 @@ impl Policy {
 pub enum ConnectError {
     /// The policy refuses the destination; says why.
     Refused(String),
-    /// The name does not resolve, or no address accepted: refused, dropped or unreachable
-    /// alike. The cause is for the operator's log only: tenants' probes must not tell a
-    /// closed port from a filtered one.
+    /// The name does not resolve, or to no address. The cause is for the operator's log.
+    NoAddress(String),
+    /// No address accepted: refused, dropped or unreachable alike. The cause is for the
+    /// operator's log only: tenants' probes must not tell a closed port from a filtered one.
     Unreachable(String),
 }
 
@@ -222,20 +223,33 @@ pub async fn connect(
     port: u16,
     policy: Option<&Policy>,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    let allowed = |address| policy.is_none_or(|policy| policy.allows(address));
+    connect_where(host, port, allowed, RULE).await
+}
+
+/// Resolves `host` (unless it is an address), checks every address with `allowed` (one
+/// refused refuses the name, whose answers could alternate, with `rule` as the reason),
+/// and connects to the first that accepts; answers the connection and the address.
+pub async fn connect_where(
+    host: &str,
+    port: u16,
+    allowed: impl Fn(SocketAddr) -> bool,
+    rule: &str,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| ConnectError::Unreachable(format!("cannot resolve {host}: {e}")))?
+            .map_err(|e| ConnectError::NoAddress(format!("cannot resolve {host}: {e}")))?
             .collect(),
     };
-    if let Some(policy) = policy
-        && addresses.iter().any(|address| !policy.allows(*address))
-    {
-        // One address outside the rule refuses the name: its answers could alternate.
-        return Err(ConnectError::Refused(RULE.to_string()));
+    if addresses.is_empty() {
+        return Err(ConnectError::NoAddress(format!("{host} has no address")));
     }
-    let mut last = format!("{host} has no address");
+    if addresses.iter().any(|address| !allowed(*address)) {
+        return Err(ConnectError::Refused(rule.to_string()));
+    }
+    let mut last = String::new();
     for address in addresses {
         match TcpStream::connect(address).await {
             Ok(stream) => return Ok((stream, address)),

@@ -418,7 +418,7 @@ impl Conversation<'_> {
                 self.record("connect", false, detail);
                 return None;
             }
-            Ok(Err(ConnectError::Unreachable(cause))) => {
+            Ok(Err(ConnectError::NoAddress(cause) | ConnectError::Unreachable(cause))) => {
                 self.unreachable(&cause);
                 return None;
             }

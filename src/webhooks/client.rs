@@ -4,7 +4,6 @@
 //! authorities only, no redirects followed, and at most the first KiB of the reply read.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,10 +16,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use url::{Host, Url};
 
-use crate::mail::destination::{Policy, WEBHOOK_RULE_SHORT};
+use crate::mail::destination::{self, ConnectError, Policy, WEBHOOK_RULE_SHORT};
 use crate::types::text::escape_controls;
 
 /// Bytes of a reply's body kept (and read: the rest is never asked for).
@@ -129,14 +127,30 @@ async fn open(
         "http" => false,
         other => return Err(format!("{other}:// is not http:// or https://")),
     };
-    let (host, ip) = match url.host() {
-        Some(Host::Domain(name)) => (name.to_string(), None),
-        Some(Host::Ipv4(ip)) => (ip.to_string(), Some(IpAddr::V4(ip))),
-        Some(Host::Ipv6(ip)) => (ip.to_string(), Some(IpAddr::V6(ip))),
+    // An IPv6 address without its brackets, as it parses.
+    let host = match url.host() {
+        Some(Host::Domain(name)) => name.to_string(),
+        Some(Host::Ipv4(ip)) => ip.to_string(),
+        Some(Host::Ipv6(ip)) => ip.to_string(),
         None => return Err("the URL has no host".to_string()),
     };
     let port = url.port_or_known_default().ok_or("the URL has no port")?;
-    let stream = connect(&host, ip, port, policy, https).await?;
+    let allowed = |address| policy.allows_webhook(address, https);
+    let connected = destination::connect_where(&host, port, allowed, WEBHOOK_RULE_SHORT).await;
+    let (stream, _) = connected.map_err(|error| match error {
+        // A name that does not resolve and one that resolves outside the rule read
+        // alike, so that tenants cannot learn which internal names exist.
+        ConnectError::Refused(_) | ConnectError::NoAddress(_) => {
+            tracing::debug!(%host, ?error, "no webhook address");
+            format!("not sent to {host}:{port}: it has no address {WEBHOOK_RULE_SHORT}")
+        }
+        // The cause is for the operator's log: tenants' probes must not tell a closed
+        // port from a filtered one.
+        ConnectError::Unreachable(cause) => {
+            tracing::debug!(%cause, "no webhook connection");
+            format!("could not connect to {host}:{port}")
+        }
+    })?;
     // A POST carries its body in one write or two: Nagle would hold the second back.
     let _ = stream.set_nodelay(true);
     if https {
@@ -163,47 +177,6 @@ where
         let _ = connection.await;
     });
     Ok((sender, AbortOnDrop(driver)))
-}
-
-/// Resolves `host` (unless it is the address `ip`), checks every address against the
-/// policy, and connects to the first that accepts.
-async fn connect(
-    host: &str,
-    ip: Option<IpAddr>,
-    port: u16,
-    policy: &Policy,
-    https: bool,
-) -> Result<TcpStream, String> {
-    // A name that does not resolve and one that resolves outside the rule read alike, so
-    // that tenants cannot learn which internal names exist.
-    let refused = || format!("not sent to {host}:{port}: it has no address {WEBHOOK_RULE_SHORT}");
-    let addresses: Vec<SocketAddr> = match ip {
-        Some(ip) => vec![SocketAddr::new(ip, port)],
-        None => match tokio::net::lookup_host((host, port)).await {
-            Ok(addresses) => addresses.collect(),
-            Err(error) => {
-                tracing::debug!(%host, %error, "a webhook's host does not resolve");
-                Vec::new()
-            }
-        },
-    };
-    // One address outside the rule refuses the name: its answers could alternate.
-    if addresses.is_empty()
-        || addresses
-            .iter()
-            .any(|address| !policy.allows_webhook(*address, https))
-    {
-        return Err(refused());
-    }
-    for address in &addresses {
-        match TcpStream::connect(address).await {
-            Ok(stream) => return Ok(stream),
-            // The cause is for the operator's log: tenants' probes must not tell a closed
-            // port from a filtered one.
-            Err(error) => tracing::debug!(%address, %error, "no webhook connection"),
-        }
-    }
-    Err(format!("could not connect to {host}:{port}"))
 }
 
 fn request(
