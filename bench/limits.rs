@@ -102,25 +102,29 @@ pub async fn resolve_loop(
     concurrency: usize,
 ) -> anyhow::Result<()> {
     let db = crate::seed::open().await?;
-    let rows = sqlx::query(
-        "SELECT l.domain_id, l.record_type, l.name FROM domain_lookups l \
-         JOIN domains d ON d.id = l.domain_id WHERE d.name LIKE $1",
-    )
-    .bind(format!("%.{suffix}"))
-    .fetch_all(&db.pool)
-    .await?;
+    let rows =
+        sqlx::query("SELECT id, lookups FROM domains WHERE name LIKE $1 AND lookups IS NOT NULL")
+            .bind(format!("%.{suffix}"))
+            .fetch_all(&db.pool)
+            .await?;
     let mut by_domain: BTreeMap<String, Vec<(RecordType, String)>> = BTreeMap::new();
+    let mut queries = 0;
     for row in &rows {
-        let record_type = match row.try_get::<String, _>("record_type")?.as_str() {
-            "CNAME" => RecordType::CNAME,
-            "MX" => RecordType::MX,
-            _ => RecordType::TXT,
-        };
-        let name: String = row.try_get("name")?;
-        by_domain
-            .entry(row.try_get("domain_id")?)
-            .or_default()
-            .push((record_type, format!("{name}.")));
+        let lookups: String = row.try_get("lookups")?;
+        let lookups: Vec<serde_json::Value> = serde_json::from_str(&lookups)?;
+        for lookup in lookups {
+            let record_type = match lookup["type"].as_str() {
+                Some("CNAME") => RecordType::CNAME,
+                Some("MX") => RecordType::MX,
+                _ => RecordType::TXT,
+            };
+            let name = lookup["name"].as_str().unwrap_or_default();
+            by_domain
+                .entry(row.try_get("id")?)
+                .or_default()
+                .push((record_type, format!("{name}.")));
+            queries += 1;
+        }
     }
     anyhow::ensure!(!by_domain.is_empty(), "no lookups recorded for *.{suffix}");
 
@@ -144,7 +148,6 @@ pub async fn resolve_loop(
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut domains = JoinSet::new();
     let mut failures = 0usize;
-    let queries = rows.len();
     let started = Instant::now();
     for (_, lookups) in by_domain.iter() {
         let slot = slots.clone().acquire_owned().await?;

@@ -124,6 +124,15 @@ enum Command {
         #[arg(long)]
         count: usize,
     },
+    /// Emails delivered long ago, with their recipients and events: a history to deliver
+    /// beside.
+    SeedHistory {
+        /// The account of the API emails among them.
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        count: i64,
+    },
     /// Waits until what was queued since `since` (ms) is delivered; prints the rate
     /// between the first and the last delivery and the latency from accept to the 250.
     DeliveryDone {
@@ -208,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
             mailboxes,
         } => seed::mailboxes(&account, domains, mailboxes).await,
         Command::Enqueue { from, to, count } => seed::enqueue(&from, &to, count).await,
+        Command::SeedHistory { account, count } => seed::history(&account, count).await,
         Command::DeliveryDone { since } => seed::delivery_done(since).await,
         Command::Receiver { listen } => webhooks::receiver(listen).await,
         Command::SeedEvents {

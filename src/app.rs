@@ -69,6 +69,14 @@ impl Application {
                 );
             }
         }
+        if settings.dkim_switch_after_seconds < u64::from(crate::dns::server::TTL) {
+            anyhow::bail!(
+                "MAILROOM_DKIM_SWITCH_AFTER_SECONDS ({}) must be at least the DKIM records' TTL ({} s): \
+                 a resolver may hold a rotated selector's old key that long",
+                settings.dkim_switch_after_seconds,
+                crate::dns::server::TTL
+            );
+        }
         let metrics_listener = match settings.metrics_listen {
             Some(address) => Some(
                 TcpListener::bind(address)
@@ -160,6 +168,12 @@ impl Application {
             }
             .run(stopped.clone()),
         );
+        let rotation = tokio::spawn(domains::rotation::run(
+            self.state.db.clone(),
+            self.state.master_key.clone(),
+            self.state.settings.clone(),
+            stopped.clone(),
+        ));
         let expiries = tokio::spawn(announce_expiries(
             self.state.db.clone(),
             self.state.settings.clone(),
@@ -186,6 +200,7 @@ impl Application {
         let _ = delivery.await;
         let _ = webhooks.await;
         let _ = expiries.await;
+        let _ = rotation.await;
         if let Some(metrics) = metrics {
             let _ = metrics.await;
         }
@@ -304,6 +319,7 @@ pub fn delivery(
             db: db.clone(),
             master_key: master_key.clone(),
             relay_limits: transport::Limits::tenant(settings, destination_policy),
+            ed25519: settings.dkim_ed25519,
         }),
         wakeup: Arc::default(),
         metrics: metrics.clone(),
@@ -317,6 +333,8 @@ struct Tenants {
     master_key: MasterKey,
     /// A tenant's relay reaches only where the destination policy lets it.
     relay_limits: transport::Limits,
+    /// Whether mail gets an Ed25519 signature beside the RSA one.
+    ed25519: bool,
 }
 
 #[async_trait::async_trait]
@@ -330,17 +348,27 @@ impl Directory for Tenants {
         relays::store::relay_for(&self.db, &self.master_key, account_id, domain, limits).await
     }
 
-    async fn signing_key(
+    async fn signing_keys(
         &self,
         account_id: Option<&str>,
         domain: &DomainName,
-    ) -> anyhow::Result<Option<SigningKey>> {
-        let key =
-            domains::dkim::signing_key(&self.db, &self.master_key, account_id, domain).await?;
-        Ok(key.map(|(selector, private_der)| SigningKey {
-            selector,
-            private_der,
-        }))
+    ) -> anyhow::Result<Vec<SigningKey>> {
+        let keys = domains::dkim::signing_keys(
+            &self.db,
+            &self.master_key,
+            account_id,
+            domain,
+            self.ed25519,
+        )
+        .await?;
+        Ok(keys
+            .into_iter()
+            .map(|key| SigningKey {
+                selector: key.selector,
+                algorithm: key.algorithm,
+                private_der: key.private_der,
+            })
+            .collect())
     }
 }
 

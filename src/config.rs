@@ -157,6 +157,19 @@ pub struct Settings {
     /// Webhooks one account may have. 0: no limit.
     #[serde(deserialize_with = "number")]
     pub webhooks_per_account: u64,
+    /// Days a DKIM key signs before it is rotated. 0: only on request.
+    #[serde(deserialize_with = "number")]
+    pub dkim_rotate_days: u64,
+    /// Seconds between publishing a rotation's new key and signing with it: longer than
+    /// the TXT's TTL, so that no resolver still holds the selector's old record.
+    #[serde(deserialize_with = "number")]
+    pub dkim_switch_after_seconds: u64,
+    /// Hours a replaced key stays published, so that mail it signed still verifies.
+    #[serde(deserialize_with = "number")]
+    pub dkim_retire_after_hours: u64,
+    /// Whether each message gets an Ed25519 signature beside the RSA one.
+    #[serde(deserialize_with = "flag")]
+    pub dkim_ed25519: bool,
 }
 
 impl Default for Settings {
@@ -206,6 +219,10 @@ impl Default for Settings {
             webhook_concurrency: 4,
             webhook_disable_after_failures: 50,
             webhooks_per_account: 20,
+            dkim_rotate_days: 180,
+            dkim_switch_after_seconds: 3600,
+            dkim_retire_after_hours: 168,
+            dkim_ed25519: true,
         }
     }
 }
@@ -293,6 +310,26 @@ fn number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::E
             .trim()
             .parse()
             .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a whole number"))),
+    }
+}
+
+/// `true` or `false`, from TOML or from the text of an environment variable.
+fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum FlagOrText {
+        Flag(bool),
+        Text(String),
+    }
+    match FlagOrText::deserialize(deserializer)? {
+        FlagOrText::Flag(flag) => Ok(flag),
+        FlagOrText::Text(text) => match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{text}` is neither true nor false"
+            ))),
+        },
     }
 }
 
@@ -425,6 +462,27 @@ mod tests {
         let mut unknown = loaded.unknown_keys;
         unknown.sort();
         assert_eq!(unknown, vec!["databse_url", "lsiten"]);
+    }
+
+    #[test]
+    fn flags_come_from_text_or_toml() {
+        let load = |value: &str| {
+            Settings::load(None, env(&[("MAILROOM_DKIM_ED25519", value)])).map(|l| l.settings)
+        };
+        assert!(!load("false").unwrap().dkim_ed25519);
+        assert!(!load(" OFF ").unwrap().dkim_ed25519);
+        assert!(load("1").unwrap().dkim_ed25519);
+        let error = format!("{:#}", load("maybe").unwrap_err());
+        assert!(
+            error.contains("`maybe` is neither true nor false"),
+            "{error}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mailroom.toml");
+        std::fs::write(&file, "dkim_ed25519 = false\n").unwrap();
+        let loaded = Settings::load(Some(&file), env(&[])).unwrap();
+        assert!(!loaded.settings.dkim_ed25519);
+        assert!(Settings::default().dkim_ed25519);
     }
 
     #[test]

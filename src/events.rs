@@ -11,7 +11,7 @@ use sqlx::any::AnyRow;
 use crate::store::{Db, Timestamp, new_id, placeholders};
 
 /// The event types an account sees in its log and may subscribe webhooks to.
-pub const TYPES: [&str; 18] = [
+pub const TYPES: [&str; 19] = [
     "email.queued",
     "email.sent",
     "email.deferred",
@@ -23,6 +23,7 @@ pub const TYPES: [&str; 18] = [
     "domain.pending",
     "domain.failed",
     "domain.suspended",
+    "domain.dkim_rotated",
     "sender.verified",
     "sender.expired",
     "invitation.accepted",

@@ -21,7 +21,8 @@ use super::rate_limit::RateLimit;
 use super::spf::{SpfRecord, character_strings};
 use crate::metrics::Metrics;
 
-const TTL: u32 = 300;
+/// Of every answer: a rotated DKIM key is signed with only after this has passed.
+pub const TTL: u32 = 300;
 
 /// What the zone publishes, answered by the composition root from the domains' keys.
 #[async_trait::async_trait]

@@ -4,18 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::proto::rr::RecordType;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::model::{
     Checked, Domain, DomainStatus, Due, HOUR, PENDING_LIMIT, PROOF_GRACE, Standing,
 };
 use super::records::{self, Found, Purpose, RecordStatus, Wanted};
-use super::store;
+use super::{dkim, store};
 use crate::config::Settings;
 use crate::dns::{Answer, DnsResolver};
 use crate::metrics::{DomainCheck, Metrics};
-use crate::store::groups::run_in_groups;
 use crate::store::{Db, Timestamp};
 
 const ACTIVE_RECHECK: i64 = 24 * HOUR;
@@ -127,6 +126,13 @@ impl Checker {
         for due in store::load_due(&self.db, &[domain_id.to_string()]).await? {
             checked.push(self.examine(due).await);
         }
+        self.save(checked).await
+    }
+
+    /// Saves a group of checks; the views that announce changes get their DKIM keys
+    /// first, read for the whole group at once.
+    async fn save(&self, mut checked: Vec<Checked>) -> anyhow::Result<()> {
+        self.attach_dkim(&mut checked).await;
         store::save_checks(&self.db, &checked).await
     }
 
@@ -154,8 +160,10 @@ impl Checker {
             reason = None;
         }
         let lookups: Vec<(Wanted, Found)> = wanted.into_iter().zip(found).collect();
-        // Only a change is announced: the unchanged (most) checks build no view.
+        // Only a change is announced: the unchanged (most) checks build no view. Its DKIM
+        // keys are attached when the group is saved.
         let view = reason.map(|_| Domain {
+            dkim: dkim::Dkim::default(),
             domain: due.name.clone(),
             status: after.status,
             records: lookups
@@ -178,12 +186,84 @@ impl Checker {
         }
     }
 
-    /// The background verifier: checks due domains until `stop` changes.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        const BATCH: i64 = 128;
+    /// The DKIM keys of the views that announce changes, read in one query; none shown
+    /// when they cannot be read, for the status change and its event are what must not
+    /// wait.
+    async fn attach_dkim(&self, checked: &mut [Checked]) {
+        let ids: Vec<&str> = checked
+            .iter()
+            .filter(|c| c.view.is_some())
+            .map(|c| c.due.id.as_str())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let schedule = dkim::Schedule::of(&self.settings);
+        let mut views = match dkim::views_of(&self.db, &ids, schedule).await {
+            Ok(views) => views,
+            Err(error) => {
+                tracing::warn!(%error, domains = ids.len(), "cannot read the domains' DKIM keys");
+                return;
+            }
+        };
+        for check in checked {
+            if let Some(view) = &mut check.view {
+                view.dkim = views
+                    .remove(&check.due.id)
+                    .unwrap_or_default()
+                    .of(view.status);
+            }
+        }
+    }
+
+    /// The background verifier: checks due domains until `stop` changes. Claiming,
+    /// checking and saving overlap: the next batch is claimed while the last domains of
+    /// the current one are looked up, and a group of checks is saved while the next
+    /// checks go on, so the lookups never wait for the database.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
         const CONCURRENCY: usize = 16;
-        let idle = Duration::from_secs(self.settings.dns_check_interval.clamp(1, 30));
         tracing::info!("domain verifier started");
+        // Claimed domains wait here for a free slot: a few only, so that a claimed
+        // domain is checked well within its lease.
+        let (queue, mut due) = mpsc::channel::<Due>(CONCURRENCY);
+        let (finished, mut checked) = mpsc::unbounded_channel::<Checked>();
+        let slots = Arc::new(Semaphore::new(CONCURRENCY));
+        let check_all = async {
+            while let Some(next) = due.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let checker = self.clone();
+                let finished = finished.clone();
+                tokio::spawn(async move {
+                    let check = checker.examine(next).await;
+                    drop(slot);
+                    let _ = finished.send(check);
+                });
+            }
+            drop(finished);
+        };
+        let save_all = async {
+            while let Some(first) = checked.recv().await {
+                let mut group = vec![first];
+                while let Ok(more) = checked.try_recv() {
+                    group.push(more);
+                }
+                let domains = group.len();
+                if let Err(error) = self.save(group).await {
+                    tracing::error!(%error, domains, "cannot save domain checks");
+                }
+            }
+        };
+        tokio::join!(self.claim_all(queue, stop), check_all, save_all);
+        tracing::info!("domain verifier stopped");
+    }
+
+    /// Claims due domains in batches and queues them to be checked, until `stop`
+    /// changes; waits a while when there were fewer than a batch.
+    async fn claim_all(&self, queue: mpsc::Sender<Due>, mut stop: watch::Receiver<bool>) {
+        const BATCH: i64 = 128;
+        let idle = Duration::from_secs(self.settings.dns_check_interval.clamp(1, 30));
         while !*stop.borrow() {
             let claimed = match store::claim_due(&self.db, BATCH).await {
                 Ok(ids) => ids,
@@ -193,26 +273,18 @@ impl Checker {
                 }
             };
             let full_batch = claimed.len() as i64 == BATCH;
-            let due = match store::load_due(&self.db, &claimed).await {
-                Ok(due) => due,
+            let loaded = match store::load_due(&self.db, &claimed).await {
+                Ok(loaded) => loaded,
                 Err(error) => {
                     tracing::error!(%error, "domain verifier cannot read the claimed domains");
                     Vec::new()
                 }
             };
-            let examine = |due: Due| {
-                let checker = self.clone();
-                async move { checker.examine(due).await }
-            };
-            let save = |checks: Vec<Checked>| {
-                let db = self.db.clone();
-                async move {
-                    if let Err(error) = store::save_checks(&db, &checks).await {
-                        tracing::error!(%error, domains = checks.len(), "cannot save domain checks");
-                    }
+            for next in loaded {
+                if queue.send(next).await.is_err() {
+                    return;
                 }
-            };
-            run_in_groups(due, CONCURRENCY, examine, save).await;
+            }
             if !full_batch {
                 tokio::select! {
                     _ = tokio::time::sleep(idle) => {}
@@ -220,7 +292,6 @@ impl Checker {
                 }
             }
         }
-        tracing::info!("domain verifier stopped");
     }
 }
 

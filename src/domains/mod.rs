@@ -4,6 +4,7 @@ pub mod check;
 pub mod dkim;
 pub mod model;
 pub mod records;
+pub mod rotation;
 mod routes;
 pub mod store;
 
@@ -27,4 +28,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::create_domain, routes::list_domains))
         .routes(routes!(routes::get_domain, routes::delete_domain))
         .routes(routes!(routes::verify_domain))
+        .routes(routes!(routes::rotate_dkim))
 }

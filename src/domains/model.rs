@@ -5,6 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
+use super::dkim::Dkim;
 use super::records::{DnsRecord, Found, Wanted};
 use crate::store::Timestamp;
 
@@ -66,6 +67,8 @@ pub struct Domain {
     pub status: DomainStatus,
     /// The records to publish: the DKIM CNAMEs are required, the rest advised.
     pub records: Vec<DnsRecord>,
+    /// The keys behind the DKIM selectors, which rotate without the CNAMEs changing.
+    pub dkim: Dkim,
     pub created_at: Timestamp,
     pub verified_at: Option<Timestamp>,
     pub last_checked_at: Option<Timestamp>,

@@ -5,10 +5,13 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::dkim::RotateError;
 use super::model::{Domain, DomainRow, DomainStatus};
+use super::rotation;
 use super::store::{self, AddError};
 use crate::http::{ApiError, Caller, ErrorBody, Json, Page, Query};
 use crate::identity::Role;
+use crate::mail::dkim::Algorithm;
 use crate::state::AppState;
 use crate::types::DomainName;
 
@@ -183,6 +186,69 @@ pub async fn verify_domain(
     }
     super::checker(&state).check_now(&row.id).await?;
     let row = find_domain(&state, &caller, &row.name).await?;
+    envelope(&state, row).await
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct RotateDkim {
+    /// Which signing key to replace: `rsa` (the default) or `ed25519`.
+    #[schema(example = "rsa")]
+    pub algorithm: Option<String>,
+}
+
+impl From<RotateError> for ApiError {
+    fn from(error: RotateError) -> ApiError {
+        match error {
+            RotateError::InProgress { until } => ApiError::conflict(
+                "rotation_in_progress",
+                match until {
+                    Some(until) => format!(
+                        "a rotation of this domain's DKIM keys is under way until {}; one at a time",
+                        until.rfc3339()
+                    ),
+                    None => "a rotation of this domain's DKIM keys is under way".to_string(),
+                },
+            ),
+            RotateError::NotFound => ApiError::not_found("domain"),
+            RotateError::Keygen(error) => AddError::from(error).into(),
+            RotateError::Failed(error) => error.into(),
+        }
+    }
+}
+
+/// Rotate a DKIM key: a new key is published at once behind the standby selector and
+/// signs after `MAILROOM_DKIM_SWITCH_AFTER_SECONDS`; the old one stays published for
+/// `MAILROOM_DKIM_RETIRE_AFTER_HOURS` more. The CNAMEs to publish do not change.
+#[utoipa::path(post, path = "/v2/domains/{domain}/dkim/rotate", tag = "domains",
+    params(("domain" = String, Path, description = "The domain name")),
+    request_body = RotateDkim,
+    responses((status = 200, description = "The domain, its new key published", body = DomainEnvelope),
+              (status = 409, description = "A rotation is under way", body = ErrorBody),
+              (status = 503, description = "Busy making DKIM keys; see Retry-After", body = ErrorBody)))]
+pub async fn rotate_dkim(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<RotateDkim>,
+) -> Result<Json<DomainEnvelope>, ApiError> {
+    caller.require_account(Role::Editor)?;
+    let row = find_domain(&state, &caller, &name).await?;
+    let algorithm = match body.algorithm.as_deref() {
+        None => Algorithm::Rsa,
+        Some(name) => Algorithm::parse(name)
+            .map_err(|_| ApiError::invalid("algorithm", "algorithm must be rsa or ed25519"))?,
+    };
+    let name = row.name.clone();
+    rotation::rotate(
+        &state.db,
+        &state.master_key,
+        &state.settings,
+        &caller.account_id,
+        row,
+        algorithm,
+    )
+    .await?;
+    let row = find_domain(&state, &caller, &name).await?;
     envelope(&state, row).await
 }
 

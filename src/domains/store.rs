@@ -1,12 +1,14 @@
-//! The `domains`, `domain_lookups` and `domain_events` tables.
+//! The `domains` and `domain_events` tables.
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sqlx::Row;
 
 use super::dkim;
 use super::model::{Checked, Domain, DomainRow, DomainStatus, Due, PROOF_GRACE, Standing};
-use super::records::{self, Found, Wanted};
+use super::records::{self, Found};
 use crate::config::Settings;
 use crate::store::crypto::MasterKey;
 use crate::store::{Db, Engine, Timestamp, new_id, placeholders};
@@ -109,7 +111,7 @@ pub async fn add(
         return Err(AddError::TooMany(limit));
     }
     let queue = usize::try_from(settings.keygen_queue).unwrap_or(usize::MAX);
-    let keys = dkim::generate_keys(queue).await?;
+    let keys = dkim::new_domain_keys(queue).await?;
     let now = db.now();
     let interval_ms = (settings.dns_check_interval.max(1) as i64).saturating_mul(1000);
     let id = new_id("dom");
@@ -223,7 +225,19 @@ pub async fn delete(db: &Db, id: &str, account_id: &str) -> sqlx::Result<bool> {
     Ok(deleted.rows_affected() > 0)
 }
 
-/// Attaches records (wanted, and found at the last check) to domain rows, with two
+/// What the last check found for one record, as the `lookups` column of `domains` holds
+/// it (a JSON array of these, one per record checked).
+#[derive(Serialize, Deserialize)]
+struct StoredLookup {
+    #[serde(rename = "type")]
+    record_type: String,
+    name: String,
+    values: Vec<String>,
+    at: Option<String>,
+    error: Option<String>,
+}
+
+/// Attaches records (wanted, and found at the last check) to domain rows, with a few
 /// queries for any number of domains.
 pub async fn render(
     db: &Db,
@@ -235,10 +249,10 @@ pub async fn render(
     }
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let tokens = dkim::tokens_of(db, &ids).await?;
+    let mut keys = dkim::views_of(db, &ids, dkim::Schedule::of(settings)).await?;
 
     let sql = format!(
-        "SELECT domain_id, record_type, name, found, found_at, error FROM domain_lookups \
-         WHERE domain_id IN ({})",
+        "SELECT id, lookups FROM domains WHERE id IN ({}) AND lookups IS NOT NULL",
         placeholders(1, ids.len())
     );
     let mut query = sqlx::query(&sql);
@@ -247,19 +261,19 @@ pub async fn render(
     }
     let mut found: HashMap<(String, String, String), Found> = HashMap::new();
     for row in query.fetch_all(&db.pool).await? {
-        let values: String = row.try_get("found")?;
-        found.insert(
-            (
-                row.try_get("domain_id")?,
-                row.try_get("record_type")?,
-                row.try_get("name")?,
-            ),
-            Found {
-                values: serde_json::from_str(&values).unwrap_or_default(),
-                at: row.try_get("found_at")?,
-                error: row.try_get("error")?,
-            },
-        );
+        let id: String = row.try_get("id")?;
+        let lookups: String = row.try_get("lookups")?;
+        let lookups: Vec<StoredLookup> = serde_json::from_str(&lookups).unwrap_or_default();
+        for lookup in lookups {
+            found.insert(
+                (id.clone(), lookup.record_type, lookup.name),
+                Found {
+                    values: lookup.values,
+                    at: lookup.at,
+                    error: lookup.error,
+                },
+            );
+        }
     }
 
     Ok(rows
@@ -278,6 +292,7 @@ pub async fn render(
                 })
                 .collect();
             Domain {
+                dkim: keys.remove(&row.id).unwrap_or_default().of(row.status),
                 domain: row.name,
                 status: row.status,
                 records,
@@ -424,6 +439,22 @@ async fn find_by_id(conn: &mut sqlx::AnyConnection, id: &str) -> sqlx::Result<Op
         .await
 }
 
+/// The domain `id`, whatever its account, with that account.
+pub async fn find_by_id_anywhere(db: &Db, id: &str) -> sqlx::Result<Option<(String, DomainRow)>> {
+    let mut conn = db.pool.acquire().await?;
+    let account_id: Option<String> =
+        sqlx::query_scalar("SELECT account_id FROM domains WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(account_id) = account_id else {
+        return Ok(None);
+    };
+    Ok(find_by_id(&mut conn, id)
+        .await?
+        .map(|row| (account_id, row)))
+}
+
 /// Takes the lease on one domain for an immediate check; waits while another instance
 /// is checking it. Answers false when the wait ran out.
 pub async fn lease_one(db: &Db, domain_id: &str) -> sqlx::Result<bool> {
@@ -514,75 +545,199 @@ pub async fn load_due(db: &Db, ids: &[String]) -> anyhow::Result<Vec<Due>> {
     Ok(due)
 }
 
-async fn insert_lookups(tx: &mut sqlx::AnyConnection, checks: &[Checked]) -> anyhow::Result<()> {
-    let lookups: Vec<(&Checked, &Wanted, &Found)> = checks
-        .iter()
-        .flat_map(|c| c.lookups.iter().map(move |(w, f)| (c, w, f)))
-        .collect();
-    if lookups.is_empty() {
-        return Ok(());
+/// Rows read from one bound parameter, a JSON array of objects: `columns` names the
+/// objects' fields and their SQL types. One parameter for a whole group of rows, because
+/// SQLite's cost of binding grows with the square of a statement's parameters.
+fn json_rows(engine: Engine, columns: &[(&str, &str)]) -> String {
+    match engine {
+        Engine::Sqlite => {
+            let fields: Vec<String> = columns
+                .iter()
+                .map(|(name, _)| format!("value ->> '{name}' AS {name}"))
+                .collect();
+            format!("(SELECT {} FROM json_each($1)) AS v", fields.join(", "))
+        }
+        Engine::Postgres => {
+            let fields: Vec<String> = columns
+                .iter()
+                .map(|(name, kind)| format!("{name} {kind}"))
+                .collect();
+            format!(
+                "jsonb_to_recordset(CAST($1 AS jsonb)) AS v({})",
+                fields.join(", ")
+            )
+        }
     }
-    let rows: Vec<String> = (0..lookups.len())
-        .map(|i| format!("({})", placeholders(i * 7 + 1, 7)))
-        .collect();
-    let sql = format!(
-        "INSERT INTO domain_lookups (domain_id, checked_at, record_type, name, found, found_at, error) \
-         VALUES {}",
-        rows.join(", ")
+}
+
+/// One UPDATE for the checks' domains: each one's new standing and what its lookups found.
+async fn update_checked(
+    tx: &mut sqlx::AnyConnection,
+    engine: Engine,
+    checks: &[Checked],
+) -> anyhow::Result<()> {
+    let mut rows = Vec::with_capacity(checks.len());
+    for checked in checks {
+        let lookups: Vec<StoredLookup> = checked
+            .lookups
+            .iter()
+            .map(|(wanted, found)| StoredLookup {
+                record_type: wanted.record_type.to_string(),
+                name: wanted.name.clone(),
+                values: found.values.clone(),
+                at: found.at.clone(),
+                error: found.error.clone(),
+            })
+            .collect();
+        let after = &checked.after;
+        rows.push(json!({
+            "id": checked.due.id,
+            "status": after.status.as_str(),
+            "verified_by": after.verified_by,
+            "status_changed_at": after.status_changed_at,
+            "verified_at": after.verified_at,
+            "proof_missing_since": after.proof_missing_since,
+            "next_check_at": after.next_check_at,
+            "failed_checks": after.failed_checks,
+            "checked_at": checked.at,
+            "lookups": serde_json::to_string(&lookups)?,
+        }));
+    }
+    let source = json_rows(
+        engine,
+        &[
+            ("id", "TEXT"),
+            ("status", "TEXT"),
+            ("verified_by", "TEXT"),
+            ("status_changed_at", "BIGINT"),
+            ("verified_at", "BIGINT"),
+            ("proof_missing_since", "BIGINT"),
+            ("next_check_at", "BIGINT"),
+            ("failed_checks", "BIGINT"),
+            ("checked_at", "BIGINT"),
+            ("lookups", "TEXT"),
+        ],
     );
-    let mut insert = sqlx::query(&sql);
-    for (checked, record, found) in lookups {
-        insert = insert
-            .bind(&checked.due.id)
-            .bind(checked.at)
-            .bind(record.record_type)
-            .bind(&record.name)
-            .bind(serde_json::to_string(&found.values)?)
-            .bind(&found.at)
-            .bind(&found.error);
-    }
-    insert.execute(tx).await?;
+    let sql = format!(
+        "UPDATE domains SET status = v.status, verified_by = v.verified_by, \
+         status_changed_at = v.status_changed_at, verified_at = v.verified_at, \
+         proof_missing_since = v.proof_missing_since, next_check_at = v.next_check_at, \
+         failed_checks = v.failed_checks, last_checked_at = v.checked_at, lookups = v.lookups, \
+         lease_until = NULL \
+         FROM {source} WHERE domains.id = v.id"
+    );
+    sqlx::query(&sql)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(tx)
+        .await?;
     Ok(())
 }
 
-/// One UPDATE for the checks' domains, from a VALUES list (its columns are `column1`…
-/// on both engines).
-async fn update_standings(tx: &mut sqlx::AnyConnection, checks: &[Checked]) -> anyhow::Result<()> {
-    const TYPES: [&str; 9] = [
-        "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "BIGINT",
-    ];
-    let rows: Vec<String> = (0..checks.len())
-        .map(|i| {
-            let casts: Vec<String> = TYPES
-                .iter()
-                .enumerate()
-                .map(|(k, t)| format!("CAST(${} AS {t})", i * TYPES.len() + k + 1))
-                .collect();
-            format!("({})", casts.join(", "))
+/// The changes of status among a group of checks: one row each in `domain_events`, and
+/// the event of the account's log that tells of it (with its webhook jobs), in a few
+/// statements for the whole group. The log's rows are those `events::record` writes.
+async fn record_changes(
+    tx: &mut sqlx::AnyConnection,
+    engine: Engine,
+    changed: &[(&Checked, &str)],
+) -> anyhow::Result<()> {
+    let history: Vec<serde_json::Value> = changed
+        .iter()
+        .map(|(checked, reason)| {
+            json!({
+                "domain_id": checked.due.id,
+                "at": checked.at,
+                "from_status": checked.due.before.status.as_str(),
+                "to_status": checked.after.status.as_str(),
+                "reason": reason,
+            })
         })
         .collect();
-    let sql = format!(
-        "UPDATE domains SET status = v.column2, verified_by = v.column3, status_changed_at = v.column4, \
-         verified_at = v.column5, proof_missing_since = v.column6, next_check_at = v.column7, \
-         failed_checks = v.column8, last_checked_at = v.column9, lease_until = NULL \
-         FROM (VALUES {}) AS v WHERE domains.id = v.column1",
-        rows.join(", ")
+    let source = json_rows(
+        engine,
+        &[
+            ("domain_id", "TEXT"),
+            ("at", "BIGINT"),
+            ("from_status", "TEXT"),
+            ("to_status", "TEXT"),
+            ("reason", "TEXT"),
+        ],
     );
-    let mut update = sqlx::query(&sql);
-    for checked in checks {
-        let after = &checked.after;
-        update = update
-            .bind(&checked.due.id)
-            .bind(after.status.as_str())
-            .bind(&after.verified_by)
-            .bind(after.status_changed_at)
-            .bind(after.verified_at)
-            .bind(after.proof_missing_since)
-            .bind(after.next_check_at)
-            .bind(after.failed_checks)
-            .bind(checked.at);
+    sqlx::query(&format!(
+        "INSERT INTO domain_events (domain_id, at, from_status, to_status, reason) \
+         SELECT v.domain_id, v.at, v.from_status, v.to_status, v.reason FROM {source}"
+    ))
+    .bind(serde_json::Value::Array(history).to_string())
+    .execute(&mut *tx)
+    .await?;
+
+    // The account's log: only changes whose view was built (all, in practice).
+    let mut events = Vec::new();
+    let mut rows = Vec::new();
+    for (checked, reason) in changed {
+        let Some(view) = &checked.view else { continue };
+        let id = new_id("evt");
+        let kind = view.status.event_type();
+        rows.push(json!({
+            "id": id,
+            "account_id": checked.due.account_id,
+            "type": kind,
+            "detail": reason,
+            "data": serde_json::to_value(view)?.to_string(),
+            "at": checked.at,
+        }));
+        events.push((id, *checked, kind));
     }
-    update.execute(tx).await?;
+    if events.is_empty() {
+        return Ok(());
+    }
+    let source = json_rows(
+        engine,
+        &[
+            ("id", "TEXT"),
+            ("account_id", "TEXT"),
+            ("type", "TEXT"),
+            ("detail", "TEXT"),
+            ("data", "TEXT"),
+            ("at", "BIGINT"),
+        ],
+    );
+    sqlx::query(&format!(
+        "INSERT INTO events (id, account_id, entity_id, email_id, recipient, type, detail, data, at) \
+         SELECT v.id, v.account_id, NULL, NULL, NULL, v.type, v.detail, v.data, v.at FROM {source}"
+    ))
+    .bind(serde_json::Value::Array(rows).to_string())
+    .execute(&mut *tx)
+    .await?;
+
+    // The webhook jobs, as `events::record` queues them: one per enabled webhook of the
+    // account subscribed to the event's type.
+    let mut accounts: Vec<&str> = events
+        .iter()
+        .map(|(_, c, _)| c.due.account_id.as_str())
+        .collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    let sql = format!(
+        "SELECT s.account_id, s.event_type, s.webhook_id FROM webhook_subscriptions s \
+         JOIN webhooks w ON w.id = s.webhook_id \
+         WHERE s.account_id IN ({}) AND s.event_type LIKE 'domain.%' AND w.enabled = 1",
+        placeholders(1, accounts.len())
+    );
+    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+    for account in &accounts {
+        query = query.bind(*account);
+    }
+    let subscriptions = query.fetch_all(&mut *tx).await?;
+    for (event_id, checked, kind) in &events {
+        for (account_id, event_type, webhook_id) in &subscriptions {
+            if *account_id == checked.due.account_id && event_type == kind {
+                let at = Timestamp(checked.at);
+                crate::events::queue_delivery(tx, webhook_id, event_id, &checked.due.id, at)
+                    .await?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -593,61 +748,14 @@ pub async fn save_checks(db: &Db, checks: &[Checked]) -> anyhow::Result<()> {
     if checks.is_empty() {
         return Ok(());
     }
-    let mut tx = db.begin().await?;
-    let sql = format!(
-        "DELETE FROM domain_lookups WHERE domain_id IN ({})",
-        placeholders(1, checks.len())
-    );
-    let mut delete = sqlx::query(&sql);
-    for checked in checks {
-        delete = delete.bind(&checked.due.id);
-    }
-    delete.execute(&mut *tx).await?;
-
-    // SQLite's binding cost grows with the square of a statement's parameters, so there
-    // a few domains share statements; PostgreSQL takes the whole group in two.
-    let per_statement = match db.engine {
-        Engine::Sqlite => 8,
-        Engine::Postgres => 64,
-    };
-    for chunk in checks.chunks(per_statement) {
-        insert_lookups(&mut tx, chunk).await?;
-        update_standings(&mut tx, chunk).await?;
-    }
-
     let changed: Vec<(&Checked, &str)> = checks
         .iter()
         .filter_map(|c| c.reason.map(|reason| (c, reason)))
         .collect();
+    let mut tx = db.begin().await?;
+    update_checked(&mut tx, db.engine, checks).await?;
     if !changed.is_empty() {
-        let rows: Vec<String> = (0..changed.len())
-            .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO domain_events (domain_id, at, from_status, to_status, reason) VALUES {}",
-            rows.join(", ")
-        );
-        let mut insert = sqlx::query(&sql);
-        for (checked, reason) in &changed {
-            insert = insert
-                .bind(&checked.due.id)
-                .bind(checked.at)
-                .bind(checked.due.before.status.as_str())
-                .bind(checked.after.status.as_str())
-                .bind(*reason);
-        }
-        insert.execute(&mut *tx).await?;
-        for (checked, reason) in &changed {
-            if let Some(view) = &checked.view {
-                let event = DomainEvent {
-                    account_id: &checked.due.account_id,
-                    domain_id: &checked.due.id,
-                    reason,
-                    view,
-                };
-                record_status_event(&mut tx, event, Timestamp(checked.at)).await?;
-            }
-        }
+        record_changes(&mut tx, db.engine, &changed).await?;
     }
     tx.commit().await?;
     for (checked, reason) in changed {

@@ -13,8 +13,8 @@ use lettre::message::header::{
 };
 use lettre::message::{Body, Mailbox, MultiPart, MultiPartBuilder, SinglePart};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use ring::signature::RsaKeyPair;
 
+use super::dkim::Signer;
 use super::port::SigningKey;
 
 /// An address with its optional display name, as it appears in From, To, Cc or Reply-To.
@@ -74,11 +74,11 @@ const RESERVED: [&str; 14] = [
     "dkim-signature",
 ];
 
-/// The message of `email`, DKIM-signed with `key` for the From domain when one is given.
+/// The message of `email`, DKIM-signed for the From domain with each of `keys`.
 ///
 /// The tree has only the levels it needs: `multipart/mixed` (body + attachments) →
 /// `multipart/related` (body + inline parts) → `multipart/alternative` (text + HTML).
-pub fn compose_email(email: &Email<'_>, key: Option<&SigningKey>) -> anyhow::Result<Vec<u8>> {
+pub fn compose_email(email: &Email<'_>, keys: &[SigningKey]) -> anyhow::Result<Vec<u8>> {
     let from = mailbox(&email.from)?;
     let domain = from.email.domain().to_ascii_lowercase();
     refuse_controls("the subject", email.subject)?;
@@ -128,12 +128,20 @@ pub fn compose_email(email: &Email<'_>, key: Option<&SigningKey>) -> anyhow::Res
         head.split(|&b| b == b'\n').all(|line| line.len() <= 999),
         "a header line of the email would be longer than 998 octets"
     );
-    if let Some(key) = key {
+    if !keys.is_empty() {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs();
-        let pair = opened(key)?;
-        bytes = super::dkim::sign(&bytes, &domain, &key.selector, &pair, now)?;
+        let signers = keys
+            .iter()
+            .map(opened)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let signers: Vec<(&str, &Signer)> = keys
+            .iter()
+            .zip(&signers)
+            .map(|(key, signer)| (key.selector.as_str(), signer.as_ref()))
+            .collect();
+        bytes = super::dkim::sign(&bytes, &domain, &signers, now)?;
     }
     Ok(bytes)
 }
@@ -469,8 +477,8 @@ fn with_custom_headers(bytes: Vec<u8>, headers: &[(&str, &str)]) -> anyhow::Resu
 /// The key ready to sign. Keys already opened are kept by selector, with the key they were
 /// opened from: parsing a key costs more than signing with it, and comparing the bytes
 /// costs nothing, so a selector that ever names another key opens that key.
-fn opened(key: &SigningKey) -> anyhow::Result<Arc<RsaKeyPair>> {
-    type Opened = HashMap<String, (Vec<u8>, Arc<RsaKeyPair>)>;
+fn opened(key: &SigningKey) -> anyhow::Result<Arc<Signer>> {
+    type Opened = HashMap<String, (Vec<u8>, Arc<Signer>)>;
     static OPENED: OnceLock<Mutex<Opened>> = OnceLock::new();
     let opened = OPENED.get_or_init(Mutex::default);
     if let Some((der, pair)) = opened
@@ -481,7 +489,7 @@ fn opened(key: &SigningKey) -> anyhow::Result<Arc<RsaKeyPair>> {
     {
         return Ok(pair.clone());
     }
-    let pair = RsaKeyPair::from_pkcs8(&key.private_der)
+    let pair = Signer::open(key.algorithm, &key.private_der)
         .map_err(|e| anyhow::anyhow!("the DKIM key {} cannot be used: {e}", key.selector))?;
     let pair = Arc::new(pair);
     let mut opened = opened.lock().unwrap_or_else(|e| e.into_inner());
@@ -538,7 +546,7 @@ mod tests {
     };
 
     fn text(email: &Email<'_>) -> String {
-        String::from_utf8(compose_email(email, None).unwrap()).unwrap()
+        String::from_utf8(compose_email(email, &[]).unwrap()).unwrap()
     }
 
     /// The content types of the message, depth first: the shape of its tree.
@@ -646,7 +654,7 @@ mod tests {
             text: None,
             ..email()
         };
-        assert!(compose_email(&empty, None).is_err());
+        assert!(compose_email(&empty, &[]).is_err());
     }
 
     #[test]
@@ -771,7 +779,7 @@ mod tests {
                 headers: &headers,
                 ..email()
             };
-            assert!(compose_email(&forged, None).is_err(), "{name}: {value:?}");
+            assert!(compose_email(&forged, &[]).is_err(), "{name}: {value:?}");
         }
     }
 
@@ -781,13 +789,13 @@ mod tests {
             subject: "Hi\r\nBcc: victim@example.org",
             ..email()
         };
-        assert!(compose_email(&subject, None).is_err());
+        assert!(compose_email(&subject, &[]).is_err());
         let to = [Address {
             name: Some("Bob\r\nBcc: victim@example.org"),
             email: "bob@example.org",
         }];
         let name = Email { to: &to, ..email() };
-        assert!(compose_email(&name, None).is_err());
+        assert!(compose_email(&name, &[]).is_err());
         let file = [Attachment {
             filename: "a\r\nb.pdf",
             ..PDF
@@ -796,12 +804,12 @@ mod tests {
             attachments: &file,
             ..email()
         };
-        assert!(compose_email(&filename, None).is_err());
+        assert!(compose_email(&filename, &[]).is_err());
         let message_id = Email {
             message_id: "<a@b>\r\nBcc: victim@example.org",
             ..email()
         };
-        assert!(compose_email(&message_id, None).is_err());
+        assert!(compose_email(&message_id, &[]).is_err());
     }
 
     #[test]
@@ -825,7 +833,7 @@ mod tests {
                 ..email()
             };
             assert!(
-                compose_email(&posing, None).is_err(),
+                compose_email(&posing, &[]).is_err(),
                 "{content_type} {content_id:?}"
             );
         }
@@ -840,16 +848,22 @@ mod tests {
         };
         let first = SigningKey {
             selector: "reused-selector".into(),
+            algorithm: super::super::dkim::Algorithm::Rsa,
             private_der: der(),
         };
         let second = SigningKey {
             selector: "reused-selector".into(),
+            algorithm: super::super::dkim::Algorithm::Rsa,
             private_der: der(),
         };
         use ring::signature::KeyPair;
+        let public = |signer: &Signer| match signer {
+            Signer::Rsa(pair) => pair.public_key().as_ref().to_vec(),
+            Signer::Ed25519(pair) => pair.public_key().as_ref().to_vec(),
+        };
         let a = opened(&first).unwrap();
         let b = opened(&second).unwrap();
-        assert_ne!(a.public_key().as_ref(), b.public_key().as_ref());
+        assert_ne!(public(&a), public(&b));
         assert!(Arc::ptr_eq(&b, &opened(&second).unwrap()));
     }
 }

@@ -1,11 +1,16 @@
-//! DKIM signing (RFC 6376): rsa-sha256 with relaxed/relaxed canonicalization, the
-//! signature prepended to the message.
+//! DKIM signing (RFC 6376, and RFC 8463 for Ed25519): relaxed/relaxed canonicalization,
+//! each signature prepended to the message. A message may carry two signatures, RSA and
+//! Ed25519, over the same header fields: receivers that know Ed25519 check both, the
+//! others the RSA one.
+
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ring::rand::SystemRandom;
-use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+use ring::signature::{Ed25519KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 /// Headers signed once more than they appear ("oversigned", RFC 6376 §8.15): whoever
 /// replays the message cannot add a second From or Subject, nor a Cc or Reply-To it had
@@ -22,15 +27,114 @@ const OVERSIGNED: [&str; 9] = [
     "content-type",
 ];
 
-/// Answers `message` with a `DKIM-Signature` header in front of it, signing every header
-/// field it has (custom ones included) and oversigning the ones that say who and what.
-/// The RSA is ring's: signing is most of what delivering a message costs, and ring's is
-/// several times faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// RSA-2048, `rsa-sha256`: what every verifier knows.
+    Rsa,
+    /// Ed25519, `ed25519-sha256` (RFC 8463): short keys, fast signatures.
+    Ed25519,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Rsa => "rsa",
+            Algorithm::Ed25519 => "ed25519",
+        }
+    }
+
+    pub fn parse(value: &str) -> anyhow::Result<Algorithm> {
+        match value {
+            "rsa" => Ok(Algorithm::Rsa),
+            "ed25519" => Ok(Algorithm::Ed25519),
+            other => anyhow::bail!("unknown DKIM key algorithm {other}"),
+        }
+    }
+
+    /// The `a=` of a signature.
+    fn signature_tag(self) -> &'static str {
+        match self {
+            Algorithm::Rsa => "rsa-sha256",
+            Algorithm::Ed25519 => "ed25519-sha256",
+        }
+    }
+}
+
+/// A private key ready to sign.
+pub enum Signer {
+    Rsa(RsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+impl Signer {
+    /// Opens a PKCS#8 DER private key. Costly for RSA (ring checks the key): callers keep
+    /// what they opened.
+    pub fn open(algorithm: Algorithm, der: &[u8]) -> anyhow::Result<Signer> {
+        Ok(match algorithm {
+            Algorithm::Rsa => {
+                Signer::Rsa(RsaKeyPair::from_pkcs8(der).map_err(|e| anyhow::anyhow!("{e}"))?)
+            }
+            Algorithm::Ed25519 => Signer::Ed25519(
+                Ed25519KeyPair::from_pkcs8(der).map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+        })
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            Signer::Rsa(_) => Algorithm::Rsa,
+            Signer::Ed25519(_) => Algorithm::Ed25519,
+        }
+    }
+
+    fn sign(&self, data: &[u8]) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Signer::Rsa(key) => {
+                let mut signature = vec![0; key.public().modulus_len()];
+                key.sign(
+                    &RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    data,
+                    &mut signature,
+                )
+                .map_err(|_| anyhow::anyhow!("RSA signing failed"))?;
+                Ok(signature)
+            }
+            // RFC 8463 §3: PureEdDSA over the SHA-256 of what RSA would sign.
+            Signer::Ed25519(key) => Ok(key.sign(&Sha256::digest(data)).as_ref().to_vec()),
+        }
+    }
+}
+
+/// Runs `work` (composing and signing a message) on a blocking thread, at most one per
+/// core at once: an RSA signature holds a core for about a millisecond, which must never
+/// be one of the async runtime's threads, and more signing threads than cores would only
+/// make each message wait longer.
+pub async fn on_signing_threads<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    static THREADS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    let threads = THREADS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(Semaphore::new(cores))
+    });
+    let turn = threads.clone().acquire_owned().await?;
+    let done = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await?;
+    Ok(done)
+}
+
+/// Answers `message` with a `DKIM-Signature` header in front of it for each of `signers`
+/// (selector and key), in their order, signing every header field the message has (custom
+/// ones included) and oversigning the ones that say who and what. No signature covers
+/// another: each verifies on its own.
 pub fn sign(
     message: &[u8],
     domain: &str,
-    selector: &str,
-    key: &RsaKeyPair,
+    signers: &[(&str, &Signer)],
     now_secs: u64,
 ) -> anyhow::Result<Vec<u8>> {
     let (head, body) = split(message);
@@ -81,28 +185,30 @@ pub fn sign(
         .map(|names| names.join(":"))
         .collect::<Vec<_>>()
         .join(":\r\n\t");
-    let unsigned = format!(
-        "v=1; a=rsa-sha256; c=relaxed/relaxed; d={domain}; s={selector}; t={now_secs};\r\n\th={h};\r\n\tbh={body_hash};\r\n\tb="
-    );
-    let mut hashed = String::new();
+    let mut fields_hashed = String::new();
     for (name, value) in &signed {
-        hashed.push_str(&relaxed_header(name, value));
-        hashed.push_str("\r\n");
+        fields_hashed.push_str(&relaxed_header(name, value));
+        fields_hashed.push_str("\r\n");
     }
-    hashed.push_str(&relaxed_header("DKIM-Signature", &unsigned));
-    let mut signature = vec![0; key.public().modulus_len()];
-    key.sign(
-        &RSA_PKCS1_SHA256,
-        &SystemRandom::new(),
-        hashed.as_bytes(),
-        &mut signature,
-    )
-    .map_err(|_| anyhow::anyhow!("cannot sign with the DKIM key of {domain}"))?;
-    let mut out = format!(
-        "DKIM-Signature: {unsigned}{}\r\n",
-        STANDARD.encode(signature)
-    )
-    .into_bytes();
+    let mut out = Vec::with_capacity(message.len() + 600 * signers.len());
+    for (selector, signer) in signers {
+        let a = signer.algorithm().signature_tag();
+        let unsigned = format!(
+            "v=1; a={a}; c=relaxed/relaxed; d={domain}; s={selector}; t={now_secs};\r\n\th={h};\r\n\tbh={body_hash};\r\n\tb="
+        );
+        let mut hashed = fields_hashed.clone();
+        hashed.push_str(&relaxed_header("DKIM-Signature", &unsigned));
+        let signature = signer
+            .sign(hashed.as_bytes())
+            .map_err(|e| anyhow::anyhow!("cannot sign with the DKIM key of {domain}: {e}"))?;
+        out.extend_from_slice(
+            format!(
+                "DKIM-Signature: {unsigned}{}\r\n",
+                STANDARD.encode(signature)
+            )
+            .as_bytes(),
+        );
+    }
     out.extend_from_slice(message);
     Ok(out)
 }
@@ -227,9 +333,9 @@ mod tests {
     fn signing_prepends_a_header_naming_what_it_covers() {
         use rsa::pkcs8::EncodePrivateKey;
         let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
-        let key = RsaKeyPair::from_pkcs8(key.to_pkcs8_der().unwrap().as_bytes()).unwrap();
+        let key = Signer::open(Algorithm::Rsa, key.to_pkcs8_der().unwrap().as_bytes()).unwrap();
         let message = b"From: a@customer.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n";
-        let signed = sign(message, "customer.com", "sel", &key, 1).unwrap();
+        let signed = sign(message, "customer.com", &[("sel", &key)], 1).unwrap();
         let signed = String::from_utf8(signed).unwrap();
         let first = signed.lines().next().unwrap();
         assert!(first.starts_with(
@@ -246,5 +352,83 @@ mod tests {
         );
         assert!(signed.lines().all(|line| line.len() <= 998));
         assert!(signed.ends_with("\r\n\r\nbody\r\n"));
+    }
+
+    #[test]
+    fn a_second_signature_is_ed25519_over_the_same_fields() {
+        use ring::signature::KeyPair;
+        use rsa::pkcs8::EncodePrivateKey;
+        let rsa = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let rsa = Signer::open(Algorithm::Rsa, rsa.to_pkcs8_der().unwrap().as_bytes()).unwrap();
+        let der = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let ed = Signer::open(Algorithm::Ed25519, der.as_ref()).unwrap();
+        let message = b"From: a@customer.com\r\nSubject: hi\r\n\r\nbody\r\n";
+        let signed = sign(message, "customer.com", &[("one", &rsa), ("two", &ed)], 7).unwrap();
+        let signed = String::from_utf8(signed).unwrap();
+        let (first, rest) = signed.split_once("\r\nDKIM-Signature: ").unwrap();
+        assert!(
+            first.starts_with("DKIM-Signature: v=1; a=rsa-sha256;"),
+            "{first}"
+        );
+        assert!(rest.starts_with("v=1; a=ed25519-sha256;"), "{rest}");
+        let tag = |header: &str, name: &str| {
+            let unfolded = header.replace("\r\n\t", " ");
+            let start = unfolded.find(&format!(" {name}=")).unwrap() + name.len() + 2;
+            unfolded[start..]
+                .split(';')
+                .next()
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let second = rest.split("\r\nFrom:").next().unwrap();
+        assert_eq!(tag(first, "h"), tag(second, "h"));
+        assert_eq!(tag(first, "bh"), tag(second, "bh"));
+        // The Ed25519 signature is of the SHA-256 of the canonical fields and its own
+        // header with an empty b= (RFC 8463 §3).
+        let b = tag(second, "b").replace([' ', '\t', '\r', '\n'], "");
+        let unsigned = second[..second.rfind("b=").unwrap() + 2].to_string();
+        let hashed = format!(
+            "from:a@customer.com\r\nsubject:hi\r\n{}",
+            relaxed_header("DKIM-Signature", &unsigned)
+        );
+        let Signer::Ed25519(pair) = &ed else {
+            unreachable!()
+        };
+        let public = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ED25519,
+            pair.public_key().as_ref(),
+        );
+        public
+            .verify(
+                &Sha256::digest(hashed.as_bytes()),
+                &STANDARD.decode(b).unwrap(),
+            )
+            .expect("the Ed25519 signature verifies");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn signing_runs_on_at_most_one_thread_per_core() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let work = (0..12).map(|_| {
+            let (running, most) = (running.clone(), most.clone());
+            tokio::spawn(on_signing_threads(move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                running.fetch_sub(1, Ordering::SeqCst);
+            }))
+        });
+        // Meanwhile the runtime's own threads stay free to answer.
+        let answered = tokio::spawn(async { 42 });
+        for done in work.collect::<Vec<_>>() {
+            done.await.unwrap().unwrap();
+        }
+        assert_eq!(answered.await.unwrap(), 42);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert!(most.load(Ordering::SeqCst) <= cores);
+        assert!(most.load(Ordering::SeqCst) >= 1);
     }
 }

@@ -5,6 +5,7 @@ pub mod compose;
 pub mod destination;
 pub mod dkim;
 pub mod outbox;
+pub mod pool;
 pub mod port;
 pub mod templates;
 pub mod transport;

@@ -791,6 +791,12 @@ pub struct Claim<'a> {
 /// account's first due email comes before any account's second, so that one account's
 /// backlog does not hold up the others' mail. A body past its retention goes in the same
 /// statement.
+///
+/// The emails are read lane by lane (`emails_own_lanes` and `emails_api_lanes`: each
+/// account's own mail and its API emails, in the order they fall due), at most `limit`
+/// from the head of each, so that a claim costs the same whatever the delivered history
+/// and however deep one account's backlog. A lane's sending emails are due by their lease,
+/// and their `next_attempt_at` is the time they fell due, before they were claimed.
 pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>> {
     let Claim {
         limit,
@@ -807,23 +813,74 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
                OR (status = 'sending' AND lease_until < $2))";
     let others = match skip.len() {
         0 => String::new(),
-        n => format!(
-            "AND (account_id IS NULL OR account_id NOT IN ({}))",
-            placeholders(5, n)
-        ),
+        n => format!("AND l.account NOT IN ({})", placeholders(5, n)),
     };
-    let own_only = match tenants {
-        true => String::new(),
-        false => format!("AND kind <> '{API_KIND}'"),
+    // Each lane's name and the condition of its index, which the query repeats so that the
+    // index is used.
+    let own = format!("kind <> '{API_KIND}'");
+    let api = format!("kind = '{API_KIND}'");
+    let lanes = match tenants {
+        true => vec![("own_lanes", own), ("api_lanes", api)],
+        false => vec![("own_lanes", own)],
     };
-    let expired = "body IS NOT NULL AND COALESCE(scheduled_at, created_at) < $4";
+    let waiting = "status IN ('scheduled', 'queued', 'sending')";
+    // The lanes with waiting mail, one index seek each: the next lane after the last.
+    let lane_names = lanes
+        .iter()
+        .map(|(name, kind)| {
+            let next = |after: &str| {
+                format!(
+                    "SELECT COALESCE(account_id, '') FROM emails WHERE {waiting} AND {kind} {after} \
+                     ORDER BY COALESCE(account_id, '') LIMIT 1"
+                )
+            };
+            format!(
+                "{name}(account) AS (SELECT ({first}) UNION ALL \
+                 SELECT ({then}) FROM {name} l WHERE l.account IS NOT NULL)",
+                first = next(""),
+                then = next("AND COALESCE(account_id, '') > l.account"),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The first due emails of each lane. PostgreSQL reads them by LATERAL; SQLite by a
+    // CROSS JOIN, which keeps the lanes as the outer loop.
+    let heads = lanes
+        .iter()
+        .map(|(name, kind)| {
+            let first_due = |columns: &str| {
+                format!(
+                    "SELECT {columns} FROM emails x WHERE x.{waiting} AND x.{kind} \
+                     AND COALESCE(x.account_id, '') = l.account AND x.next_attempt_at <= $2 \
+                     AND (x.status <> 'sending' OR x.lease_until < $2) \
+                     ORDER BY x.next_attempt_at LIMIT $3"
+                )
+            };
+            let read = match db.engine {
+                Engine::Postgres => format!(
+                    "CROSS JOIN LATERAL ({}) d WHERE TRUE",
+                    first_due("x.id, x.next_attempt_at")
+                ),
+                Engine::Sqlite => {
+                    format!("CROSS JOIN emails d WHERE d.id IN ({})", first_due("x.id"))
+                }
+            };
+            format!(
+                "SELECT d.id, l.account, d.next_attempt_at FROM {name} l {read} \
+                 AND l.account IS NOT NULL {others}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
     let in_turn = format!(
         "SELECT id FROM (SELECT id, next_attempt_at, \
-         ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY next_attempt_at) AS turn \
-         FROM emails WHERE {due} {others} {own_only}) AS due ORDER BY turn, next_attempt_at LIMIT $3"
+         ROW_NUMBER() OVER (PARTITION BY account ORDER BY next_attempt_at) AS turn \
+         FROM ({heads}) AS heads) AS due ORDER BY turn, next_attempt_at LIMIT $3"
     );
+    let expired = "body IS NOT NULL AND COALESCE(scheduled_at, created_at) < $4";
     let sql = format!(
-        "UPDATE emails SET status = 'sending', lease_until = $1, attempts = attempts + 1, updated_at = $2, \
+        "WITH RECURSIVE {lane_names} \
+         UPDATE emails SET status = 'sending', lease_until = $1, attempts = attempts + 1, updated_at = $2, \
          body_deleted_at = CASE WHEN {expired} THEN $2 ELSE body_deleted_at END, \
          body = CASE WHEN {expired} THEN NULL ELSE body END \
          WHERE id IN (SELECT id FROM emails WHERE id IN ({in_turn}) {lock}) \
@@ -1148,9 +1205,11 @@ pub struct Depth {
 }
 
 pub async fn depth(db: &Db) -> sqlx::Result<Depth> {
+    // The first `status IN` is the condition of the `emails_due` index, said so that it is
+    // read instead of every email.
     let row = sqlx::query(
         "SELECT COUNT(*) AS depth, MIN(next_attempt_at) AS oldest FROM emails \
-         WHERE status IN ('queued', 'sending')",
+         WHERE status IN ('scheduled', 'queued', 'sending') AND status IN ('queued', 'sending')",
     )
     .fetch_one(&db.pool)
     .await?;

@@ -6,12 +6,14 @@
 //! that merely added a name (pending), or set SMTP settings for it, neither receives nor
 //! signs mail From it.
 
+use super::dkim::Algorithm;
 use super::transport::SmtpTarget;
 use crate::types::DomainName;
 
 /// A DKIM private key and the selector that publishes its public half.
 pub struct SigningKey {
     pub selector: String,
+    pub algorithm: Algorithm,
     /// PKCS#8 DER.
     pub private_der: Vec<u8>,
 }
@@ -27,12 +29,13 @@ pub trait Directory: Send + Sync + 'static {
         domain: &DomainName,
     ) -> anyhow::Result<Option<SmtpTarget>>;
 
-    /// The key that signs mail of `account_id` From `domain`, when the domain is active in
-    /// that account. `None` is the operator's own mail (From the system sender): it is
-    /// signed with the key of the account where the domain is active, if one is.
-    async fn signing_key(
+    /// The keys that sign mail of `account_id` From `domain` now (RSA first, then Ed25519
+    /// when that is on), when the domain is active in that account; none otherwise.
+    /// `None` is the operator's own mail (From the system sender): it is signed with the
+    /// keys of the account where the domain is active, if one is.
+    async fn signing_keys(
         &self,
         account_id: Option<&str>,
         domain: &DomainName,
-    ) -> anyhow::Result<Option<SigningKey>>;
+    ) -> anyhow::Result<Vec<SigningKey>>;
 }

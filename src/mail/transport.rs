@@ -5,13 +5,17 @@
 //! port alike as "could not connect", so that a tenant's settings test is no port scanner.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, CertificateStore, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, CertificateStore, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
 use rustls::{CertificateError, RootCertStore};
@@ -19,11 +23,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::destination::{self, ConnectError, Policy};
+use super::pool::{self, Key, Pool, Session};
 use crate::config::Settings;
 use crate::types::text::escape_controls;
 use crate::types::{DomainName, HelloName};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Security {
     /// No TLS at all.
     None,
@@ -108,6 +113,21 @@ impl Trust {
             roots,
             listed: certificates,
         })))
+    }
+
+    /// Which certificates it accepts, as a digest: `None` for any. The system's
+    /// authorities are the same for the whole process; only the file's differ.
+    pub(super) fn digest(&self) -> Option<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let Trust::Authorities(authorities) = self else {
+            return None;
+        };
+        let mut digest = Sha256::new();
+        for certificate in &authorities.listed {
+            digest.update((certificate.len() as u64).to_be_bytes());
+            digest.update(certificate.as_ref());
+        }
+        Some(digest.finalize().into())
     }
 }
 
@@ -335,6 +355,8 @@ struct Conversation<'a> {
     steps: Vec<Step>,
     /// The policy refused the destination: trying again changes nothing.
     refused: bool,
+    /// The connection opened offers PIPELINING, as far as mailroom could read.
+    pipelining: bool,
 }
 
 /// What a probe or a delivery says of a server that answered something other than SMTP.
@@ -346,6 +368,7 @@ impl Conversation<'_> {
             target,
             steps: Vec::new(),
             refused: false,
+            pipelining: false,
         }
     }
 
@@ -438,14 +461,30 @@ impl Conversation<'_> {
                 Security::Implicit => {
                     let parameters = self.tls_parameters()?;
                     drop(stream);
-                    AsyncSmtpConnection::connect_tokio1(peer, None, &hello, Some(parameters), None)
-                        .await
+                    let connection = AsyncSmtpConnection::connect_tokio1(
+                        peer,
+                        None,
+                        &hello,
+                        Some(parameters),
+                        None,
+                    )
+                    .await?;
+                    Ok((connection, None))
                 }
-                _ => AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello).await,
+                _ => {
+                    let (stream, heard) = Overheard::new(stream);
+                    let connection =
+                        AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
+                            .await?;
+                    Ok((
+                        connection,
+                        heard.lock().unwrap_or_else(|e| e.into_inner()).take(),
+                    ))
+                }
             }
         };
-        let mut connection = match tokio::time::timeout_at(deadline, greeting).await {
-            Ok(Ok(connection)) => connection,
+        let (mut connection, heard) = match tokio::time::timeout_at(deadline, greeting).await {
+            Ok(Ok(opened)) => opened,
             // A port that accepts and never speaks reads like one that is closed.
             Err(_) => {
                 self.unreachable("no greeting in time");
@@ -529,8 +568,96 @@ impl Conversation<'_> {
                 }
             }
         }
+        // After STARTTLS, what the server said before it is forgotten (RFC 3207 §4.2), and
+        // its reply to EHLO inside TLS is read by lettre, which keeps no PIPELINING of it:
+        // an encrypted connection says one command at a time.
+        self.pipelining =
+            !connection.is_encrypted() && heard.is_some_and(|heard| offers_pipelining(&heard));
         Some(connection)
     }
+}
+
+/// A plain connection, and what the server says on it (its greeting and its reply to
+/// EHLO) until the shared record is taken: lettre reads the EHLO reply but keeps only the
+/// extensions it knows, and PIPELINING is not one of them.
+#[derive(Debug)]
+struct Overheard {
+    stream: tokio::net::TcpStream,
+    heard: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+/// What is kept of what a server says before EHLO is answered; more is not a reply
+/// lettre takes anyway.
+const OVERHEARD_BYTES: usize = 16 * 1024;
+
+impl Overheard {
+    fn new(stream: tokio::net::TcpStream) -> (Overheard, Arc<Mutex<Option<Vec<u8>>>>) {
+        let heard = Arc::new(Mutex::new(Some(Vec::new())));
+        let overheard = Overheard {
+            stream,
+            heard: heard.clone(),
+        };
+        (overheard, heard)
+    }
+}
+
+impl tokio::io::AsyncRead for Overheard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(heard) = heard.as_mut() {
+                let new = &buf.filled()[before..];
+                let room = OVERHEARD_BYTES.saturating_sub(heard.len());
+                heard.extend_from_slice(&new[..new.len().min(room)]);
+            }
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Overheard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for Overheard {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.stream.peer_addr()
+    }
+}
+
+/// Whether a server's words up to its EHLO reply offer PIPELINING (a `250` line whose
+/// keyword it is).
+fn offers_pipelining(heard: &[u8]) -> bool {
+    String::from_utf8_lossy(heard).split("\r\n").any(|line| {
+        let keyword = match (line.get(..3), line.get(3..4), line.get(4..)) {
+            (Some("250"), Some("-" | " "), Some(rest)) => rest.split_whitespace().next(),
+            _ => None,
+        };
+        keyword.is_some_and(|word| word.eq_ignore_ascii_case("PIPELINING"))
+    })
 }
 
 /// What is wrong with a server's certificate chain (its own certificate first) for
@@ -786,8 +913,13 @@ pub enum RecipientReply {
 /// a `RCPT TO` each, one `DATA`), reading each recipient's reply on its own, so that one
 /// refused recipient does not hold back the others. Answers a reply per recipient, in
 /// their order.
+///
+/// Over SMTP, the connection comes from `pool` when one of `owner`'s to the same relay is
+/// kept there, and goes back to it when the transaction left it in a known state.
 pub async fn deliver_each(
     transport: &Transport,
+    pool: &Pool,
+    owner: Option<&str>,
     message_id: &str,
     from: &lettre::Address,
     recipients: &[lettre::Address],
@@ -812,9 +944,11 @@ pub async fn deliver_each(
                 target.host, target.port, target.limits.timeout
             ))));
             let timeout = target.limits.timeout;
+            // A connection still in use when time runs out is dropped with the conversation,
+            // never kept: its state is unknown.
             let _ = tokio::time::timeout(
                 timeout,
-                converse(target, from, recipients, bytes, &mut replies),
+                converse(target, pool, owner, from, recipients, bytes, &mut replies),
             )
             .await;
             replies
@@ -822,49 +956,149 @@ pub async fn deliver_each(
     }
 }
 
+/// What a transaction leaves its connection fit for.
+enum After {
+    /// Another transaction: every reply was read, and the next use begins with RSET.
+    Keep,
+    /// Nothing more: it broke, the server is closing it (`421`), or the message's end is
+    /// uncertain.
+    Close,
+}
+
 /// The transaction of `deliver_each`: `replies` holds each recipient's outcome as it is
 /// known, so that a timeout leaves the rest as they were set.
 async fn converse(
     target: &SmtpTarget,
+    pool: &Pool,
+    owner: Option<&str>,
     from: &lettre::Address,
     recipients: &[lettre::Address],
     bytes: &[u8],
     replies: &mut [RecipientReply],
 ) {
-    use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+    let key = Key::new(owner, target);
+    let mut conversation = Conversation::new(target);
+    let mut session = match reuse(pool, &key, &mut conversation).await {
+        Some(session) => session,
+        None => match conversation.open().await {
+            Some(connection) => Session::new(connection, conversation.pipelining),
+            None => {
+                let last = conversation
+                    .steps
+                    .last()
+                    .map(|s| (s.step, s.detail.clone()));
+                let (step, detail) = last.unwrap_or(("connect", "no connection".to_string()));
+                let failure = match conversation.refused {
+                    true => Failure::Permanent(format!("{step}: {detail}")),
+                    false => classify_text(step, &detail),
+                };
+                fail_all(replies, failure);
+                return;
+            }
+        },
+    };
+    match transact(
+        &mut session,
+        &mut conversation,
+        from,
+        recipients,
+        bytes,
+        replies,
+    )
+    .await
+    {
+        After::Keep => {
+            session.served();
+            pool.keep(key, session);
+        }
+        After::Close => pool::close(session),
+    }
+}
+
+/// A kept connection of `key`, reset with `RSET` as Postfix does; one that does not
+/// answer it at once is closed and the next tried, then none. Nothing of the message has
+/// been said on it yet: a fresh connection never sends anything twice.
+async fn reuse(pool: &Pool, key: &Key, conversation: &mut Conversation<'_>) -> Option<Session> {
+    use lettre::transport::smtp::commands::Rset;
+
+    let limit = conversation.target.limits.connect_timeout;
+    while let Some(mut session) = pool.take(key) {
+        match tokio::time::timeout(limit, session.connection.command(Rset)).await {
+            Ok(Ok(_)) => {
+                let detail = format!("reusing a connection to {}", conversation.destination());
+                conversation.record("connect", true, detail);
+                return Some(session);
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(destination = %conversation.destination(), error = %describe_broken(&error), "a kept SMTP connection did not take RSET");
+                pool::close(session);
+            }
+            Err(_) => {
+                tracing::debug!(destination = %conversation.destination(), "a kept SMTP connection did not answer RSET");
+                pool::close(session);
+            }
+        }
+    }
+    None
+}
+
+fn fail_all(replies: &mut [RecipientReply], failure: Failure) {
+    for reply in replies.iter_mut() {
+        *reply = RecipientReply::Failed(failure.clone());
+    }
+}
+
+/// Whether a failed command got a reply after which the connection goes on: any but
+/// `421`, with which the server closes it (RFC 5321 §3.8), and unlike a broken connection
+/// or words that are no reply.
+fn answered(error: &lettre::transport::smtp::Error) -> bool {
+    error.status().is_some_and(|code| u16::from(code) != 421)
+}
+
+/// A failed step in the middle of a conversation: a connection that ends without a reply
+/// is said to be closed, not "not an SMTP server" (it greeted as one).
+fn describe_broken(error: &lettre::transport::smtp::Error) -> String {
+    if error.is_response() && error.to_string().ends_with("incomplete response") {
+        return "the server closed the connection".to_string();
+    }
+    describe(error)
+}
+
+/// Why `command` failed, for every recipient it concerned: the server's reply as
+/// `classify_at` reads it, or a broken connection (worth another try).
+fn failed_at(command: &str, error: &lettre::transport::smtp::Error) -> Failure {
+    match error.status() {
+        Some(_) => classify_at(command, error),
+        None => Failure::Temporary(format!("{command}: {}", describe_broken(error))),
+    }
+}
+
+/// One transaction on an open connection: one command at a time, or all but the message
+/// at once when the server offers PIPELINING.
+async fn transact(
+    session: &mut Session,
+    conversation: &mut Conversation<'_>,
+    from: &lettre::Address,
+    recipients: &[lettre::Address],
+    bytes: &[u8],
+    replies: &mut [RecipientReply],
+) -> After {
+    use lettre::transport::smtp::commands::Mail;
     use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
 
-    let mut conversation = Conversation::new(target);
-    let fail_all = |replies: &mut [RecipientReply], failure: Failure| {
-        for reply in replies.iter_mut() {
-            *reply = RecipientReply::Failed(failure.clone());
-        }
-    };
-    let Some(mut connection) = conversation.open().await else {
-        let last = conversation
-            .steps
-            .last()
-            .map(|s| (s.step, s.detail.clone()));
-        let (step, detail) = last.unwrap_or(("connect", "no connection".to_string()));
-        let failure = match conversation.refused {
-            true => Failure::Permanent(format!("{step}: {detail}")),
-            false => classify_text(step, &detail),
-        };
-        fail_all(replies, failure);
-        return;
-    };
+    let connection = &mut session.connection;
     let info = connection.server_info();
     let mut options = Vec::new();
     let ascii = |address: &lettre::Address| AsRef::<str>::as_ref(address).is_ascii();
     let non_ascii = !ascii(from) || !recipients.iter().all(ascii);
+    // Refused before a word of the transaction is said: the connection serves on.
     if non_ascii {
         if !info.supports_feature(Extension::SmtpUtfEight) {
             let failure = Failure::Permanent(
                 "send: the server does not take non-ASCII addresses (SMTPUTF8)".to_string(),
             );
             fail_all(replies, failure);
-            let _ = connection.quit().await;
-            return;
+            return After::Keep;
         }
         options.push(MailParameter::SmtpUtfEight);
     }
@@ -874,19 +1108,37 @@ async fn converse(
                 "send: the server does not take 8-bit messages (8BITMIME)".to_string(),
             );
             fail_all(replies, failure);
-            let _ = connection.quit().await;
-            return;
+            return After::Keep;
         }
         options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
-    if let Err(error) = connection
-        .command(Mail::new(Some(from.clone()), options))
-        .await
-    {
-        conversation.record("mail", false, describe(&error));
-        fail_all(replies, classify_at("MAIL FROM", &error));
-        let _ = connection.quit().await;
-        return;
+    let mail = Mail::new(Some(from.clone()), options);
+    match session.pipelining {
+        true => pipelined(session, conversation, mail, recipients, bytes, replies).await,
+        false => stepwise(session, conversation, mail, recipients, bytes, replies).await,
+    }
+}
+
+/// `MAIL FROM`, then each `RCPT TO`, then `DATA`, each after the reply to the one before.
+async fn stepwise(
+    session: &mut Session,
+    conversation: &mut Conversation<'_>,
+    mail: lettre::transport::smtp::commands::Mail,
+    recipients: &[lettre::Address],
+    bytes: &[u8],
+    replies: &mut [RecipientReply],
+) -> After {
+    use lettre::transport::smtp::commands::{Data, Rcpt};
+
+    let connection = &mut session.connection;
+    if let Err(error) = connection.command(mail).await {
+        conversation.record("mail", false, describe_broken(&error));
+        fail_all(replies, failed_at("MAIL FROM", &error));
+        return if answered(&error) {
+            After::Keep
+        } else {
+            After::Close
+        };
     }
     let mut accepted = Vec::new();
     for (index, recipient) in recipients.iter().enumerate() {
@@ -895,47 +1147,149 @@ async fn converse(
             .await
         {
             Ok(_) => accepted.push(index),
-            Err(error) if error.status().is_some() => {
+            Err(error) if answered(&error) => {
                 conversation.record("rcpt", false, describe(&error));
                 replies[index] = RecipientReply::Refused(classify_at("RCPT TO", &error));
             }
             Err(error) => {
-                // The connection broke: whoever has no reply yet is tried again later.
-                conversation.record("rcpt", false, describe(&error));
-                let failure = Failure::Temporary(format!("RCPT TO: {}", describe(&error)));
+                // The connection broke or is closing: whoever has no reply yet is tried
+                // again later.
+                conversation.record("rcpt", false, describe_broken(&error));
+                let failure = failed_at("RCPT TO", &error);
                 for reply in replies.iter_mut().skip(index) {
                     *reply = RecipientReply::Failed(failure.clone());
                 }
                 for &index in &accepted {
                     replies[index] = RecipientReply::Failed(failure.clone());
                 }
-                return;
+                return After::Close;
             }
         }
     }
     if accepted.is_empty() {
-        let _ = connection.quit().await;
-        return;
+        return After::Keep;
     }
-    let sent = match connection.command(Data).await {
-        Ok(_) => connection.message(bytes).await,
+    let data = connection.command(Data).await;
+    send_message(session, conversation, data, &accepted, bytes, replies).await
+}
+
+/// RFC 2920: `MAIL FROM`, every `RCPT TO` and `DATA` written at once, then their replies
+/// read in order — one round trip where there were as many as commands. Each recipient's
+/// reply still counts on its own.
+async fn pipelined(
+    session: &mut Session,
+    conversation: &mut Conversation<'_>,
+    mail: lettre::transport::smtp::commands::Mail,
+    recipients: &[lettre::Address],
+    bytes: &[u8],
+    replies: &mut [RecipientReply],
+) -> After {
+    use lettre::transport::smtp::commands::{Data, Rcpt};
+
+    let mut commands = mail.to_string();
+    for recipient in recipients {
+        commands.push_str(&Rcpt::new(recipient.clone(), vec![]).to_string());
+    }
+    commands.push_str(&Data.to_string());
+    let connection = &mut session.connection;
+    // lettre writes the lot as one command and reads the first reply, MAIL FROM's.
+    let mail = connection.command(commands).await;
+    if let Err(error) = &mail
+        && !answered(error)
+    {
+        conversation.record("mail", false, describe_broken(error));
+        fail_all(replies, failed_at("MAIL FROM", error));
+        return After::Close;
+    }
+    let mut accepted = Vec::new();
+    for index in 0..recipients.len() {
+        match connection.read_response().await {
+            Ok(_) => accepted.push(index),
+            Err(error) if answered(&error) => {
+                conversation.record("rcpt", false, describe(&error));
+                replies[index] = RecipientReply::Refused(classify_at("RCPT TO", &error));
+            }
+            Err(error) => {
+                conversation.record("rcpt", false, describe_broken(&error));
+                let failure = failed_at("RCPT TO", &error);
+                for reply in replies.iter_mut().skip(index) {
+                    *reply = RecipientReply::Failed(failure.clone());
+                }
+                for &index in &accepted {
+                    replies[index] = RecipientReply::Failed(failure.clone());
+                }
+                if let Err(error) = &mail {
+                    fail_all(replies, failed_at("MAIL FROM", error));
+                }
+                return After::Close;
+            }
+        }
+    }
+    let data = connection.read_response().await;
+    if let Err(error) = &mail {
+        // The recipients' replies followed a refused sender: none of them counts.
+        conversation.record("mail", false, describe(error));
+        fail_all(replies, failed_at("MAIL FROM", error));
+        return end_without_message(session, data).await;
+    }
+    if accepted.is_empty() {
+        return end_without_message(session, data).await;
+    }
+    send_message(session, conversation, data, &accepted, bytes, replies).await
+}
+
+/// After a pipelined `DATA` that must carry nothing (no recipient accepted): the server
+/// refuses it, as RFC 2920 §3.1 asks (`554 no valid recipients`); one that invites the
+/// message anyway gets it ended at once, empty, its reply whatever it is.
+async fn end_without_message(
+    session: &mut Session,
+    data: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
+) -> After {
+    let ended = match data {
+        Ok(_) => session.connection.command(".\r\n").await.map(|_| ()),
         Err(error) => Err(error),
     };
-    let outcome = match sent {
+    match ended {
+        Ok(()) => After::Keep,
+        Err(error) if answered(&error) => After::Keep,
+        Err(_) => After::Close,
+    }
+}
+
+/// The message, after the reply to `DATA`; its reply counts for every recipient
+/// accepted.
+async fn send_message(
+    session: &mut Session,
+    conversation: &mut Conversation<'_>,
+    data: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
+    accepted: &[usize],
+    bytes: &[u8],
+    replies: &mut [RecipientReply],
+) -> After {
+    let sent = match data {
+        Ok(_) => session.connection.message(bytes).await,
+        Err(error) => Err(error),
+    };
+    let (outcome, after) = match sent {
         Ok(response) => {
             let reply = reply_text(&response);
             conversation.record("send", true, reply.clone());
-            RecipientReply::Sent(reply)
+            (RecipientReply::Sent(reply), After::Keep)
         }
+        // Whether the server holds part of the message, or took it without saying so, is
+        // not certain: the connection is not used again.
         Err(error) => {
-            conversation.record("send", false, describe(&error));
-            RecipientReply::Failed(classify_at("DATA", &error))
+            conversation.record("send", false, describe_broken(&error));
+            (
+                RecipientReply::Failed(failed_at("DATA", &error)),
+                After::Close,
+            )
         }
     };
-    for index in accepted {
+    for &index in accepted {
         replies[index] = outcome.clone();
     }
-    let _ = connection.quit().await;
+    after
 }
 
 /// A failed command's reply, prefixed with the command.
@@ -1034,6 +1388,18 @@ mod tests {
         assert!(SmtpTarget::from_url("smtp://relay.example?tls=maybe", timeout.clone()).is_err());
         assert!(SmtpTarget::from_url("smtp://relay.example?verify=no", timeout.clone()).is_err());
         assert!(SmtpTarget::from_url("smtp://relay.example?verfy=false", timeout).is_err());
+    }
+
+    #[test]
+    fn pipelining_is_read_from_the_reply_to_ehlo() {
+        let offered =
+            b"220 mx.example ESMTP\r\n250-mx.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n";
+        assert!(offers_pipelining(offered));
+        assert!(offers_pipelining(b"220 mx\r\n250-mx\r\n250 pipelining\r\n"));
+        // In the greeting, or as part of another keyword, it is not offered.
+        let not = b"220 mx PIPELINING\r\n250-mx.example\r\n250-XPIPELINING\r\n250 SIZE\r\n";
+        assert!(!offers_pipelining(not));
+        assert!(!offers_pipelining(b""));
     }
 
     #[test]

@@ -19,7 +19,9 @@ use rand::Rng;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::compose::{self, Email, compose_email};
+use super::dkim::on_signing_threads;
 use super::outbox::{self, Attempt, Claimed, RecipientAttempt, RecipientStatus, RecipientType};
+use super::pool::Pool;
 use super::port::Directory;
 use super::templates::{Kind, render};
 use super::transport::{Failure, RecipientReply, SmtpTarget, Transport, deliver, deliver_each};
@@ -146,12 +148,14 @@ impl Delivery {
         }
     }
 
-    /// Builds, signs and routes a claimed message.
-    async fn prepare(&self, message: Claimed) -> Ready {
-        let cannot = |message, transport, failure| Ready {
-            message,
-            transport,
-            plan: Err(failure),
+    /// Builds, signs and routes a claimed message; `None` when the runtime stops first.
+    async fn prepare(&self, message: Claimed) -> Option<Ready> {
+        let cannot = |message, transport, failure| {
+            Some(Ready {
+                message,
+                transport,
+                plan: Err(failure),
+            })
         };
         let none = || "none".to_string();
         if let Err(failure) = self.check_from(&message).await {
@@ -177,42 +181,63 @@ impl Delivery {
             }
         };
         let described = transport.describe_to_tenants();
-        let key = match self
+        let keys = match self
             .directory
-            .signing_key(owner.as_deref(), &from_domain)
+            .signing_keys(owner.as_deref(), &from_domain)
             .await
         {
-            Ok(key) => key,
+            Ok(keys) => keys,
             Err(error) => {
                 let failure = Failure::Temporary(format!("no signing key: {error:#}"));
                 return cannot(message, described, failure);
             }
         };
-        let composed = compose_claimed(&message, &body, key.as_ref());
-        // The opened body may be megabytes: gone before the conversation.
-        drop(body);
-        match composed {
+        // The opened body may be megabytes: gone, with the closure, before the conversation.
+        let id = message.id.clone();
+        let composed = on_signing_threads(move || {
+            let composed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                compose_claimed(&message, &body, &keys)
+            }))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("composing the message panicked")));
+            (message, composed)
+        })
+        .await;
+        let (message, composed) = match composed {
+            Ok(done) => done,
+            // The runtime is stopping: the message's lease brings it back.
+            Err(error) => {
+                tracing::warn!(message = %id, %error, "message not composed");
+                return None;
+            }
+        };
+        Some(match composed {
             Ok(bytes) => Ready {
                 message,
                 transport: described,
                 plan: Ok((transport, bytes)),
             },
-            Err(error) => {
-                let failure = Failure::Permanent(format!("cannot build the message: {error:#}"));
-                cannot(message, described, failure)
-            }
-        }
+            Err(error) => Ready {
+                message,
+                transport: described,
+                plan: Err(Failure::Permanent(format!(
+                    "cannot build the message: {error:#}"
+                ))),
+            },
+        })
     }
 
-    /// Sends a ready email to its due recipients, all in one transaction; answers what
-    /// came of each.
-    async fn send(&self, ready: Ready) -> Finished {
+    /// Sends a ready email to its due recipients, all in one transaction, on a connection
+    /// of `pool`'s for its sender and relay when one is open; answers what came of each.
+    async fn send(&self, ready: Ready, pool: &Pool) -> Finished {
         let pending = &ready.message.pending;
+        let owner = self.owner(&ready.message);
         let replies = match (&ready.plan, envelope(&ready.message)) {
             // Every recipient due was final already (a lease taken back): nothing to send.
             _ if pending.is_empty() => Vec::new(),
             (Ok((transport, bytes)), Ok((from, to))) => {
-                deliver_each(transport, &ready.message.message_id, &from, &to, bytes).await
+                let id = &ready.message.message_id;
+                let owner = owner.as_deref();
+                deliver_each(transport, pool, owner, id, &from, &to, bytes).await
             }
             (Err(failure), _) => vec![RecipientReply::Failed(failure.clone()); pending.len()],
             (_, Err(failure)) => vec![RecipientReply::Failed(failure); pending.len()],
@@ -264,9 +289,11 @@ impl Delivery {
             },
         };
         while let Some(message) = next.take() {
-            let mut ready = self.prepare(message).await;
+            let Some(mut ready) = self.prepare(message).await else {
+                break;
+            };
             if self.keep_lease(&mut ready.message).await {
-                let finished = self.send(ready).await;
+                let finished = self.send(ready, &shared.pool).await;
                 let _ = shared.finished.send(finished);
             }
             if let Some(account) = &account {
@@ -418,6 +445,7 @@ impl Delivery {
         let (finished, results) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             lines: Lines::new(self.settings.relay_concurrency),
+            pool: Pool::new(self.settings.relay_concurrency, SLOTS),
             finished,
             room: Notify::new(),
             stop: stop.clone(),
@@ -426,6 +454,7 @@ impl Delivery {
         let mut last_metrics = Instant::now() - METRICS_EVERY;
         tracing::info!("delivery worker started");
         while !*stop.borrow() {
+            shared.pool.close_unusable();
             if last_metrics.elapsed() >= METRICS_EVERY {
                 self.log_depth().await;
                 self.delete_old_bodies().await;
@@ -478,6 +507,7 @@ impl Delivery {
         for message in shared.lines.drain() {
             self.give_back(&message).await;
         }
+        shared.pool.close_all().await;
         drop(shared);
         let _ = recorder.await;
         tracing::info!("delivery worker stopped");
@@ -514,28 +544,32 @@ impl Delivery {
         )?;
         let message_id = format!("<{}@{}>", &new_id("msg")[4..], from.domain());
         let (from_text, to_text) = (from.to_string(), to.to_string());
-        let recipients = [compose::Address {
-            name: None,
-            email: &to_text,
-        }];
-        let message = Email {
-            from: compose::Address {
+        let keys = self.directory.signing_keys(None, from.domain()).await?;
+        let (from_owned, to_owned, id) = (from_text.clone(), to_text.clone(), message_id.clone());
+        let bytes = on_signing_threads(move || {
+            let recipients = [compose::Address {
                 name: None,
-                email: &from_text,
-            },
-            to: &recipients,
-            cc: &[],
-            reply_to: &[],
-            subject: &email.subject,
-            text: Some(&email.text),
-            html: Some(&email.html),
-            attachments: &[],
-            headers: &[],
-            message_id: &message_id,
-            date: sent_at.0,
-        };
-        let key = self.directory.signing_key(None, from.domain()).await?;
-        let bytes = compose_email(&message, key.as_ref())?;
+                email: &to_owned,
+            }];
+            let message = Email {
+                from: compose::Address {
+                    name: None,
+                    email: &from_owned,
+                },
+                to: &recipients,
+                cc: &[],
+                reply_to: &[],
+                subject: &email.subject,
+                text: Some(&email.text),
+                html: Some(&email.html),
+                attachments: &[],
+                headers: &[],
+                message_id: &id,
+                date: sent_at.0,
+            };
+            compose_email(&message, &keys)
+        })
+        .await??;
         let envelope =
             lettre::address::Envelope::new(Some(from_text.parse()?), vec![to_text.parse()?])?;
         let transport = self.system_transport()?;
@@ -547,6 +581,8 @@ impl Delivery {
 /// What the worker and its deliveries share.
 struct Shared {
     lines: Lines,
+    /// The SMTP connections kept open between messages, per sender and relay.
+    pool: Pool,
     /// Attempts made, to record.
     finished: mpsc::UnboundedSender<Finished>,
     /// Rung when a slot frees, or an account's line is no longer crowded.
@@ -643,7 +679,7 @@ impl Lines {
 fn compose_claimed(
     message: &Claimed,
     body: &outbox::Body,
-    key: Option<&super::port::SigningKey>,
+    keys: &[super::port::SigningKey],
 ) -> anyhow::Result<Vec<u8>> {
     let address = |recipient: &'_ outbox::Pending| -> (RecipientType, (Option<String>, String)) {
         (
@@ -702,7 +738,7 @@ fn compose_claimed(
         message_id: &message.message_id,
         date: message.created_at,
     };
-    compose_email(&email, key)
+    compose_email(&email, keys)
 }
 
 /// The envelope of an attempt: the email's From, and the recipients tried now.

@@ -421,7 +421,7 @@ async fn a_killed_worker_loses_no_email_and_sends_no_recipient_twice(engine: Eng
 both_engines!(the_old_outbox_and_its_history_move_into_emails);
 
 /// The migrations after the one that makes the emails outbox.
-fn migrations_after_emails(engine: Engine) -> [&'static str; 3] {
+fn migrations_after_emails(engine: Engine) -> [&'static str; 4] {
     macro_rules! files {
         ($engine:literal) => {
             [
@@ -436,6 +436,11 @@ fn migrations_after_emails(engine: Engine) -> [&'static str; 3] {
                     "/0012_held_bodies.sql"
                 )),
                 include_str!(concat!("../../migrations/", $engine, "/0013_webhooks.sql")),
+                include_str!(concat!(
+                    "../../migrations/",
+                    $engine,
+                    "/0014_dkim_rotation.sql"
+                )),
             ]
         };
     }
@@ -497,7 +502,12 @@ async fn the_old_outbox_and_its_history_move_into_emails(engine: Engine) {
            ('msg_sent', 1, 150, 'smtp://relay:25', 'temporary', '451 busy'),
            ('msg_sent', 2, 300, 'smtp://relay:25', 'sent', '250 ok'),
            ('msg_waiting', 1, 400, 'smtp://relay:25', 'temporary', '451 busy'),
-           ('msg_failed', 1, 500, 'smtp://relay:25', 'permanent', '550 no such user');",
+           ('msg_failed', 1, 500, 'smtp://relay:25', 'permanent', '550 no such user');
+         INSERT INTO domains (id, account_id, name, status, created_at, status_changed_at) VALUES
+           ('dom_old', 'acc_old', 'old.test', 'active', 10, 10);
+         INSERT INTO dkim_keys (token, domain_id, position, public_key, private_key, created_at) VALUES
+           ('t0', 'dom_old', 0, 'p0', 's0', 10), ('t1', 'dom_old', 1, 'p1', 's1', 10),
+           ('t2', 'dom_old', 2, 'p2', 's2', 10);",
     )
     .execute(&db.pool)
     .await
@@ -510,6 +520,23 @@ async fn the_old_outbox_and_its_history_move_into_emails(engine: Engine) {
     for sql in migrations_after_emails(engine) {
         sqlx::raw_sql(sql).execute(&db.pool).await.unwrap();
     }
+
+    // The first of an old domain's three RSA keys signed, and signs on since it was made;
+    // the other two stand by.
+    let keys: Vec<(i64, String, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT position, algorithm, signing_since, retire_at FROM dkim_keys ORDER BY position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        keys,
+        [
+            (0, "rsa".into(), Some(10), None),
+            (1, "rsa".into(), None, None),
+            (2, "rsa".into(), None, None)
+        ]
+    );
 
     // Every email, newest last by position, with its status, body and attempts.
     type Row = (String, String, Option<String>, i64, Option<i64>);

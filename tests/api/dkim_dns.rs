@@ -19,7 +19,7 @@ use crate::helpers::{Engine, spawn_app_with};
 
 both_engines!(the_published_key_verifies_signatures_made_with_the_stored_key);
 
-fn resolver(server: SocketAddr, tcp: bool) -> Resolver<TokioRuntimeProvider> {
+pub fn resolver(server: SocketAddr, tcp: bool) -> Resolver<TokioRuntimeProvider> {
     let mut connection = if tcp {
         ConnectionConfig::tcp()
     } else {
@@ -37,7 +37,7 @@ fn resolver(server: SocketAddr, tcp: bool) -> Resolver<TokioRuntimeProvider> {
     builder.build().unwrap()
 }
 
-async fn txt(resolver: &Resolver<TokioRuntimeProvider>, name: &str) -> Option<String> {
+pub async fn txt(resolver: &Resolver<TokioRuntimeProvider>, name: &str) -> Option<String> {
     let lookup = resolver.lookup(name, RecordType::TXT).await.ok()?;
     lookup
         .answers()
@@ -63,15 +63,17 @@ async fn the_published_key_verifies_signatures_made_with_the_stored_key(engine: 
     app.add_domain("customer.com").await;
 
     let master_key = MasterKey::load(&app.settings).unwrap();
-    let keys: Vec<(String, String)> =
-        sqlx::query_as("SELECT token, private_key FROM dkim_keys ORDER BY position")
+    let keys: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT token, algorithm, private_key FROM dkim_keys ORDER BY position")
             .fetch_all(&app.db.pool)
             .await
             .unwrap();
-    assert_eq!(keys.len(), 3);
+    // An RSA key and an Ed25519 key that sign, and an Ed25519 standby.
+    let algorithms: Vec<&str> = keys.iter().map(|(_, a, _)| a.as_str()).collect();
+    assert_eq!(algorithms, ["rsa", "ed25519", "ed25519"]);
     let message = b"From: a@customer.com\r\nSubject: hello\r\n";
 
-    for (tcp, (token, sealed)) in [false, true, false].into_iter().zip(&keys) {
+    for (tcp, (token, algorithm, sealed)) in [false, true, false].into_iter().zip(&keys) {
         let record = txt(
             &resolver(server, tcp),
             &format!("{token}.dkim.mailroom.test."),
@@ -83,24 +85,38 @@ async fn the_published_key_verifies_signatures_made_with_the_stored_key(engine: 
                 if tcp { "TCP" } else { "UDP" }
             )
         });
-        let public = record.strip_prefix("v=DKIM1; k=rsa; p=").expect(&record);
+        let public = record
+            .strip_prefix(&format!("v=DKIM1; k={algorithm}; p="))
+            .expect(&record);
         let public = base64::engine::general_purpose::STANDARD
             .decode(public)
             .unwrap();
-        let verifying = VerifyingKey::<sha2::Sha256>::new(
-            rsa::RsaPublicKey::from_public_key_der(&public).unwrap(),
-        );
-
         let der = mailroom::domains::dkim::open_private_key(&master_key, token, sealed).unwrap();
-        let private = rsa::RsaPrivateKey::from_pkcs8_der(&der).unwrap();
-        assert_eq!(private.size() * 8, 2048);
-        let signature = SigningKey::<sha2::Sha256>::new(private).sign(message);
-        verifying
-            .verify(message, &signature)
-            .expect("the published key is the stored key's");
-        assert!(verifying.verify(b"another message", &signature).is_err());
+        if algorithm == "rsa" {
+            let verifying = VerifyingKey::<sha2::Sha256>::new(
+                rsa::RsaPublicKey::from_public_key_der(&public).unwrap(),
+            );
+            let private = rsa::RsaPrivateKey::from_pkcs8_der(&der).unwrap();
+            assert_eq!(private.size() * 8, 2048);
+            let signature = SigningKey::<sha2::Sha256>::new(private).sign(message);
+            verifying
+                .verify(message, &signature)
+                .expect("the published key is the stored key's");
+            assert!(verifying.verify(b"another message", &signature).is_err());
+        } else {
+            // RFC 8463: the raw 32-byte public key.
+            assert_eq!(public.len(), 32);
+            let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&der).unwrap();
+            let signature = pair.sign(message);
+            let verifying =
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public);
+            verifying
+                .verify(message, signature.as_ref())
+                .expect("the published key is the stored key's");
+            assert!(verifying.verify(b"another", signature.as_ref()).is_err());
+        }
         assert!(
-            !sealed.contains(&record[20..40]),
+            !sealed.contains(&record[record.len() - 20..]),
             "the private key is not stored in clear"
         );
     }

@@ -1031,7 +1031,7 @@ async fn a_scheduled_email_is_cancelled_and_never_sent(engine: Engine) {
 /// The bytes that reach the relay, read by Python's `email` package as a mail client would
 /// and verified by dkimpy through the domain's CNAME and mailroom's DNS server.
 async fn a_mail_client_reads_what_was_sent_and_dkim_verifies(engine: Engine) {
-    if !importable("email.policy, dkim, dns.message") {
+    if !importable("email.policy, dkim, dns.message, nacl") {
         return;
     }
     let dns = TestDns::start().await;

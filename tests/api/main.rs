@@ -4,10 +4,12 @@ mod helpers;
 
 mod auth;
 mod cli;
+mod connection_reuse;
 mod connections;
 mod cpu_sink;
 mod delivery;
 mod dkim_dns;
+mod dkim_rotation;
 mod dns_abuse;
 mod dns_advice;
 mod domains;

@@ -215,6 +215,10 @@ fn concrete(path: &str, owned: &Owned) -> Option<(String, Value)> {
         | "/v2/domains/{domain}/email-accounts" => {
             (path.replace("{domain}", "walls.example"), json!({}))
         }
+        "/v2/domains/{domain}/dkim/rotate" => (
+            path.replace("{domain}", "walls.example"),
+            json!({"algorithm": "rsa"}),
+        ),
         "/v2/email-accounts/{id}" | "/v2/email-accounts/{id}/password/reset" => (
             path.replace("{id}", &owned.mailbox.to_string()),
             json!({"status": "disabled", "display_name": "taken over"}),

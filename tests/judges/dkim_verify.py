@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Verifies the DKIM signature of the message on stdin with dkimpy, resolving the key as
-the internet would: the signing domain's names at its DNS server, and names under
-mailroom's DKIM zone (where the domain's CNAME points) at mailroom's own DNS server.
+"""Verifies every DKIM signature of the message on stdin with dkimpy (RSA, and Ed25519
+through PyNaCl), resolving each key as the internet would: the signing domain's names at
+its DNS server, and names under mailroom's DKIM zone (where the domain's CNAME points) at
+mailroom's own DNS server.
 
 usage: dkim_verify.py DOMAIN_DNS ZONE ZONE_DNS < message
-       (servers as 127.0.0.1:PORT). Exits 0 only when the signature verifies.
+       (servers as 127.0.0.1:PORT). Prints a JSON list of each signature's algorithm and
+       selector, top first; exits 0 only when there is one and every one verifies.
 """
+import json
+import re
 import sys
 
 import dkim
@@ -49,16 +53,27 @@ def main():
         return None
 
     message = sys.stdin.buffer.read()
-    verifier = dkim.DKIM(message)
-    try:
-        ok = verifier.verify(dnsfunc=txt)
-    except dkim.DKIMException as error:
-        print(f"DKIM error: {error}", file=sys.stderr)
-        ok = False
-    if not ok:
-        print("DKIM signature does not verify", file=sys.stderr)
+    head = message.split(b"\r\n\r\n", 1)[0]
+    count = len(re.findall(rb"(?im)^dkim-signature:", head))
+    verified = []
+    all_ok = count > 0
+    for index in range(count):
+        verifier = dkim.DKIM(message)
+        try:
+            ok = verifier.verify(idx=index, dnsfunc=txt)
+        except dkim.DKIMException as error:
+            print(f"DKIM error in signature {index}: {error}", file=sys.stderr)
+            ok = False
+        tags = verifier.signature_fields
+        algorithm = tags.get(b"a", b"").decode()
+        selector = tags.get(b"s", b"").decode()
+        print(f"signature {index} ({algorithm}, s={selector}): {'verifies' if ok else 'does not verify'}",
+              file=sys.stderr)
+        verified.append({"algorithm": algorithm, "selector": selector, "ok": ok})
+        all_ok = all_ok and ok
+    print(json.dumps(verified))
+    if not all_ok:
         sys.exit(1)
-    print("DKIM signature verifies", file=sys.stderr)
 
 
 if __name__ == "__main__":

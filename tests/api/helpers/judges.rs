@@ -51,9 +51,19 @@ pub fn judge(script: &str, args: &[&str], input: &[u8]) -> (bool, String) {
     )
 }
 
-/// Whether dkimpy verifies `message`'s signature, finding the key as the internet would:
-/// the signing domain's names at `tenant_dns`, the CNAME's target at mailroom's DNS server.
+/// Whether dkimpy verifies every signature of `message`, finding each key as the internet
+/// would: the signing domain's names at `tenant_dns`, the CNAME's target at mailroom's DNS
+/// server.
 pub fn dkim_verifies(message: &[u8], tenant_dns: SocketAddr, app: &TestApp) -> bool {
+    dkim_signatures(message, tenant_dns, app).0
+}
+
+/// As `dkim_verifies`, with each signature's `(algorithm, selector, verified)`, top first.
+pub fn dkim_signatures(
+    message: &[u8],
+    tenant_dns: SocketAddr,
+    app: &TestApp,
+) -> (bool, Vec<(String, String, bool)>) {
     let zone_dns = app
         .dns_address
         .expect("mailroom's DNS server runs")
@@ -64,5 +74,17 @@ pub fn dkim_verifies(message: &[u8], tenant_dns: SocketAddr, app: &TestApp) -> b
         zone_dns,
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    judge("dkim_verify.py", &args, message).0
+    let (ok, printed) = judge("dkim_verify.py", &args, message);
+    let signatures: Vec<serde_json::Value> = serde_json::from_str(&printed).unwrap();
+    let signatures = signatures
+        .iter()
+        .map(|s| {
+            (
+                s["algorithm"].as_str().unwrap().to_string(),
+                s["selector"].as_str().unwrap().to_string(),
+                s["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    (ok, signatures)
 }

@@ -254,9 +254,12 @@ impl TestApp {
             .bearer_auth(key)
     }
 
-    /// Another mailroom instance on the same database, as behind a load balancer.
+    /// Another mailroom instance on the same database, as behind a load balancer, with
+    /// connections of its own and the same clock (`advance_clock` moves both).
     pub async fn another_instance(&self) -> String {
-        let app = Application::build(&self.settings)
+        let mut db = Db::connect(&self.settings.database_url()).await.unwrap();
+        db.clock = self.db.clock.clone();
+        let app = Application::with_db(&self.settings, db)
             .await
             .expect("build a second app");
         let address = format!("http://{}", app.address());

@@ -1,6 +1,8 @@
 //! An SMTP server on loopback that a test controls: plain, STARTTLS or TLS from the first
-//! byte (with a freshly generated certificate), with or without AUTH, and with scripted
-//! replies, a stall at DATA, and a record of what it received.
+//! byte (with a freshly generated certificate), with or without AUTH (one user or several),
+//! with or without PIPELINING, and with scripted replies, a stall at DATA, faults (a
+//! connection dropped or a `421` at a chosen step), and a record of what it received and
+//! on which connection.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,8 @@ pub struct Received {
     pub user: Option<String>,
     /// Whether the message came over TLS.
     pub tls: bool,
+    /// The connection it came on, counted from 1 in the order they were accepted.
+    pub session: usize,
 }
 
 impl Received {
@@ -88,6 +92,40 @@ struct Script {
     deferred: Vec<(String, String)>,
     /// Every MAIL FROM accepted: one per transaction.
     transactions: usize,
+    /// Whether EHLO offers PIPELINING.
+    pipelining: bool,
+    /// Users accepted besides the one the server started with.
+    users: Vec<(String, String)>,
+    faults: Vec<(At, usize, Fault)>,
+    /// How many times each step was reached, over all connections.
+    reached: Vec<(At, usize)>,
+    /// Connections accepted.
+    sessions: usize,
+    /// Transactions whose MAIL FROM came in one read with their DATA.
+    pipelined: usize,
+    /// What clients said on a connection after it was answered `421` (QUIT aside).
+    after_421: Vec<String>,
+}
+
+/// A step of a transaction where a fault may be set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    Mail,
+    Rcpt,
+    /// DATA and the message after it.
+    Data,
+    Rset,
+}
+
+/// What the server does at a step instead of its usual answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Closes the connection without a reply; at DATA, after the message's first line,
+    /// before its end.
+    Drop,
+    /// Answers `421 4.3.2 Service shutting down` (at DATA, to the message's end, which is
+    /// not kept); then answers `421` to whatever a client still says, and records it.
+    Closing,
 }
 
 #[derive(Clone)]
@@ -219,6 +257,39 @@ impl TestSmtp {
             .push((address.to_string(), reply.to_string()));
     }
 
+    /// EHLO offers PIPELINING from now on.
+    pub fn offer_pipelining(&self) {
+        self.script.lock().unwrap().pipelining = true;
+    }
+
+    /// AUTH accepts `user` with `pass` too.
+    pub fn add_user(&self, user: &str, pass: &str) {
+        let mut script = self.script.lock().unwrap();
+        script.users.push((user.to_string(), pass.to_string()));
+    }
+
+    /// The `nth` time (from 1, over all connections) a client reaches `at`, the server
+    /// does `fault` instead of answering.
+    pub fn fault(&self, at: At, nth: usize, fault: Fault) {
+        self.script.lock().unwrap().faults.push((at, nth, fault));
+    }
+
+    /// How many connections clients opened.
+    pub fn sessions(&self) -> usize {
+        self.script.lock().unwrap().sessions
+    }
+
+    /// How many transactions came pipelined: MAIL FROM, RCPT TO and DATA in one read.
+    pub fn pipelined(&self) -> usize {
+        self.script.lock().unwrap().pipelined
+    }
+
+    /// What clients said on connections after a `421` (QUIT aside): nothing, from a client
+    /// that closes such a connection.
+    pub fn after_421(&self) -> Vec<String> {
+        self.script.lock().unwrap().after_421.clone()
+    }
+
     /// How many transactions (accepted MAIL FROMs) clients began.
     pub fn transactions(&self) -> usize {
         self.script.lock().unwrap().transactions
@@ -271,21 +342,49 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 async fn serve(stream: TcpStream, config: &Config) -> std::io::Result<()> {
+    let id = {
+        let mut script = config.script.lock().unwrap();
+        script.sessions += 1;
+        script.sessions
+    };
     match config.tls {
         Encryption::Implicit => {
             let tls = config.acceptor.accept(stream).await?;
-            session(Box::new(tls), config, true, true).await
+            session(Box::new(tls), config, id, true, true).await
         }
         Encryption::Plain | Encryption::StartTls => {
-            session(Box::new(stream), config, false, true).await
+            session(Box::new(stream), config, id, false, true).await
         }
     }
 }
 
-/// One SMTP session; after STARTTLS it goes on over TLS.
+/// Counts a step reached; answers the fault set for this time, if any.
+fn reached(config: &Config, at: At) -> Option<Fault> {
+    let mut script = config.script.lock().unwrap();
+    let count = match script.reached.iter_mut().find(|(a, _)| *a == at) {
+        Some((_, count)) => {
+            *count += 1;
+            *count
+        }
+        None => {
+            script.reached.push((at, 1));
+            1
+        }
+    };
+    let fault = script
+        .faults
+        .iter()
+        .find(|(a, n, _)| *a == at && *n == count);
+    fault.map(|(_, _, fault)| *fault)
+}
+
+const CLOSING: &str = "421 4.3.2 Service shutting down";
+
+/// One SMTP session (connection `id`); after STARTTLS it goes on over TLS.
 fn session<'a>(
     stream: Box<dyn Io + 'a>,
     config: &'a Config,
+    id: usize,
     tls: bool,
     greet: bool,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>> {
@@ -298,6 +397,7 @@ fn session<'a>(
                 .await?;
         }
         let (mut from, mut to, mut user) = (String::new(), Vec::new(), None::<String>);
+        let mut closing = false;
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).await? == 0 {
@@ -305,6 +405,30 @@ fn session<'a>(
             }
             let command = line.trim_end().to_string();
             let upper = command.to_ascii_uppercase();
+            if closing && upper != "QUIT" {
+                config.script.lock().unwrap().after_421.push(command);
+                let answer = format!("{CLOSING}\r\n");
+                reader.get_mut().write_all(answer.as_bytes()).await?;
+                continue;
+            }
+            let at = match upper.split_whitespace().next().unwrap_or("") {
+                "MAIL" => Some(At::Mail),
+                "RCPT" => Some(At::Rcpt),
+                "DATA" => Some(At::Data),
+                "RSET" => Some(At::Rset),
+                _ => None,
+            };
+            let fault = at.and_then(|at| reached(config, at));
+            match (fault, at) {
+                (Some(Fault::Drop), Some(at)) if at != At::Data => return Ok(()),
+                (Some(Fault::Closing), Some(at)) if at != At::Data => {
+                    closing = true;
+                    let answer = format!("{CLOSING}\r\n");
+                    reader.get_mut().write_all(answer.as_bytes()).await?;
+                    continue;
+                }
+                _ => {}
+            }
             let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
                 let name = command.get(5..).unwrap_or("").trim().to_string();
                 config.script.lock().unwrap().hellos.push(name);
@@ -315,6 +439,9 @@ fn session<'a>(
                 if config.auth.is_some() {
                     lines.push("250-AUTH PLAIN LOGIN".into());
                 }
+                if config.script.lock().unwrap().pipelining {
+                    lines.push("250-PIPELINING".into());
+                }
                 lines.push("250 8BITMIME".into());
                 lines.join("\r\n")
             } else if upper == "STARTTLS" && config.tls == Encryption::StartTls && !tls {
@@ -324,7 +451,7 @@ fn session<'a>(
                     .await?;
                 let plain = reader.into_inner();
                 let tls_stream = config.acceptor.accept(Unboxed(plain)).await?;
-                return session(Box::new(tls_stream), config, true, false).await;
+                return session(Box::new(tls_stream), config, id, true, false).await;
             } else if upper.starts_with("AUTH PLAIN") {
                 let initial = command.split_whitespace().nth(2).map(str::to_string);
                 let encoded = match initial {
@@ -365,7 +492,14 @@ fn session<'a>(
                         .unwrap_or("")
                         .to_string();
                     to.clear();
-                    config.script.lock().unwrap().transactions += 1;
+                    let mut script = config.script.lock().unwrap();
+                    script.transactions += 1;
+                    if String::from_utf8_lossy(reader.buffer())
+                        .to_ascii_uppercase()
+                        .contains("DATA\r\n")
+                    {
+                        script.pipelined += 1;
+                    }
                     "250 2.1.0 ok".into()
                 }
             } else if upper.starts_with("RCPT TO:") {
@@ -380,12 +514,18 @@ fn session<'a>(
                     to.push(address);
                     "250 2.1.5 ok".into()
                 }
+            } else if upper == "DATA" && to.is_empty() {
+                // RFC 5321 §3.3, and what a pipelining client counts on (RFC 2920 §3.1).
+                "554 5.5.1 Error: no valid recipients".into()
             } else if upper == "DATA" {
                 reader.get_mut().write_all(b"354 go ahead\r\n").await?;
                 let mut data = String::new();
                 loop {
                     let mut line = String::new();
                     if reader.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if fault == Some(Fault::Drop) {
                         return Ok(());
                     }
                     if line == ".\r\n" {
@@ -417,18 +557,28 @@ fn session<'a>(
                 if let Some(delay) = slow {
                     tokio::time::sleep(delay).await;
                 }
-                let reply = scripted.unwrap_or_else(|| "250 2.0.0 queued".to_string());
-                if reply.starts_with('2') {
-                    config.script.lock().unwrap().received.push(Received {
-                        from: from.clone(),
-                        to: to.clone(),
-                        data,
-                        user: user.clone(),
-                        tls,
-                    });
+                if fault == Some(Fault::Closing) {
+                    closing = true;
+                    CLOSING.to_string()
+                } else {
+                    let reply = scripted.unwrap_or_else(|| "250 2.0.0 queued".to_string());
+                    if reply.starts_with('2') {
+                        config.script.lock().unwrap().received.push(Received {
+                            from: from.clone(),
+                            to: to.clone(),
+                            data,
+                            user: user.clone(),
+                            tls,
+                            session: id,
+                        });
+                    }
+                    reply
                 }
-                reply
-            } else if upper == "RSET" || upper == "NOOP" {
+            } else if upper == "RSET" {
+                from.clear();
+                to.clear();
+                "250 2.0.0 ok".into()
+            } else if upper == "NOOP" {
                 "250 2.0.0 ok".into()
             } else if upper == "QUIT" {
                 reader.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
@@ -457,12 +607,17 @@ fn check_auth(
         .unwrap()
         .auth_attempts
         .push((user.to_string(), pass.to_string(), tls));
-    match &config.auth {
-        Some((u, p)) if u == user && p == pass => {
+    let known = {
+        let script = config.script.lock().unwrap();
+        let mut users = config.auth.iter().chain(&script.users);
+        users.any(|(u, p)| u == user && p == pass)
+    };
+    match known {
+        true => {
             *authed = Some(user.to_string());
             "235 2.7.0 Authentication successful".into()
         }
-        _ => "535 5.7.8 Authentication credentials invalid".into(),
+        false => "535 5.7.8 Authentication credentials invalid".into(),
     }
 }
 

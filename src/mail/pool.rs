@@ -1,0 +1,312 @@
+//! SMTP connections kept open between messages, as Postfix's connection cache keeps them:
+//! opening one costs a TCP handshake, the greeting, EHLO, often STARTTLS and AUTH — more
+//! round trips than the message itself takes to a relay nearby.
+//!
+//! A connection serves only deliveries of the same [`Key`]: the same sender (an account,
+//! or mailroom itself) to the same relay, reached the same way, trusting the same
+//! certificates, with the same credentials and EHLO name. An authenticated connection is
+//! one account's credentials at work: no other account's mail ever travels on it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use sha2::{Digest, Sha256};
+
+use super::transport::{Security, SmtpTarget};
+
+/// How long a connection nobody uses stays open. Long enough to carry a burst of mail
+/// across its pauses (the worker looks for due mail every second at least), short enough
+/// not to hold a relay's session for nothing: servers wait for a command for minutes
+/// (RFC 5321 asks 5), and drop quiet clients sooner under load.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection serves in all, however busy it is: Postfix's
+/// `smtp_connection_reuse_time_limit`. A relay's changes (a new certificate, another
+/// address behind its name, a restart) reach mailroom at least this often.
+pub const MAX_AGE: Duration = Duration::from_secs(300);
+/// Transactions on one connection: servers count them too (Exim refuses more than 1 000
+/// by default); a bound of ours costs one handshake per hundred messages and keeps any
+/// one session from carrying an unbounded share.
+pub const MAX_TRANSACTIONS: u32 = 100;
+/// How long a QUIT may take when a connection is closed.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who a connection was opened for, and how: only deliveries with an equal key share it.
+/// The credentials and the trusted certificates are kept as digests: equal or not is all
+/// that the pool asks of them.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// The account whose mail it carries; `None` for mailroom's own.
+    owner: Option<String>,
+    host: String,
+    port: u16,
+    security: Security,
+    trust: Option<[u8; 32]>,
+    credentials: Option<[u8; 32]>,
+    hello: String,
+    /// Whether the destination policy was checked when it was opened.
+    policed: bool,
+}
+
+impl Key {
+    pub fn new(owner: Option<&str>, target: &SmtpTarget) -> Key {
+        let credentials = target.credentials.as_ref().map(|(user, pass)| {
+            let mut digest = Sha256::new();
+            digest.update((user.len() as u64).to_be_bytes());
+            digest.update(user.as_bytes());
+            digest.update(pass.as_bytes());
+            digest.finalize().into()
+        });
+        Key {
+            owner: owner.map(str::to_string),
+            host: target.host.to_ascii_lowercase(),
+            port: target.port,
+            security: target.security,
+            trust: target.trust.digest(),
+            credentials,
+            hello: target.limits.hello.to_string(),
+            policed: target.limits.policy.is_some(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let owner = self.owner.as_deref().unwrap_or("mailroom");
+        write!(f, "{owner} to {}:{}", self.host, self.port)
+    }
+}
+
+/// A connection ready for a transaction: greeted, secured and authenticated.
+pub struct Session {
+    pub connection: AsyncSmtpConnection,
+    /// Whether the server offered PIPELINING (RFC 2920) where mailroom could read it.
+    pub pipelining: bool,
+    opened: Instant,
+    transactions: u32,
+}
+
+impl Session {
+    pub fn new(connection: AsyncSmtpConnection, pipelining: bool) -> Session {
+        Session {
+            connection,
+            pipelining,
+            opened: Instant::now(),
+            transactions: 0,
+        }
+    }
+
+    /// Counts a transaction made on it.
+    pub fn served(&mut self) {
+        self.transactions = self.transactions.saturating_add(1);
+    }
+
+    /// Whether it has served its time or its number of transactions.
+    fn worn(&self, now: Instant) -> bool {
+        !serves(self.opened, self.transactions, now)
+    }
+}
+
+/// Whether a connection opened at `opened` that made `transactions` may serve at `now`.
+fn serves(opened: Instant, transactions: u32, now: Instant) -> bool {
+    transactions < MAX_TRANSACTIONS && now.saturating_duration_since(opened) < MAX_AGE
+}
+
+/// `serves`, for a connection unused since `since`.
+fn serves_after_idle(since: Instant, opened: Instant, transactions: u32, now: Instant) -> bool {
+    now.saturating_duration_since(since) < IDLE_TIMEOUT && serves(opened, transactions, now)
+}
+
+struct Idle {
+    session: Session,
+    since: Instant,
+}
+
+impl Idle {
+    fn usable(&self, now: Instant) -> bool {
+        let session = &self.session;
+        serves_after_idle(self.since, session.opened, session.transactions, now)
+    }
+}
+
+/// The connections not in use, by key. At most as many per key as may be in use at once:
+/// `MAILROOM_RELAY_CONCURRENCY` for an account's mail (the worker gives an account no more
+/// deliveries at once, and a delivery opens a connection only when none is kept), the
+/// worker's slots for mailroom's own.
+pub struct Pool {
+    tenant_cap: usize,
+    own_cap: usize,
+    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+}
+
+impl Pool {
+    pub fn new(tenant_cap: u64, own_cap: usize) -> Pool {
+        Pool {
+            tenant_cap: usize::try_from(tenant_cap).unwrap_or(usize::MAX).max(1),
+            own_cap: own_cap.max(1),
+            idle: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cap(&self, key: &Key) -> usize {
+        match key.owner {
+            Some(_) => self.tenant_cap,
+            None => self.own_cap,
+        }
+    }
+
+    /// A kept connection of `key`, the most recently used first; those past their time
+    /// are closed on the way.
+    pub fn take(&self, key: &Key) -> Option<Session> {
+        let now = Instant::now();
+        let mut past = Vec::new();
+        let mut found = None;
+        {
+            let mut idle = self.lock();
+            if let Some(kept) = idle.get_mut(key) {
+                while let Some(one) = kept.pop() {
+                    if one.usable(now) {
+                        found = Some(one.session);
+                        break;
+                    }
+                    past.push(one.session);
+                }
+                if kept.is_empty() {
+                    idle.remove(key);
+                }
+            }
+        }
+        past.into_iter().for_each(close);
+        found
+    }
+
+    /// Keeps a connection after a transaction that left it in a known state; closes it
+    /// instead when it is worn or the key has its share kept already.
+    pub fn keep(&self, key: Key, session: Session) {
+        let now = Instant::now();
+        if session.worn(now) {
+            close(session);
+            return;
+        }
+        let cap = self.cap(&key);
+        let mut idle = self.lock();
+        let kept = idle.entry(key).or_default();
+        if kept.len() >= cap {
+            drop(idle);
+            close(session);
+            return;
+        }
+        kept.push(Idle {
+            session,
+            since: now,
+        });
+    }
+
+    /// Closes the connections idle too long or worn.
+    pub fn close_unusable(&self) {
+        let now = Instant::now();
+        let mut past = Vec::new();
+        {
+            let mut idle = self.lock();
+            idle.retain(|_, kept| {
+                let (usable, unusable): (Vec<Idle>, Vec<Idle>) = std::mem::take(kept)
+                    .into_iter()
+                    .partition(|one| one.usable(now));
+                past.extend(unusable.into_iter().map(|one| one.session));
+                *kept = usable;
+                !kept.is_empty()
+            });
+        }
+        past.into_iter().for_each(close);
+    }
+
+    /// Closes every kept connection, each with a QUIT, and waits for them.
+    pub async fn close_all(&self) {
+        let all: Vec<Session> = self
+            .lock()
+            .drain()
+            .flat_map(|(_, kept)| kept.into_iter().map(|one| one.session))
+            .collect();
+        let quitting: Vec<_> = all.into_iter().map(|s| tokio::spawn(quit(s))).collect();
+        for one in quitting {
+            let _ = one.await;
+        }
+    }
+}
+
+/// Closes a connection with a QUIT, without waiting for it: the server's reply changes
+/// nothing.
+pub fn close(session: Session) {
+    tokio::spawn(quit(session));
+}
+
+async fn quit(mut session: Session) {
+    let _ = tokio::time::timeout(QUIT_TIMEOUT, session.connection.abort()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mail::transport::{Limits, Trust};
+    use lettre::transport::smtp::extension::ClientId;
+
+    fn target(user: Option<(&str, &str)>, trust: Trust) -> SmtpTarget {
+        SmtpTarget {
+            host: "Relay.Example".to_string(),
+            port: 587,
+            security: Security::Required,
+            trust,
+            credentials: user.map(|(u, p)| (u.to_string(), p.to_string())),
+            debug: false,
+            limits: Limits {
+                hello: ClientId::Domain("mx.mailroom.example".to_string()),
+                timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(5),
+                policy: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_connection_is_shared_only_by_the_same_sender_and_relay_settings() {
+        let alice = target(Some(("alice", "secret-one")), Trust::system());
+        let key = Key::new(Some("acc_1"), &alice);
+        assert_eq!(key, Key::new(Some("acc_1"), &alice.clone()));
+        assert_ne!(key, Key::new(Some("acc_2"), &alice), "another account");
+        assert_ne!(key, Key::new(None, &alice), "mailroom's own mail");
+        let other_password = target(Some(("alice", "secret-two")), Trust::system());
+        assert_ne!(key, Key::new(Some("acc_1"), &other_password));
+        let anonymous = target(None, Trust::system());
+        assert_ne!(key, Key::new(Some("acc_1"), &anonymous));
+        let any_certificate = target(Some(("alice", "secret-one")), Trust::Any);
+        assert_ne!(key, Key::new(Some("acc_1"), &any_certificate));
+        let mut other_port = alice.clone();
+        other_port.port = 465;
+        assert_ne!(key, Key::new(Some("acc_1"), &other_port));
+        let mut other_name = alice.clone();
+        other_name.limits.hello = ClientId::Domain("other.example".to_string());
+        assert_ne!(key, Key::new(Some("acc_1"), &other_name));
+        let shown = format!("{key:?}");
+        assert_eq!(shown, "acc_1 to relay.example:587");
+        assert!(!shown.contains("secret"));
+    }
+
+    #[test]
+    fn a_connection_stops_serving_when_idle_old_or_worn() {
+        let opened = Instant::now();
+        let soon = opened + Duration::from_secs(10);
+        assert!(serves_after_idle(opened, opened, 0, soon));
+        assert!(!serves_after_idle(opened, opened, 0, opened + IDLE_TIMEOUT));
+        // Busy all along: it serves until its age runs out.
+        let last_used = opened + MAX_AGE - Duration::from_secs(1);
+        assert!(serves_after_idle(last_used, opened, 50, last_used));
+        assert!(!serves_after_idle(last_used, opened, 50, opened + MAX_AGE));
+        assert!(serves(opened, MAX_TRANSACTIONS - 1, soon));
+        assert!(!serves(opened, MAX_TRANSACTIONS, soon));
+    }
+}
