@@ -32,7 +32,7 @@ pub async fn rotate(
     let mut view = store::render(db, settings, vec![row]).await?.remove(0);
     let queue = usize::try_from(settings.keygen_queue).unwrap_or(usize::MAX);
     let announce = async |conn: &mut sqlx::AnyConnection, dkim| -> anyhow::Result<()> {
-        view.dkim = dkim;
+        view.dkim = dkim.of(view.status);
         let event = NewEvent::about(account_id, None, ROTATED_EVENT, &domain_id, &view)?;
         events::record(conn, event, db.now()).await?;
         Ok(())

@@ -382,6 +382,9 @@ pub async fn set_status_by_operator(
         anyhow::bail!("{name} was deleted meanwhile");
     };
     let mut view = render(db, settings, vec![row]).await?.remove(0);
+    // The keys as they are, shown below as the new status shows them.
+    let schedule = dkim::Schedule::of(settings);
+    let mut keys = dkim::views_of(db, &[&domain_id], schedule).await?;
     let now = db.now();
     let mut tx = db.begin().await?;
     let (verified_by, next_check_at) = match status {
@@ -417,6 +420,7 @@ pub async fn set_status_by_operator(
             .await?
             .ok_or_else(|| anyhow::anyhow!("{name} vanished as its status was set"))?;
         view.status = row.status;
+        view.dkim = keys.remove(&domain_id).unwrap_or_default().of(row.status);
         view.verified_at = row.verified_at.map(Timestamp);
         view.last_checked_at = row.last_checked_at.map(Timestamp);
         let event = DomainEvent {

@@ -49,6 +49,9 @@ const CROWDED: usize = WAITING_PER_ACCOUNT - SLOTS;
 const GIVE_BACK_DELAY_MS: i64 = 2_000;
 /// Tries at recording an attempt's outcome (0.2 s, doubling, apart: about 6 s in all).
 const RECORD_TRIES: u32 = 6;
+/// What a lease must have left after a conversation for its outcome to be recorded
+/// (every try) before another instance may claim the message.
+const RECORDING_MS: i64 = 10_000;
 
 /// Everything delivery needs, and no more.
 #[derive(Clone)]
@@ -245,12 +248,17 @@ impl Delivery {
         (ready.message, ready.transport, replies)
     }
 
-    /// Renewed right before each conversation, so that the lease outlives it whatever
-    /// came before (a wait for a slot, a slow database): no other instance claims the
-    /// message and sends it again while this one talks. False when another instance has it
-    /// by now.
+    /// Renewed right before each conversation when what came before (a wait for a slot,
+    /// a slow database) left it too short for the conversation and its recording, so that
+    /// no other instance claims the message and sends it again while this one talks. Left
+    /// as it is otherwise: a renewal is one more write (on SQLite, a flush) per message.
+    /// False when another instance has it by now.
     async fn keep_lease(&self, message: &mut Claimed) -> bool {
         let now = self.db.now().0;
+        let conversation_ms = (self.settings.smtp_timeout.max(1) as i64).saturating_mul(1000);
+        if message.lease_until() - now >= conversation_ms + RECORDING_MS {
+            return true;
+        }
         match outbox::renew(&self.db, message, now + self.lease_ms()).await {
             Ok(true) => true,
             Ok(false) => {
