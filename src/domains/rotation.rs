@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::dkim::{self, RotateError, Schedule};
+use super::dkim::{self, Dkim, RotateError, Schedule};
 use super::model::DomainRow;
 use super::store;
 use crate::config::Settings;
@@ -31,7 +31,7 @@ pub async fn rotate(
     let domain_id = row.id.clone();
     let mut view = store::render(db, settings, vec![row]).await?.remove(0);
     let queue = usize::try_from(settings.keygen_queue).unwrap_or(usize::MAX);
-    let announce = async |conn: &mut sqlx::AnyConnection, dkim| -> anyhow::Result<()> {
+    let announce = async |conn: &mut sqlx::AnyConnection, dkim: Dkim| -> anyhow::Result<()> {
         view.dkim = dkim.of(view.status);
         let event = NewEvent::about(account_id, None, ROTATED_EVENT, &domain_id, &view)?;
         events::record(conn, event, db.now()).await?;

@@ -8,7 +8,8 @@
 //! one account's credentials at work: no other account's mail ever travels on it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::client::AsyncSmtpConnection;
@@ -84,17 +85,26 @@ impl std::fmt::Debug for Key {
 /// A connection ready for a transaction: greeted, secured and authenticated.
 pub struct Session {
     pub connection: AsyncSmtpConnection,
-    /// Whether the server offered PIPELINING (RFC 2920) where mailroom could read it.
+    /// Whether the server offered PIPELINING (RFC 2920) in its last reply to EHLO.
     pub pipelining: bool,
+    /// Set when a write to the connection failed, where mailroom can see its writes (not
+    /// through TLS from the first byte): whether the end of a message went out, or not,
+    /// when its reply never came.
+    pub write_failed: Option<Arc<AtomicBool>>,
     opened: Instant,
     transactions: u32,
 }
 
 impl Session {
-    pub fn new(connection: AsyncSmtpConnection, pipelining: bool) -> Session {
+    pub fn new(
+        connection: AsyncSmtpConnection,
+        pipelining: bool,
+        write_failed: Option<Arc<AtomicBool>>,
+    ) -> Session {
         Session {
             connection,
             pipelining,
+            write_failed,
             opened: Instant::now(),
             transactions: 0,
         }
@@ -133,34 +143,70 @@ impl Idle {
     }
 }
 
-/// The connections not in use, by key. At most as many per key as may be in use at once:
-/// `MAILROOM_RELAY_CONCURRENCY` for an account's mail (the worker gives an account no more
-/// deliveries at once, and a delivery opens a connection only when none is kept), the
-/// worker's slots for mailroom's own.
+/// How often at most the connections past their time are looked for: the worker's loop
+/// wakes whenever a slot frees, and a sweep holds the lock every delivery takes.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The connections not in use, by key, and bounded three ways: per key and per account by
+/// what may be in use at once (`MAILROOM_RELAY_CONCURRENCY`: the worker gives an account no
+/// more deliveries at once, whatever relays carry them), and in all by the worker's slots —
+/// so that neither many accounts sharing the system relay nor one account with many relay
+/// settings keep more sessions open at relays, or more file descriptors, than mailroom
+/// delivers on at once. Past a bound, the connection unused the longest is closed.
 pub struct Pool {
-    tenant_cap: usize,
-    own_cap: usize,
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    per_account: usize,
+    total: usize,
+    idle: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    /// Each key's connections, the most recently used last.
+    by_key: HashMap<Key, Vec<Idle>>,
+    count: usize,
+    swept: Option<Instant>,
+}
+
+impl Kept {
+    /// Takes out the connection unused the longest among the keys `which` picks.
+    fn evict_oldest(&mut self, which: impl Fn(&Key) -> bool) -> Option<Session> {
+        let oldest = self
+            .by_key
+            .iter()
+            .filter(|(key, kept)| which(key) && !kept.is_empty())
+            .min_by_key(|(_, kept)| kept[0].since)
+            .map(|(key, _)| key.clone())?;
+        let kept = self.by_key.get_mut(&oldest)?;
+        let one = kept.remove(0);
+        if kept.is_empty() {
+            self.by_key.remove(&oldest);
+        }
+        self.count -= 1;
+        Some(one.session)
+    }
+
+    fn of_owner(&self, owner: &str) -> usize {
+        self.by_key
+            .iter()
+            .filter(|(key, _)| key.owner.as_deref() == Some(owner))
+            .map(|(_, kept)| kept.len())
+            .sum()
+    }
 }
 
 impl Pool {
-    pub fn new(tenant_cap: u64, own_cap: usize) -> Pool {
+    /// At most `per_account` connections kept for one account's mail, over all its keys;
+    /// at most `total` in all.
+    pub fn new(per_account: u64, total: usize) -> Pool {
         Pool {
-            tenant_cap: usize::try_from(tenant_cap).unwrap_or(usize::MAX).max(1),
-            own_cap: own_cap.max(1),
+            per_account: usize::try_from(per_account).unwrap_or(usize::MAX).max(1),
+            total: total.max(1),
             idle: Mutex::default(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn cap(&self, key: &Key) -> usize {
-        match key.owner {
-            Some(_) => self.tenant_cap,
-            None => self.own_cap,
-        }
     }
 
     /// A kept connection of `key`, the most recently used first; those past their time
@@ -171,8 +217,10 @@ impl Pool {
         let mut found = None;
         {
             let mut idle = self.lock();
-            if let Some(kept) = idle.get_mut(key) {
+            let idle = &mut *idle;
+            if let Some(kept) = idle.by_key.get_mut(key) {
                 while let Some(one) = kept.pop() {
+                    idle.count -= 1;
                     if one.usable(now) {
                         found = Some(one.session);
                         break;
@@ -180,7 +228,7 @@ impl Pool {
                     past.push(one.session);
                 }
                 if kept.is_empty() {
-                    idle.remove(key);
+                    idle.by_key.remove(key);
                 }
             }
         }
@@ -189,39 +237,84 @@ impl Pool {
     }
 
     /// Keeps a connection after a transaction that left it in a known state; closes it
-    /// instead when it is worn or the key has its share kept already.
+    /// instead when it is worn. Past a bound (its key's or account's share, or the total),
+    /// the connection unused the longest within that bound is closed.
     pub fn keep(&self, key: Key, session: Session) {
         let now = Instant::now();
         if session.worn(now) {
             close(session);
             return;
         }
-        let cap = self.cap(&key);
-        let mut idle = self.lock();
-        let kept = idle.entry(key).or_default();
-        if kept.len() >= cap {
-            drop(idle);
-            close(session);
-            return;
+        let mut closed = Vec::new();
+        {
+            let mut idle = self.lock();
+            let owner = key.owner.clone();
+            let kept = idle.by_key.entry(key).or_default();
+            kept.push(Idle {
+                session,
+                since: now,
+            });
+            idle.count += 1;
+            if let Some(owner) = owner.as_deref() {
+                while idle.of_owner(owner) > self.per_account {
+                    let Some(one) = idle.evict_oldest(|k| k.owner.as_deref() == Some(owner))
+                    else {
+                        break;
+                    };
+                    closed.push(one);
+                }
+            }
+            while idle.count > self.total {
+                let Some(one) = idle.evict_oldest(|_| true) else {
+                    break;
+                };
+                closed.push(one);
+            }
         }
-        kept.push(Idle {
-            session,
-            since: now,
-        });
+        closed.into_iter().for_each(close);
     }
 
-    /// Closes the connections idle too long or worn.
+    /// Closes every kept connection of `key`: one of them stopped answering, and the
+    /// others, opened to the same relay, likely did too — trying each would cost a
+    /// message's time.
+    pub fn close_key(&self, key: &Key) {
+        let closed = {
+            let mut idle = self.lock();
+            let closed = idle.by_key.remove(key).unwrap_or_default();
+            idle.count -= closed.len();
+            closed
+        };
+        closed.into_iter().for_each(|one| close(one.session));
+    }
+
+    /// How many connections are kept.
+    pub fn kept(&self) -> usize {
+        self.lock().count
+    }
+
+    /// Closes the connections idle too long or worn; at most once a second, however often
+    /// it is called.
     pub fn close_unusable(&self) {
         let now = Instant::now();
         let mut past = Vec::new();
         {
             let mut idle = self.lock();
-            idle.retain(|_, kept| {
+            if idle
+                .swept
+                .is_some_and(|swept| now.saturating_duration_since(swept) < SWEEP_EVERY)
+            {
+                return;
+            }
+            idle.swept = Some(now);
+            let idle = &mut *idle;
+            idle.by_key.retain(|_, kept| {
+                let before = kept.len();
                 let (usable, unusable): (Vec<Idle>, Vec<Idle>) = std::mem::take(kept)
                     .into_iter()
                     .partition(|one| one.usable(now));
                 past.extend(unusable.into_iter().map(|one| one.session));
                 *kept = usable;
+                idle.count -= before - kept.len();
                 !kept.is_empty()
             });
         }
@@ -230,11 +323,14 @@ impl Pool {
 
     /// Closes every kept connection, each with a QUIT, and waits for them.
     pub async fn close_all(&self) {
-        let all: Vec<Session> = self
-            .lock()
-            .drain()
-            .flat_map(|(_, kept)| kept.into_iter().map(|one| one.session))
-            .collect();
+        let all: Vec<Session> = {
+            let mut idle = self.lock();
+            idle.count = 0;
+            idle.by_key
+                .drain()
+                .flat_map(|(_, kept)| kept.into_iter().map(|one| one.session))
+                .collect()
+        };
         let quitting: Vec<_> = all.into_iter().map(|s| tokio::spawn(quit(s))).collect();
         for one in quitting {
             let _ = one.await;

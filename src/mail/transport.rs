@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::commands::Ehlo;
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, CertificateStore, TlsParameters,
 };
@@ -357,6 +359,8 @@ struct Conversation<'a> {
     refused: bool,
     /// The connection opened offers PIPELINING, as far as mailroom could read.
     pipelining: bool,
+    /// Set when a write to the connection opened failed, where mailroom sees its writes.
+    write_failed: Option<Arc<AtomicBool>>,
 }
 
 /// What a probe or a delivery says of a server that answered something other than SMTP.
@@ -369,6 +373,7 @@ impl Conversation<'_> {
             steps: Vec::new(),
             refused: false,
             pipelining: false,
+            write_failed: None,
         }
     }
 
@@ -472,7 +477,8 @@ impl Conversation<'_> {
                     Ok((connection, None))
                 }
                 _ => {
-                    let (stream, heard) = Overheard::new(stream);
+                    let (stream, heard, write_failed) = Overheard::new(stream);
+                    self.write_failed = Some(write_failed);
                     let connection =
                         AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
                             .await?;
@@ -519,6 +525,32 @@ impl Conversation<'_> {
             self.record("tls", true, "TLS from the first byte");
         }
         self.record("ehlo", true, connection.server_info().to_string());
+        // STARTTLS and AUTH (and the EHLO between) get as long again: a connection is
+        // ready, or given up, within twice `connect_timeout`.
+        let deadline = tokio::time::Instant::now() + target.limits.connect_timeout;
+        match tokio::time::timeout_at(deadline, self.secure(connection, peer, heard)).await {
+            Ok(ready) => ready,
+            Err(_) => {
+                self.record(
+                    "timeout",
+                    false,
+                    "the server stopped answering before the connection was ready",
+                );
+                None
+            }
+        }
+    }
+
+    /// STARTTLS when wanted, the EHLO that tells PIPELINING inside TLS, and AUTH.
+    async fn secure(
+        &mut self,
+        mut connection: AsyncSmtpConnection,
+        peer: std::net::SocketAddr,
+        heard: Option<Vec<u8>>,
+    ) -> Option<AsyncSmtpConnection> {
+        let target = self.target;
+        let hello = target.limits.hello.clone();
+        let offered_in_clear = heard.is_some_and(|heard| offers_pipelining(&heard));
         let wants_starttls = match target.security {
             Security::Required => true,
             Security::Opportunistic => connection.can_starttls(),
@@ -542,6 +574,22 @@ impl Conversation<'_> {
                 }
             }
         }
+        self.pipelining = match target.security {
+            _ if !connection.is_encrypted() => offered_in_clear,
+            // After STARTTLS, what the server said before it is forgotten (RFC 3207 §4.2),
+            // and lettre, which read its reply to EHLO inside TLS, keeps no PIPELINING of
+            // it: one EHLO more asks. Only where the server offered it in clear — one that
+            // did not is not asked again, for a round trip per connection.
+            Security::Required | Security::Opportunistic if !offered_in_clear => false,
+            _ => match connection.command(Ehlo::new(hello.clone())).await {
+                Ok(reply) => reply.message().any(names_pipelining),
+                Err(error) => {
+                    self.record("ehlo", false, describe_broken(&error));
+                    connection.abort().await;
+                    return None;
+                }
+            },
+        };
         if let Some((user, pass)) = &target.credentials {
             // A password never travels in clear, whatever the settings say; loopback
             // never leaves the machine.
@@ -568,11 +616,6 @@ impl Conversation<'_> {
                 }
             }
         }
-        // After STARTTLS, what the server said before it is forgotten (RFC 3207 §4.2), and
-        // its reply to EHLO inside TLS is read by lettre, which keeps no PIPELINING of it:
-        // an encrypted connection says one command at a time.
-        self.pipelining =
-            !connection.is_encrypted() && heard.is_some_and(|heard| offers_pipelining(&heard));
         Some(connection)
     }
 }
@@ -584,6 +627,8 @@ impl Conversation<'_> {
 struct Overheard {
     stream: tokio::net::TcpStream,
     heard: Arc<Mutex<Option<Vec<u8>>>>,
+    /// Set when a write fails.
+    write_failed: Arc<AtomicBool>,
 }
 
 /// What is kept of what a server says before EHLO is answered; more is not a reply
@@ -591,14 +636,30 @@ struct Overheard {
 const OVERHEARD_BYTES: usize = 16 * 1024;
 
 impl Overheard {
-    fn new(stream: tokio::net::TcpStream) -> (Overheard, Arc<Mutex<Option<Vec<u8>>>>) {
+    fn new(stream: tokio::net::TcpStream) -> (Overheard, Heard, Arc<AtomicBool>) {
         let heard = Arc::new(Mutex::new(Some(Vec::new())));
+        let write_failed = Arc::new(AtomicBool::new(false));
         let overheard = Overheard {
             stream,
             heard: heard.clone(),
+            write_failed: write_failed.clone(),
         };
-        (overheard, heard)
+        (overheard, heard, write_failed)
     }
+
+    /// Notes a failed write.
+    fn watch<T>(&self, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if let Poll::Ready(Err(_)) = &polled {
+            self.write_failed.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+/// What a server said up to its EHLO reply, until taken.
+type Heard = Arc<Mutex<Option<Vec<u8>>>>;
+
+impl Overheard {
 }
 
 impl tokio::io::AsyncRead for Overheard {
@@ -627,11 +688,13 @@ impl tokio::io::AsyncWrite for Overheard {
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.watch(polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.watch(polled)
     }
 
     fn poll_shutdown(
@@ -652,12 +715,18 @@ impl AsyncTokioStream for Overheard {
 /// keyword it is).
 fn offers_pipelining(heard: &[u8]) -> bool {
     String::from_utf8_lossy(heard).split("\r\n").any(|line| {
-        let keyword = match (line.get(..3), line.get(3..4), line.get(4..)) {
-            (Some("250"), Some("-" | " "), Some(rest)) => rest.split_whitespace().next(),
-            _ => None,
-        };
-        keyword.is_some_and(|word| word.eq_ignore_ascii_case("PIPELINING"))
+        match (line.get(..3), line.get(3..4), line.get(4..)) {
+            (Some("250"), Some("-" | " "), Some(rest)) => names_pipelining(rest),
+            _ => false,
+        }
     })
+}
+
+/// Whether a line of an EHLO reply (its text after the code) is the PIPELINING keyword.
+fn names_pipelining(line: &str) -> bool {
+    line.split_whitespace()
+        .next()
+        .is_some_and(|word| word.eq_ignore_ascii_case("PIPELINING"))
 }
 
 /// What is wrong with a server's certificate chain (its own certificate first) for
