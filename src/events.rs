@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::store::{Db, Timestamp, new_id, placeholders};
+use crate::store::{Db, Engine, Timestamp, json_rows, new_id, placeholders};
 
 /// The event types an account sees in its log and may subscribe webhooks to.
 pub const TYPES: [&str; 19] = [
@@ -114,6 +114,92 @@ pub async fn record(
         }
     }
     Ok(id)
+}
+
+/// Writes `events` (each with its time) on `conn`, inside the caller's transaction, as
+/// `record` does one by one, in a few statements whatever their number: a group of
+/// changes announced at once.
+pub async fn record_all(
+    conn: &mut sqlx::AnyConnection,
+    engine: Engine,
+    events: &[(NewEvent<'_>, Timestamp)],
+) -> sqlx::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = events.iter().map(|_| new_id("evt")).collect();
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .zip(&ids)
+        .map(|((event, at), id)| {
+            serde_json::json!({
+                "id": id,
+                "account_id": event.account_id,
+                "entity_id": event.entity_id,
+                "email_id": event.email_id,
+                "recipient": event.recipient,
+                "type": event.kind,
+                "detail": event.detail,
+                "data": event.data.as_ref().map(serde_json::Value::to_string),
+                "at": at.0,
+            })
+        })
+        .collect();
+    let source = json_rows(
+        engine,
+        &[
+            ("id", "TEXT"),
+            ("account_id", "TEXT"),
+            ("entity_id", "TEXT"),
+            ("email_id", "TEXT"),
+            ("recipient", "TEXT"),
+            ("type", "TEXT"),
+            ("detail", "TEXT"),
+            ("data", "TEXT"),
+            ("at", "BIGINT"),
+        ],
+    );
+    sqlx::query(&format!(
+        "INSERT INTO events (id, account_id, entity_id, email_id, recipient, type, detail, data, at) \
+         SELECT v.id, v.account_id, v.entity_id, v.email_id, v.recipient, v.type, v.detail, v.data, v.at \
+         FROM {source}"
+    ))
+    .bind(serde_json::Value::Array(rows).to_string())
+    .execute(&mut *conn)
+    .await?;
+
+    // One read of the subscriptions of every account concerned.
+    let mut accounts: Vec<&str> = events
+        .iter()
+        .filter(|(event, _)| event.data.is_some())
+        .filter_map(|(event, _)| event.account_id)
+        .collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT s.account_id, s.event_type, s.webhook_id FROM webhook_subscriptions s \
+         JOIN webhooks w ON w.id = s.webhook_id WHERE s.account_id IN ({}) AND w.enabled = 1",
+        placeholders(1, accounts.len())
+    );
+    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+    for account in &accounts {
+        query = query.bind(*account);
+    }
+    let subscriptions = query.fetch_all(&mut *conn).await?;
+    for ((event, at), id) in events.iter().zip(&ids) {
+        if event.data.is_none() {
+            continue;
+        }
+        for (account_id, event_type, webhook_id) in &subscriptions {
+            if Some(account_id.as_str()) == event.account_id && event_type == event.kind {
+                queue_delivery(conn, webhook_id, id, event.object_key, *at).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Queues a delivery of the event `event_id` to `webhook_id`, due at once; answers its id.

@@ -11,7 +11,7 @@ use super::model::{Checked, Domain, DomainRow, DomainStatus, Due, PROOF_GRACE, S
 use super::records::{self, Found};
 use crate::config::Settings;
 use crate::store::crypto::MasterKey;
-use crate::store::{Db, Engine, Timestamp, new_id, placeholders};
+use crate::store::{Db, Engine, Timestamp, json_rows, new_id, placeholders};
 use crate::types::DomainName;
 
 const COLUMNS: &str = "id, name, status, created_at, verified_at, last_checked_at";
@@ -549,31 +549,6 @@ pub async fn load_due(db: &Db, ids: &[String]) -> anyhow::Result<Vec<Due>> {
     Ok(due)
 }
 
-/// Rows read from one bound parameter, a JSON array of objects: `columns` names the
-/// objects' fields and their SQL types. One parameter for a whole group of rows, because
-/// SQLite's cost of binding grows with the square of a statement's parameters.
-fn json_rows(engine: Engine, columns: &[(&str, &str)]) -> String {
-    match engine {
-        Engine::Sqlite => {
-            let fields: Vec<String> = columns
-                .iter()
-                .map(|(name, _)| format!("value ->> '{name}' AS {name}"))
-                .collect();
-            format!("(SELECT {} FROM json_each($1)) AS v", fields.join(", "))
-        }
-        Engine::Postgres => {
-            let fields: Vec<String> = columns
-                .iter()
-                .map(|(name, kind)| format!("{name} {kind}"))
-                .collect();
-            format!(
-                "jsonb_to_recordset(CAST($1 AS jsonb)) AS v({})",
-                fields.join(", ")
-            )
-        }
-    }
-}
-
 /// One UPDATE for the checks' domains: each one's new standing and what its lookups found.
 async fn update_checked(
     tx: &mut sqlx::AnyConnection,
@@ -676,72 +651,23 @@ async fn record_changes(
     .await?;
 
     // The account's log: only changes whose view was built (all, in practice).
-    let mut events = Vec::new();
-    let mut rows = Vec::new();
+    let mut events = Vec::with_capacity(changed.len());
     for (checked, reason) in changed {
         let Some(view) = &checked.view else { continue };
-        let id = new_id("evt");
         let kind = view.status.event_type();
-        rows.push(json!({
-            "id": id,
-            "account_id": checked.due.account_id,
-            "type": kind,
-            "detail": reason,
-            "data": serde_json::to_value(view)?.to_string(),
-            "at": checked.at,
-        }));
-        events.push((id, *checked, kind));
+        let event = crate::events::NewEvent {
+            detail: Some(reason),
+            ..crate::events::NewEvent::about(
+                &checked.due.account_id,
+                None,
+                kind,
+                &checked.due.id,
+                view,
+            )?
+        };
+        events.push((event, Timestamp(checked.at)));
     }
-    if events.is_empty() {
-        return Ok(());
-    }
-    let source = json_rows(
-        engine,
-        &[
-            ("id", "TEXT"),
-            ("account_id", "TEXT"),
-            ("type", "TEXT"),
-            ("detail", "TEXT"),
-            ("data", "TEXT"),
-            ("at", "BIGINT"),
-        ],
-    );
-    sqlx::query(&format!(
-        "INSERT INTO events (id, account_id, entity_id, email_id, recipient, type, detail, data, at) \
-         SELECT v.id, v.account_id, NULL, NULL, NULL, v.type, v.detail, v.data, v.at FROM {source}"
-    ))
-    .bind(serde_json::Value::Array(rows).to_string())
-    .execute(&mut *tx)
-    .await?;
-
-    // The webhook jobs, as `events::record` queues them: one per enabled webhook of the
-    // account subscribed to the event's type.
-    let mut accounts: Vec<&str> = events
-        .iter()
-        .map(|(_, c, _)| c.due.account_id.as_str())
-        .collect();
-    accounts.sort_unstable();
-    accounts.dedup();
-    let sql = format!(
-        "SELECT s.account_id, s.event_type, s.webhook_id FROM webhook_subscriptions s \
-         JOIN webhooks w ON w.id = s.webhook_id \
-         WHERE s.account_id IN ({}) AND s.event_type LIKE 'domain.%' AND w.enabled = 1",
-        placeholders(1, accounts.len())
-    );
-    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
-    for account in &accounts {
-        query = query.bind(*account);
-    }
-    let subscriptions = query.fetch_all(&mut *tx).await?;
-    for (event_id, checked, kind) in &events {
-        for (account_id, event_type, webhook_id) in &subscriptions {
-            if *account_id == checked.due.account_id && event_type == kind {
-                let at = Timestamp(checked.at);
-                crate::events::queue_delivery(tx, webhook_id, event_id, &checked.due.id, at)
-                    .await?;
-            }
-        }
-    }
+    crate::events::record_all(tx, engine, &events).await?;
     Ok(())
 }
 

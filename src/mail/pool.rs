@@ -257,8 +257,7 @@ impl Pool {
             idle.count += 1;
             if let Some(owner) = owner.as_deref() {
                 while idle.of_owner(owner) > self.per_account {
-                    let Some(one) = idle.evict_oldest(|k| k.owner.as_deref() == Some(owner))
-                    else {
+                    let Some(one) = idle.evict_oldest(|k| k.owner.as_deref() == Some(owner)) else {
                         break;
                     };
                     closed.push(one);

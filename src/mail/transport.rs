@@ -14,10 +14,10 @@ use std::time::Duration;
 use anyhow::Context;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::commands::Ehlo;
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, CertificateStore, TlsParameters,
 };
+use lettre::transport::smtp::commands::Ehlo;
 use lettre::transport::smtp::extension::ClientId;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
 use rustls::{CertificateError, RootCertStore};
@@ -626,7 +626,7 @@ impl Conversation<'_> {
 #[derive(Debug)]
 struct Overheard {
     stream: tokio::net::TcpStream,
-    heard: Arc<Mutex<Option<Vec<u8>>>>,
+    heard: Heard,
     /// Set when a write fails.
     write_failed: Arc<AtomicBool>,
 }
@@ -658,9 +658,6 @@ impl Overheard {
 
 /// What a server said up to its EHLO reply, until taken.
 type Heard = Arc<Mutex<Option<Vec<u8>>>>;
-
-impl Overheard {
-}
 
 impl tokio::io::AsyncRead for Overheard {
     fn poll_read(
@@ -984,7 +981,8 @@ pub enum RecipientReply {
 /// their order.
 ///
 /// Over SMTP, the connection comes from `pool` when one of `owner`'s to the same relay is
-/// kept there, and goes back to it when the transaction left it in a known state.
+/// kept there, and goes back to it when the transaction left it in a known state. It takes
+/// at most [`longest_conversation`].
 pub async fn deliver_each(
     transport: &Transport,
     pool: &Pool,
@@ -1008,30 +1006,122 @@ pub async fn deliver_each(
             )))),
         },
         Transport::Smtp(target) => {
-            let mut replies = all(RecipientReply::Failed(Failure::Temporary(format!(
-                "the SMTP conversation with {}:{} took longer than {:?}",
-                target.host, target.port, target.limits.timeout
-            ))));
-            let timeout = target.limits.timeout;
-            // A connection still in use when time runs out is dropped with the conversation,
-            // never kept: its state is unknown.
-            let _ = tokio::time::timeout(
-                timeout,
-                converse(target, pool, owner, from, recipients, bytes, &mut replies),
-            )
-            .await;
+            let mut replies = all(RecipientReply::Failed(Failure::Temporary(
+                "no SMTP conversation".to_string(),
+            )));
+            converse(target, pool, owner, from, recipients, bytes, &mut replies).await;
             replies
         }
     }
+}
+
+/// How long a kept connection may take to answer `RSET`: a live relay answers at once, and
+/// a connection that went quiet while it was kept must not cost a message its time.
+fn rset_timeout(limits: &Limits) -> Duration {
+    limits.connect_timeout.min(Duration::from_secs(5))
+}
+
+/// The longest a delivery's conversation takes: kept connections tried with `RSET`, or a
+/// new one opened (its connection and greeting, then TLS and AUTH, each within
+/// `connect_timeout`), then the transaction, which has the whole `timeout` of its own.
+pub fn longest_conversation(limits: &Limits) -> Duration {
+    rset_timeout(limits) + limits.connect_timeout * 2 + limits.timeout
 }
 
 /// What a transaction leaves its connection fit for.
 enum After {
     /// Another transaction: every reply was read, and the next use begins with RSET.
     Keep,
-    /// Nothing more: it broke, the server is closing it (`421`), or the message's end is
-    /// uncertain.
+    /// Nothing more: it broke, the server is closing it (`421`), or its replies no longer
+    /// match the commands.
     Close,
+}
+
+impl After {
+    fn when(goes_on: bool) -> After {
+        match goes_on {
+            true => After::Keep,
+            false => After::Close,
+        }
+    }
+}
+
+/// The reply a command takes.
+#[derive(Clone, Copy)]
+enum Wanted {
+    /// `2xx`: RSET, MAIL FROM, RCPT TO and the message's end.
+    Done,
+    /// Exactly `354`: DATA.
+    GoAhead,
+}
+
+/// What a command got back.
+enum Answer {
+    /// The reply it takes.
+    Taken(lettre::transport::smtp::response::Response),
+    /// A negative reply. After `421` the server closes the connection (RFC 5321 §3.8);
+    /// after any other, it goes on.
+    Refused(lettre::transport::smtp::Error),
+    /// No reply (a broken connection), or a reply out of step: a positive one of another
+    /// kind than the command takes (`354` to the message's end, `250` to DATA) says that
+    /// the replies no longer match the commands — a relay that wrote one line too many —
+    /// and none after it can be trusted.
+    Broken(String),
+}
+
+impl Answer {
+    fn of(
+        result: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
+        wanted: Wanted,
+    ) -> Answer {
+        match result {
+            Ok(reply) => {
+                let code = u16::from(reply.code());
+                let fits = match wanted {
+                    Wanted::Done => (200..300).contains(&code),
+                    Wanted::GoAhead => code == 354,
+                };
+                match fits {
+                    true => Answer::Taken(reply),
+                    false => Answer::Broken(format!("an unexpected reply: {}", reply_text(&reply))),
+                }
+            }
+            Err(error) if error.status().is_some() => Answer::Refused(error),
+            Err(error) => Answer::Broken(describe_broken(&error)),
+        }
+    }
+
+    fn taken(&self) -> bool {
+        matches!(self, Answer::Taken(_))
+    }
+
+    /// Whether the connection serves on after it.
+    fn goes_on(&self) -> bool {
+        match self {
+            Answer::Taken(_) => true,
+            Answer::Refused(error) => answered(error),
+            Answer::Broken(_) => false,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Answer::Taken(reply) => reply_text(reply),
+            Answer::Refused(error) => describe(error),
+            Answer::Broken(detail) => detail.clone(),
+        }
+    }
+
+    /// Why `command` failed, for every recipient it concerned: the server's reply as
+    /// `classify_at` reads it, or no reply that counts (worth another try).
+    fn failure(&self, command: &str) -> Failure {
+        match self {
+            Answer::Refused(error) => classify_at(command, error),
+            Answer::Taken(_) | Answer::Broken(_) => {
+                Failure::Temporary(format!("{command}: {}", self.detail()))
+            }
+        }
+    }
 }
 
 /// The transaction of `deliver_each`: `replies` holds each recipient's outcome as it is
@@ -1050,7 +1140,11 @@ async fn converse(
     let mut session = match reuse(pool, &key, &mut conversation).await {
         Some(session) => session,
         None => match conversation.open().await {
-            Some(connection) => Session::new(connection, conversation.pipelining),
+            Some(connection) => Session::new(
+                connection,
+                conversation.pipelining,
+                conversation.write_failed.clone(),
+            ),
             None => {
                 let last = conversation
                     .steps
@@ -1066,45 +1160,63 @@ async fn converse(
             }
         },
     };
-    match transact(
+    // The transaction's time starts once the connection is ready: however long that took,
+    // a slow reply to the message's end still has it all.
+    let timeout = target.limits.timeout;
+    fail_all(
+        replies,
+        Failure::Temporary(format!(
+            "the SMTP conversation with {}:{} took longer than {timeout:?}",
+            target.host, target.port
+        )),
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    let transaction = transact(
         &mut session,
         &mut conversation,
         from,
         recipients,
         bytes,
         replies,
-    )
-    .await
-    {
-        After::Keep => {
+        deadline,
+    );
+    match tokio::time::timeout_at(deadline, transaction).await {
+        Ok(After::Keep) => {
             session.served();
             pool.keep(key, session);
         }
-        After::Close => pool::close(session),
+        Ok(After::Close) => pool::close(session),
+        // In the middle of a command: what the server makes of anything more is unknown.
+        Err(_) => drop(session),
     }
 }
 
-/// A kept connection of `key`, reset with `RSET` as Postfix does; one that does not
-/// answer it at once is closed and the next tried, then none. Nothing of the message has
-/// been said on it yet: a fresh connection never sends anything twice.
+/// A kept connection of `key`, reset with `RSET` as Postfix does; one that refuses it or
+/// breaks is closed and the next tried, then none. All share one short deadline: when it
+/// passes, the key's other kept connections are closed too, untried. Nothing of the
+/// message has been said on any of them yet: a fresh connection never sends anything
+/// twice.
 async fn reuse(pool: &Pool, key: &Key, conversation: &mut Conversation<'_>) -> Option<Session> {
     use lettre::transport::smtp::commands::Rset;
 
-    let limit = conversation.target.limits.connect_timeout;
+    let deadline = tokio::time::Instant::now() + rset_timeout(&conversation.target.limits);
     while let Some(mut session) = pool.take(key) {
-        match tokio::time::timeout(limit, session.connection.command(Rset)).await {
-            Ok(Ok(_)) => {
+        let reset = tokio::time::timeout_at(deadline, session.connection.command(Rset)).await;
+        match reset.map(|reply| Answer::of(reply, Wanted::Done)) {
+            Ok(Answer::Taken(_)) => {
                 let detail = format!("reusing a connection to {}", conversation.destination());
                 conversation.record("connect", true, detail);
                 return Some(session);
             }
-            Ok(Err(error)) => {
-                tracing::debug!(destination = %conversation.destination(), error = %describe_broken(&error), "a kept SMTP connection did not take RSET");
+            Ok(answer) => {
+                tracing::debug!(destination = %conversation.destination(), reply = %answer.detail(), "a kept SMTP connection did not take RSET");
                 pool::close(session);
             }
             Err(_) => {
-                tracing::debug!(destination = %conversation.destination(), "a kept SMTP connection did not answer RSET");
-                pool::close(session);
+                tracing::debug!(destination = %conversation.destination(), "a kept SMTP connection did not answer RSET; the others kept for it are closed");
+                drop(session);
+                pool.close_key(key);
+                return None;
             }
         }
     }
@@ -1133,17 +1245,9 @@ fn describe_broken(error: &lettre::transport::smtp::Error) -> String {
     describe(error)
 }
 
-/// Why `command` failed, for every recipient it concerned: the server's reply as
-/// `classify_at` reads it, or a broken connection (worth another try).
-fn failed_at(command: &str, error: &lettre::transport::smtp::Error) -> Failure {
-    match error.status() {
-        Some(_) => classify_at(command, error),
-        None => Failure::Temporary(format!("{command}: {}", describe_broken(error))),
-    }
-}
-
 /// One transaction on an open connection: one command at a time, or all but the message
-/// at once when the server offers PIPELINING.
+/// at once when the server offers PIPELINING. The message's end is answered by `deadline`,
+/// or its outcome is unknown.
 async fn transact(
     session: &mut Session,
     conversation: &mut Conversation<'_>,
@@ -1151,6 +1255,7 @@ async fn transact(
     recipients: &[lettre::Address],
     bytes: &[u8],
     replies: &mut [RecipientReply],
+    deadline: tokio::time::Instant,
 ) -> After {
     use lettre::transport::smtp::commands::Mail;
     use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
@@ -1182,9 +1287,28 @@ async fn transact(
         options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
     let mail = Mail::new(Some(from.clone()), options);
+    let message = Message { bytes, deadline };
     match session.pipelining {
-        true => pipelined(session, conversation, mail, recipients, bytes, replies).await,
-        false => stepwise(session, conversation, mail, recipients, bytes, replies).await,
+        true => pipelined(session, conversation, mail, recipients, message, replies).await,
+        false => stepwise(session, conversation, mail, recipients, message, replies).await,
+    }
+}
+
+/// A message's bytes, and when the reply to its end must have come.
+#[derive(Clone, Copy)]
+struct Message<'a> {
+    bytes: &'a [u8],
+    deadline: tokio::time::Instant,
+}
+
+/// A command broke the transaction at recipient `index`: whoever has no final reply yet —
+/// it, those after it, and those accepted (no message followed) — fails with `failure`.
+fn broken_at(replies: &mut [RecipientReply], index: usize, accepted: &[usize], failure: Failure) {
+    for reply in replies.iter_mut().skip(index) {
+        *reply = RecipientReply::Failed(failure.clone());
+    }
+    for &index in accepted {
+        replies[index] = RecipientReply::Failed(failure.clone());
     }
 }
 
@@ -1194,52 +1318,38 @@ async fn stepwise(
     conversation: &mut Conversation<'_>,
     mail: lettre::transport::smtp::commands::Mail,
     recipients: &[lettre::Address],
-    bytes: &[u8],
+    message: Message<'_>,
     replies: &mut [RecipientReply],
 ) -> After {
     use lettre::transport::smtp::commands::{Data, Rcpt};
 
     let connection = &mut session.connection;
-    if let Err(error) = connection.command(mail).await {
-        conversation.record("mail", false, describe_broken(&error));
-        fail_all(replies, failed_at("MAIL FROM", &error));
-        return if answered(&error) {
-            After::Keep
-        } else {
-            After::Close
-        };
+    let sender = Answer::of(connection.command(mail).await, Wanted::Done);
+    if !sender.taken() {
+        conversation.record("mail", false, sender.detail());
+        fail_all(replies, sender.failure("MAIL FROM"));
+        return After::when(sender.goes_on());
     }
     let mut accepted = Vec::new();
     for (index, recipient) in recipients.iter().enumerate() {
-        match connection
-            .command(Rcpt::new(recipient.clone(), vec![]))
-            .await
-        {
-            Ok(_) => accepted.push(index),
-            Err(error) if answered(&error) => {
-                conversation.record("rcpt", false, describe(&error));
-                replies[index] = RecipientReply::Refused(classify_at("RCPT TO", &error));
-            }
-            Err(error) => {
-                // The connection broke or is closing: whoever has no reply yet is tried
-                // again later.
-                conversation.record("rcpt", false, describe_broken(&error));
-                let failure = failed_at("RCPT TO", &error);
-                for reply in replies.iter_mut().skip(index) {
-                    *reply = RecipientReply::Failed(failure.clone());
-                }
-                for &index in &accepted {
-                    replies[index] = RecipientReply::Failed(failure.clone());
-                }
-                return After::Close;
-            }
+        let rcpt = Rcpt::new(recipient.clone(), vec![]);
+        let answer = Answer::of(connection.command(rcpt).await, Wanted::Done);
+        if answer.taken() {
+            accepted.push(index);
+            continue;
         }
+        conversation.record("rcpt", false, answer.detail());
+        if !answer.goes_on() {
+            broken_at(replies, index, &accepted, answer.failure("RCPT TO"));
+            return After::Close;
+        }
+        replies[index] = RecipientReply::Refused(answer.failure("RCPT TO"));
     }
     if accepted.is_empty() {
         return After::Keep;
     }
-    let data = connection.command(Data).await;
-    send_message(session, conversation, data, &accepted, bytes, replies).await
+    let data = Answer::of(connection.command(Data).await, Wanted::GoAhead);
+    send_message(session, conversation, data, &accepted, message, replies).await
 }
 
 /// RFC 2920: `MAIL FROM`, every `RCPT TO` and `DATA` written at once, then their replies
@@ -1250,7 +1360,7 @@ async fn pipelined(
     conversation: &mut Conversation<'_>,
     mail: lettre::transport::smtp::commands::Mail,
     recipients: &[lettre::Address],
-    bytes: &[u8],
+    message: Message<'_>,
     replies: &mut [RecipientReply],
 ) -> After {
     use lettre::transport::smtp::commands::{Data, Rcpt};
@@ -1262,66 +1372,53 @@ async fn pipelined(
     commands.push_str(&Data.to_string());
     let connection = &mut session.connection;
     // lettre writes the lot as one command and reads the first reply, MAIL FROM's.
-    let mail = connection.command(commands).await;
-    if let Err(error) = &mail
-        && !answered(error)
-    {
-        conversation.record("mail", false, describe_broken(error));
-        fail_all(replies, failed_at("MAIL FROM", error));
+    let sender = Answer::of(connection.command(commands).await, Wanted::Done);
+    if !sender.goes_on() {
+        conversation.record("mail", false, sender.detail());
+        fail_all(replies, sender.failure("MAIL FROM"));
         return After::Close;
     }
     let mut accepted = Vec::new();
     for index in 0..recipients.len() {
-        match connection.read_response().await {
-            Ok(_) => accepted.push(index),
-            Err(error) if answered(&error) => {
-                conversation.record("rcpt", false, describe(&error));
-                replies[index] = RecipientReply::Refused(classify_at("RCPT TO", &error));
-            }
-            Err(error) => {
-                conversation.record("rcpt", false, describe_broken(&error));
-                let failure = failed_at("RCPT TO", &error);
-                for reply in replies.iter_mut().skip(index) {
-                    *reply = RecipientReply::Failed(failure.clone());
-                }
-                for &index in &accepted {
-                    replies[index] = RecipientReply::Failed(failure.clone());
-                }
-                if let Err(error) = &mail {
-                    fail_all(replies, failed_at("MAIL FROM", error));
-                }
-                return After::Close;
-            }
+        let answer = Answer::of(connection.read_response().await, Wanted::Done);
+        if answer.taken() {
+            accepted.push(index);
+            continue;
         }
+        conversation.record("rcpt", false, answer.detail());
+        if !answer.goes_on() {
+            broken_at(replies, index, &accepted, answer.failure("RCPT TO"));
+            if !sender.taken() {
+                fail_all(replies, sender.failure("MAIL FROM"));
+            }
+            return After::Close;
+        }
+        replies[index] = RecipientReply::Refused(answer.failure("RCPT TO"));
     }
-    let data = connection.read_response().await;
-    if let Err(error) = &mail {
-        // The recipients' replies followed a refused sender: none of them counts.
-        conversation.record("mail", false, describe(error));
-        fail_all(replies, failed_at("MAIL FROM", error));
+    let data = Answer::of(connection.read_response().await, Wanted::GoAhead);
+    if !sender.taken() {
+        // The recipients' replies followed a refused sender (`503`s, say): none of them
+        // counts.
+        conversation.record("mail", false, sender.detail());
+        fail_all(replies, sender.failure("MAIL FROM"));
         return end_without_message(session, data).await;
     }
     if accepted.is_empty() {
         return end_without_message(session, data).await;
     }
-    send_message(session, conversation, data, &accepted, bytes, replies).await
+    send_message(session, conversation, data, &accepted, message, replies).await
 }
 
 /// After a pipelined `DATA` that must carry nothing (no recipient accepted): the server
 /// refuses it, as RFC 2920 §3.1 asks (`554 no valid recipients`); one that invites the
-/// message anyway gets it ended at once, empty, its reply whatever it is.
-async fn end_without_message(
-    session: &mut Session,
-    data: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
-) -> After {
-    let ended = match data {
-        Ok(_) => session.connection.command(".\r\n").await.map(|_| ()),
-        Err(error) => Err(error),
-    };
-    match ended {
-        Ok(()) => After::Keep,
-        Err(error) if answered(&error) => After::Keep,
-        Err(_) => After::Close,
+/// message anyway gets it ended at once, empty.
+async fn end_without_message(session: &mut Session, data: Answer) -> After {
+    match data {
+        Answer::Taken(_) => {
+            let ended = session.connection.command(".\r\n").await;
+            After::when(Answer::of(ended, Wanted::Done).goes_on())
+        }
+        refused => After::when(refused.goes_on()),
     }
 }
 
@@ -1330,33 +1427,57 @@ async fn end_without_message(
 async fn send_message(
     session: &mut Session,
     conversation: &mut Conversation<'_>,
-    data: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
+    data: Answer,
     accepted: &[usize],
-    bytes: &[u8],
+    message: Message<'_>,
     replies: &mut [RecipientReply],
 ) -> After {
-    let sent = match data {
-        Ok(_) => session.connection.message(bytes).await,
-        Err(error) => Err(error),
+    let fail = |replies: &mut [RecipientReply], failure: Failure| {
+        for &index in accepted {
+            replies[index] = RecipientReply::Failed(failure.clone());
+        }
     };
-    let (outcome, after) = match sent {
-        Ok(response) => {
+    if !data.taken() {
+        conversation.record("send", false, data.detail());
+        fail(replies, data.failure("DATA"));
+        return After::when(data.goes_on());
+    }
+    let sent = session.connection.message(message.bytes);
+    let answer = match tokio::time::timeout_at(message.deadline, sent).await {
+        Ok(result) => Answer::of(result, Wanted::Done),
+        Err(_) => Answer::Broken("no reply to the message in time".to_string()),
+    };
+    let after = After::when(answer.goes_on());
+    match answer {
+        Answer::Taken(response) => {
             let reply = reply_text(&response);
             conversation.record("send", true, reply.clone());
-            (RecipientReply::Sent(reply), After::Keep)
+            for &index in accepted {
+                replies[index] = RecipientReply::Sent(reply.clone());
+            }
         }
-        // Whether the server holds part of the message, or took it without saying so, is
-        // not certain: the connection is not used again.
-        Err(error) => {
-            conversation.record("send", false, describe_broken(&error));
-            (
-                RecipientReply::Failed(failed_at("DATA", &error)),
-                After::Close,
-            )
+        Answer::Refused(_) => {
+            conversation.record("send", false, answer.detail());
+            fail(replies, answer.failure("DATA"));
         }
-    };
-    for &index in accepted {
-        replies[index] = outcome.clone();
+        // No reply after the message was written to its end: the server may have taken it
+        // and failed to say so. Tried again, it may arrive twice (as with Postfix); the
+        // detail says so.
+        Answer::Broken(detail) => {
+            let write_failed = session
+                .write_failed
+                .as_ref()
+                .is_some_and(|failed| failed.load(Ordering::Relaxed));
+            let detail = match write_failed {
+                true => detail,
+                false => {
+                    tracing::warn!(destination = %conversation.destination(), %detail, "no reply to a message's end: it may be delivered more than once");
+                    format!("{detail}; the message may have been delivered")
+                }
+            };
+            conversation.record("send", false, detail.clone());
+            fail(replies, Failure::Temporary(format!("DATA: {detail}")));
+        }
     }
     after
 }

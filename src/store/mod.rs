@@ -278,6 +278,32 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The FROM source `v` of rows read from the bound parameter `$1`, a JSON array of
+/// objects: `columns` names the objects' fields and their SQL types. One parameter for a
+/// whole group of rows, because SQLite's cost of binding grows with the square of a
+/// statement's parameters.
+pub fn json_rows(engine: Engine, columns: &[(&str, &str)]) -> String {
+    match engine {
+        Engine::Sqlite => {
+            let fields: Vec<String> = columns
+                .iter()
+                .map(|(name, _)| format!("value ->> '{name}' AS {name}"))
+                .collect();
+            format!("(SELECT {} FROM json_each($1)) AS v", fields.join(", "))
+        }
+        Engine::Postgres => {
+            let fields: Vec<String> = columns
+                .iter()
+                .map(|(name, kind)| format!("{name} {kind}"))
+                .collect();
+            format!(
+                "jsonb_to_recordset(CAST($1 AS jsonb)) AS v({})",
+                fields.join(", ")
+            )
+        }
+    }
+}
+
 /// `$first, $first+1, …`: `count` numbered parameters, for an `IN (…)` or `VALUES` list.
 pub fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)

@@ -1,7 +1,10 @@
-//! SMTP connections kept between messages: few connections for many messages, nothing
-//! lost or sent twice when a relay drops one, `421` closes one for good, PIPELINING keeps
-//! each recipient's reply, and no account's mail rides another account's authenticated
-//! connection.
+//! SMTP connections kept between messages: few connections for many messages, and few
+//! kept however many accounts and relays; nothing lost or sent twice when a relay drops
+//! one before a message's end (and what is recorded when it drops one after); `421` closes
+//! one for good; a reply out of step closes one; a kept connection that stops answering
+//! costs a message nothing; PIPELINING keeps each recipient's reply, in clear and over
+//! STARTTLS, and survives every fault; no account's mail rides another account's
+//! authenticated connection.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -20,9 +23,17 @@ use crate::helpers::{Engine, TestApp, spawn_app_with, spawn_app_with_relay};
 
 both_engines!(
     a_hundred_messages_share_a_few_connections,
-    a_relay_that_drops_connections_loses_no_message_and_gets_none_twice,
+    a_relay_that_drops_connections_before_a_messages_end_loses_none_and_gets_none_twice,
+    a_connection_lost_after_a_messages_end_is_retried_and_may_deliver_it_twice,
     a_421_closes_the_connection_and_the_message_comes_later,
+    a_reply_out_of_step_closes_the_connection_and_nothing_counts_as_sent,
+    a_kept_connection_that_stops_answering_rset_costs_the_message_no_attempt,
+    one_accounts_relays_keep_no_more_connections_than_it_may_use,
+    accounts_sharing_the_system_relay_keep_no_more_connections_than_the_slots,
     pipelining_keeps_each_recipients_reply,
+    pipelining_survives_a_421_or_a_drop_at_any_command,
+    a_refused_sender_fails_its_email_alone_when_pipelined,
+    pipelining_is_read_again_inside_starttls,
     another_accounts_mail_never_rides_an_authenticated_connection,
 );
 
@@ -172,7 +183,9 @@ async fn a_hundred_messages_share_a_few_connections(engine: Engine) {
     assert_eq!(relay.pipelined(), 0);
 }
 
-async fn a_relay_that_drops_connections_loses_no_message_and_gets_none_twice(engine: Engine) {
+async fn a_relay_that_drops_connections_before_a_messages_end_loses_none_and_gets_none_twice(
+    engine: Engine,
+) {
     let (app, relay) = spawn_app_with_relay(engine, |s| {
         s.relay_concurrency = 4;
         s.mail_retry_seconds = 1;
@@ -186,7 +199,7 @@ async fn a_relay_that_drops_connections_loses_no_message_and_gets_none_twice(eng
     // RSET that begins a reuse: nothing of a message was said yet, so a new connection
     // takes it at once.
     relay.fault(At::Rcpt, 3, Fault::Drop);
-    relay.fault(At::Data, 10, Fault::Drop);
+    relay.fault(At::Message, 10, Fault::Drop);
     relay.fault(At::Mail, 40, Fault::Drop);
     relay.fault(At::Rset, 20, Fault::Drop);
     let emails = readers(100)
@@ -427,4 +440,335 @@ async fn another_accounts_mail_never_rides_an_authenticated_connection(engine: E
         "{} connections",
         relay.sessions()
     );
+}
+
+/// The detail of each `email.deferred` event of an email, oldest first.
+async fn deferrals(app: &TestApp, id: &str) -> Vec<String> {
+    events(app, id)
+        .await
+        .into_iter()
+        .filter(|(kind, _)| kind == "email.deferred")
+        .map(|(_, detail)| detail.unwrap_or_default())
+        .collect()
+}
+
+/// Waits until the relay has no more connections open than `most` (a QUIT takes a moment
+/// to arrive); answers how many it has.
+async fn open_connections_settle(relay: &TestSmtp, most: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while relay.open_connections() > most && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.open_connections()
+}
+
+async fn a_connection_lost_after_a_messages_end_is_retried_and_may_deliver_it_twice(
+    engine: Engine,
+) {
+    let (app, relay) = spawn_app_with_relay(engine, |s| s.mail_retry_seconds = 1).await;
+    let account = app.admin.account_id.clone();
+    app.active_domain("shop.test").await;
+    // The relay takes the whole message, then the connection drops before its reply: the
+    // message may well be in its queue. Mailroom cannot know; it tries again and says so.
+    relay.fault(At::Message, 1, Fault::DropAfterEnd);
+    let ids = queue(
+        &app,
+        vec![email(&account, "orders@shop.test", &["a@example.org"])],
+    )
+    .await;
+    wait_for_all(&app, &ids, "sent", Duration::from_secs(30)).await;
+
+    let found = recipients(&app, &ids[0].0).await;
+    assert_eq!(found[0].1, "sent");
+    assert_eq!(found[0].2, 2, "tried again");
+    let deferred = deferrals(&app, &ids[0].0).await;
+    assert_eq!(deferred.len(), 1, "{deferred:?}");
+    assert!(
+        deferred[0].contains("DATA")
+            && deferred[0].contains("closed the connection")
+            && deferred[0].contains("the message may have been delivered"),
+        "{}",
+        deferred[0]
+    );
+    // The receiver has it twice, with the same Message-ID (by which it may drop one).
+    let counted = arrivals(&relay.received());
+    assert_eq!(counted.get(&ids[0].1), Some(&2), "{counted:?}");
+}
+
+async fn a_reply_out_of_step_closes_the_connection_and_nothing_counts_as_sent(engine: Engine) {
+    let (app, relay) = spawn_app_with_relay(engine, |s| s.mail_retry_seconds = 1).await;
+    let account = app.admin.account_id.clone();
+    app.active_domain("shop.test").await;
+    // The relay writes one line too many after the first RCPT TO, and rejects the first
+    // message it gets to the end of. Read loosely, the extra `250` is taken for DATA's
+    // reply, and DATA's `354` for the message's: a rejected message recorded as sent.
+    relay.fault(At::Rcpt, 1, Fault::ExtraReply);
+    relay.reply_next("554 5.7.1 Message rejected as spam");
+    let ids = queue(
+        &app,
+        vec![email(&account, "orders@shop.test", &["a@example.org"])],
+    )
+    .await;
+    wait_for_all(&app, &ids, "failed", Duration::from_secs(30)).await;
+
+    let found = recipients(&app, &ids[0].0).await;
+    assert_eq!(
+        (found[0].1.as_str(), found[0].2),
+        ("bounced", 2),
+        "{found:?}"
+    );
+    let deferred = deferrals(&app, &ids[0].0).await;
+    assert_eq!(deferred.len(), 1, "{deferred:?}");
+    assert!(
+        deferred[0].contains("DATA") && deferred[0].contains("unexpected reply: 250"),
+        "{}",
+        deferred[0]
+    );
+    let history = events(&app, &ids[0].0).await;
+    let (kind, detail) = history.last().unwrap();
+    assert_eq!(kind, "email.bounced");
+    assert!(detail.as_deref().unwrap().contains("554"), "{detail:?}");
+    assert!(relay.received().is_empty());
+    // The connection out of step was not used again.
+    assert_eq!(relay.sessions(), 2);
+}
+
+async fn a_kept_connection_that_stops_answering_rset_costs_the_message_no_attempt(engine: Engine) {
+    // A five-second conversation; a kept connection has five seconds (or the connect
+    // timeout, when shorter) to answer RSET; a new connection and its transaction have
+    // their own time after that.
+    let (app, relay) = spawn_app_with_relay(engine, |s| {
+        s.relay_concurrency = 1;
+        s.smtp_timeout = 5;
+        s.smtp_connect_timeout = 10;
+    })
+    .await;
+    let account = app.admin.account_id.clone();
+    app.active_domain("shop.test").await;
+    relay.fault(At::Rset, 1, Fault::Stall);
+    let first = queue(
+        &app,
+        vec![email(&account, "orders@shop.test", &["a@example.org"])],
+    )
+    .await;
+    wait_for_all(&app, &first, "sent", Duration::from_secs(10)).await;
+
+    let started = Instant::now();
+    let second = queue(
+        &app,
+        vec![email(&account, "orders@shop.test", &["b@example.org"])],
+    )
+    .await;
+    wait_for_all(&app, &second, "sent", Duration::from_secs(15)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(9), "took {took:?}");
+    assert_eq!(recipients(&app, &second[0].0).await[0].2, 1, "one attempt");
+    assert!(deferrals(&app, &second[0].0).await.is_empty());
+    assert_eq!(relay.sessions(), 2, "a new connection took it");
+    each_arrived_once(&relay, &[first[0].clone(), second[0].clone()]);
+}
+
+async fn one_accounts_relays_keep_no_more_connections_than_it_may_use(engine: Engine) {
+    // One account, four domains, each with its own relay settings (another user at the
+    // same relay): four keys, one account's share of kept connections.
+    let relay = TestSmtp::start(Encryption::Plain, Some(("user0", "password-0"))).await;
+    let app = spawn_app_with(engine, |s| s.relay_concurrency = 2).await;
+    let (key, account) = (app.admin.api_key.clone(), app.admin.account_id.clone());
+    let mut emails = Vec::new();
+    for n in 0..4 {
+        let (user, pass) = (format!("user{n}"), format!("password-{n}"));
+        relay.add_user(&user, &pass);
+        let domain = format!("shop{n}.test");
+        active_domain_of(&app, &key, &account, &domain).await;
+        set_relay_as(&app, &key, &domain, relay.port, (&user, &pass)).await;
+        for to in readers(3) {
+            emails.push(email(&account, &format!("orders@{domain}"), &[&to]));
+        }
+    }
+    let ids = queue(&app, emails).await;
+    wait_for_all(&app, &ids, "sent", Duration::from_secs(60)).await;
+    each_arrived_once(&relay, &ids);
+
+    let users: BTreeSet<Option<String>> = relay.received().into_iter().map(|r| r.user).collect();
+    assert_eq!(users.len(), 4, "each domain's mail went as its user");
+    assert!(
+        relay.sessions() >= 4,
+        "one connection per relay setting at least"
+    );
+    let open = open_connections_settle(&relay, 2).await;
+    assert!(open <= 2, "{open} connections kept for one account");
+}
+
+async fn accounts_sharing_the_system_relay_keep_no_more_connections_than_the_slots(engine: Engine) {
+    // Twenty accounts without a relay of their own: each one's mail goes through the
+    // system relay on connections of its own; the worker has 16 slots, and keeps no more.
+    const ACCOUNTS: usize = 20;
+    const SLOTS: usize = 16;
+    let (app, relay) = spawn_app_with_relay(engine, |s| s.relay_concurrency = 4).await;
+    let mut emails = Vec::new();
+    for n in 0..ACCOUNTS {
+        let account = app.other_account().await;
+        let domain = format!("shop{n}.test");
+        active_domain_of(&app, &account.api_key, &account.account_id, &domain).await;
+        emails.push(email(
+            &account.account_id,
+            &format!("orders@{domain}"),
+            &["reader@example.org"],
+        ));
+    }
+    let ids = queue(&app, emails).await;
+    wait_for_all(&app, &ids, "sent", Duration::from_secs(60)).await;
+    each_arrived_once(&relay, &ids);
+
+    assert_eq!(
+        relay.sessions(),
+        ACCOUNTS,
+        "each account its own connection"
+    );
+    let open = open_connections_settle(&relay, SLOTS).await;
+    assert!(open <= SLOTS, "{open} connections kept");
+    // Unused, they close soon after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.open_connections() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} still open",
+            relay.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn pipelining_survives_a_421_or_a_drop_at_any_command(engine: Engine) {
+    let (app, relay) = spawn_app_with_relay(engine, |s| {
+        s.relay_concurrency = 1;
+        s.mail_retry_seconds = 1;
+    })
+    .await;
+    relay.offer_pipelining();
+    let account = app.admin.account_id.clone();
+    app.active_domain("shop.test").await;
+    // One email at a time, each deferred once by a fault and then sent. The counts are
+    // over all connections: a step said after a 421 is not counted.
+    let cases: [(At, usize, Fault, &[&str]); 5] = [
+        (At::Mail, 1, Fault::Closing, &["MAIL FROM", "421"]),
+        (At::Rcpt, 2, Fault::Closing, &["RCPT TO", "421"]),
+        (At::Data, 3, Fault::Closing, &["DATA", "421"]),
+        (
+            At::Rcpt,
+            6,
+            Fault::Drop,
+            &["RCPT TO", "closed the connection"],
+        ),
+        // One reply too many: DATA's turns out `250`, and nothing is sent.
+        (
+            At::Mail,
+            9,
+            Fault::ExtraReply,
+            &["DATA", "unexpected reply: 250"],
+        ),
+    ];
+    let mut all = Vec::new();
+    for (n, (at, nth, fault, said)) in cases.into_iter().enumerate() {
+        relay.fault(at, nth, fault);
+        let to = format!("reader{n}@example.org");
+        let ids = queue(&app, vec![email(&account, "orders@shop.test", &[&to])]).await;
+        wait_for_all(&app, &ids, "sent", Duration::from_secs(30)).await;
+        let found = recipients(&app, &ids[0].0).await;
+        assert_eq!(found[0].2, 2, "{at:?} {fault:?}: {found:?}");
+        let deferred = deferrals(&app, &ids[0].0).await;
+        assert_eq!(deferred.len(), 1, "{at:?} {fault:?}: {deferred:?}");
+        assert!(
+            said.iter().all(|s| deferred[0].contains(s)),
+            "{at:?} {fault:?}: {}",
+            deferred[0]
+        );
+        all.extend(ids);
+    }
+    each_arrived_once(&relay, &all);
+    // After a 421, only what was written with the refused command (it was pipelined)
+    // reached the relay; nothing was said on such a connection after its replies.
+    let after = relay.after_421();
+    assert!(
+        after
+            .iter()
+            .all(|line| line.starts_with("RCPT TO:") || line == "DATA"),
+        "{after:?}"
+    );
+    // Every transaction came pipelined, and each fault cost its connection.
+    assert_eq!(relay.pipelined(), relay.transactions());
+    assert_eq!(relay.sessions(), 1 + 5);
+}
+
+async fn a_refused_sender_fails_its_email_alone_when_pipelined(engine: Engine) {
+    let (app, relay) = spawn_app_with_relay(engine, |s| s.relay_concurrency = 1).await;
+    relay.offer_pipelining();
+    let account = app.admin.account_id.clone();
+    app.active_domain("shop.test").await;
+    // MAIL FROM refused: the pipelined RCPT TOs and DATA get `503`s, which count for
+    // nothing — each recipient fails with the sender's refusal.
+    relay.fault(At::Mail, 1, Fault::Reply("550 5.7.1 Sender refused"));
+    let to = ["a@example.org", "b@example.org"];
+    let refused = queue(&app, vec![email(&account, "orders@shop.test", &to)]).await;
+    wait_for_all(&app, &refused, "failed", Duration::from_secs(30)).await;
+    for (address, _, attempts) in recipients(&app, &refused[0].0).await {
+        assert_eq!(attempts, 1, "{address}");
+    }
+    let history = events(&app, &refused[0].0).await;
+    let failures: Vec<&str> = history
+        .iter()
+        .filter(|(kind, _)| kind != "email.queued")
+        .filter_map(|(_, detail)| detail.as_deref())
+        .collect();
+    assert_eq!(failures.len(), 2, "{history:?}");
+    for detail in failures {
+        assert!(
+            detail.contains("MAIL FROM") && detail.contains("550") && !detail.contains("503"),
+            "{detail}"
+        );
+    }
+
+    // The connection serves the next email.
+    let next = queue(
+        &app,
+        vec![email(&account, "orders@shop.test", &["c@example.org"])],
+    )
+    .await;
+    wait_for_all(&app, &next, "sent", Duration::from_secs(30)).await;
+    each_arrived_once(&relay, &next);
+    assert_eq!(relay.sessions(), 1);
+    assert_eq!(relay.pipelined(), 1);
+}
+
+async fn pipelining_is_read_again_inside_starttls(engine: Engine) {
+    let relay = TestSmtp::start(Encryption::StartTls, None).await;
+    relay.offer_pipelining();
+    let app = spawn_app_with(engine, |s| {
+        s.smtp_url = Some(mailroom::config::Secret::new(format!(
+            "smtp://127.0.0.1:{}?verify=false",
+            relay.port
+        )));
+        s.relay_concurrency = 1;
+    })
+    .await;
+    let account = app.admin.account_id.clone();
+    app.active_domain("shop.test").await;
+    let emails = readers(3)
+        .iter()
+        .map(|to| email(&account, "orders@shop.test", &[to]))
+        .collect();
+    let ids = queue(&app, emails).await;
+    wait_for_all(&app, &ids, "sent", Duration::from_secs(30)).await;
+    each_arrived_once(&relay, &ids);
+
+    assert!(relay.received().iter().all(|r| r.tls), "all over TLS");
+    // Asked once more inside TLS (what was said before STARTTLS does not count), and
+    // every transaction pipelined, on one connection.
+    assert_eq!(relay.sessions(), 1);
+    assert_eq!(
+        relay.hellos().len(),
+        3,
+        "EHLO, EHLO after STARTTLS, EHLO asked again"
+    );
+    assert_eq!(relay.pipelined(), 3);
 }

@@ -1,8 +1,8 @@
 //! An SMTP server on loopback that a test controls: plain, STARTTLS or TLS from the first
 //! byte (with a freshly generated certificate), with or without AUTH (one user or several),
 //! with or without PIPELINING, and with scripted replies, a stall at DATA, faults (a
-//! connection dropped or a `421` at a chosen step), and a record of what it received and
-//! on which connection.
+//! connection dropped, a `421`, a reply of its own, one reply too many or none at all at
+//! a chosen step), and a record of what it received and on which connection.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -101,6 +101,8 @@ struct Script {
     reached: Vec<(At, usize)>,
     /// Connections accepted.
     sessions: usize,
+    /// Connections open now.
+    open: usize,
     /// Transactions whose MAIL FROM came in one read with their DATA.
     pipelined: usize,
     /// What clients said on a connection after it was answered `421` (QUIT aside).
@@ -112,20 +114,32 @@ struct Script {
 pub enum At {
     Mail,
     Rcpt,
-    /// DATA and the message after it.
+    /// The DATA command.
     Data,
+    /// The message after DATA's `354`, and the reply to its end.
+    Message,
     Rset,
 }
 
 /// What the server does at a step instead of its usual answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Closes the connection without a reply; at DATA, after the message's first line,
-    /// before its end.
+    /// Closes the connection without a reply; at `Message`, after the message's first
+    /// line, before its end.
     Drop,
-    /// Answers `421 4.3.2 Service shutting down` (at DATA, to the message's end, which is
-    /// not kept); then answers `421` to whatever a client still says, and records it.
+    /// At `Message` only: reads the message to its end and keeps it, as a relay that
+    /// queued it does, then closes the connection without a reply.
+    DropAfterEnd,
+    /// Answers `421 4.3.2 Service shutting down` (at `Message`, to the message's end, which
+    /// is not kept); then answers `421` to whatever a client still says, and records it.
     Closing,
+    /// Answers this reply instead (at `Message`, to the message's end; it is kept only
+    /// when the reply is `2xx`).
+    Reply(&'static str),
+    /// Answers as usual, then writes one reply line more: `250 2.0.0 one reply too many`.
+    ExtraReply,
+    /// Never answers, and keeps the connection open.
+    Stall,
 }
 
 #[derive(Clone)]
@@ -279,6 +293,11 @@ impl TestSmtp {
         self.script.lock().unwrap().sessions
     }
 
+    /// How many connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.script.lock().unwrap().open
+    }
+
     /// How many transactions came pipelined: MAIL FROM, RCPT TO and DATA in one read.
     pub fn pipelined(&self) -> usize {
         self.script.lock().unwrap().pipelined
@@ -345,8 +364,15 @@ async fn serve(stream: TcpStream, config: &Config) -> std::io::Result<()> {
     let id = {
         let mut script = config.script.lock().unwrap();
         script.sessions += 1;
+        script.open += 1;
         script.sessions
     };
+    let served = serve_session(stream, config, id).await;
+    config.script.lock().unwrap().open -= 1;
+    served
+}
+
+async fn serve_session(stream: TcpStream, config: &Config, id: usize) -> std::io::Result<()> {
     match config.tls {
         Encryption::Implicit => {
             let tls = config.acceptor.accept(stream).await?;
@@ -379,6 +405,7 @@ fn reached(config: &Config, at: At) -> Option<Fault> {
 }
 
 const CLOSING: &str = "421 4.3.2 Service shutting down";
+const EXTRA: &str = "250 2.0.0 one reply too many";
 
 /// One SMTP session (connection `id`); after STARTTLS it goes on over TLS.
 fn session<'a>(
@@ -397,6 +424,8 @@ fn session<'a>(
                 .await?;
         }
         let (mut from, mut to, mut user) = (String::new(), Vec::new(), None::<String>);
+        // Whether a MAIL FROM was accepted since the last RSET or message.
+        let mut in_transaction = false;
         let mut closing = false;
         loop {
             let mut line = String::new();
@@ -419,16 +448,23 @@ fn session<'a>(
                 _ => None,
             };
             let fault = at.and_then(|at| reached(config, at));
-            match (fault, at) {
-                (Some(Fault::Drop), Some(at)) if at != At::Data => return Ok(()),
-                (Some(Fault::Closing), Some(at)) if at != At::Data => {
+            match fault {
+                Some(Fault::Drop) => return Ok(()),
+                Some(Fault::Stall) => std::future::pending::<()>().await,
+                Some(Fault::Closing) => {
                     closing = true;
                     let answer = format!("{CLOSING}\r\n");
                     reader.get_mut().write_all(answer.as_bytes()).await?;
                     continue;
                 }
+                Some(Fault::Reply(reply)) => {
+                    let answer = format!("{reply}\r\n");
+                    reader.get_mut().write_all(answer.as_bytes()).await?;
+                    continue;
+                }
                 _ => {}
             }
+            let extra = fault == Some(Fault::ExtraReply);
             let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
                 let name = command.get(5..).unwrap_or("").trim().to_string();
                 config.script.lock().unwrap().hellos.push(name);
@@ -492,6 +528,7 @@ fn session<'a>(
                         .unwrap_or("")
                         .to_string();
                     to.clear();
+                    in_transaction = true;
                     let mut script = config.script.lock().unwrap();
                     script.transactions += 1;
                     if String::from_utf8_lossy(reader.buffer())
@@ -502,6 +539,8 @@ fn session<'a>(
                     }
                     "250 2.1.0 ok".into()
                 }
+            } else if (upper.starts_with("RCPT TO:") || upper == "DATA") && !in_transaction {
+                "503 5.5.1 Error: need MAIL command".into()
             } else if upper.starts_with("RCPT TO:") {
                 let address = command[8..].trim().trim_matches(['<', '>']).to_string();
                 let mut script = config.script.lock().unwrap();
@@ -518,7 +557,15 @@ fn session<'a>(
                 // RFC 5321 §3.3, and what a pipelining client counts on (RFC 2920 §3.1).
                 "554 5.5.1 Error: no valid recipients".into()
             } else if upper == "DATA" {
-                reader.get_mut().write_all(b"354 go ahead\r\n").await?;
+                let extra = if extra {
+                    format!("\r\n{EXTRA}")
+                } else {
+                    String::new()
+                };
+                let go_ahead = format!("354 go ahead{extra}\r\n");
+                reader.get_mut().write_all(go_ahead.as_bytes()).await?;
+                let fault = reached(config, At::Message);
+                in_transaction = false;
                 let mut data = String::new();
                 loop {
                     let mut line = String::new();
@@ -551,7 +598,7 @@ fn session<'a>(
                         slow,
                     )
                 };
-                if stall {
+                if stall || fault == Some(Fault::Stall) {
                     std::future::pending::<()>().await;
                 }
                 if let Some(delay) = slow {
@@ -561,8 +608,12 @@ fn session<'a>(
                     closing = true;
                     CLOSING.to_string()
                 } else {
-                    let reply = scripted.unwrap_or_else(|| "250 2.0.0 queued".to_string());
-                    if reply.starts_with('2') {
+                    let reply = match fault {
+                        Some(Fault::Reply(reply)) => reply.to_string(),
+                        _ => scripted.unwrap_or_else(|| "250 2.0.0 queued".to_string()),
+                    };
+                    let kept = reply.starts_with('2') || fault == Some(Fault::DropAfterEnd);
+                    if kept {
                         config.script.lock().unwrap().received.push(Received {
                             from: from.clone(),
                             to: to.clone(),
@@ -572,11 +623,19 @@ fn session<'a>(
                             session: id,
                         });
                     }
-                    reply
+                    if fault == Some(Fault::DropAfterEnd) {
+                        return Ok(());
+                    }
+                    if fault == Some(Fault::ExtraReply) {
+                        format!("{reply}\r\n{EXTRA}")
+                    } else {
+                        reply
+                    }
                 }
             } else if upper == "RSET" {
                 from.clear();
                 to.clear();
+                in_transaction = false;
                 "250 2.0.0 ok".into()
             } else if upper == "NOOP" {
                 "250 2.0.0 ok".into()
@@ -585,6 +644,10 @@ fn session<'a>(
                 return Ok(());
             } else {
                 "502 5.5.2 command not recognised".into()
+            };
+            let reply = match extra && at != Some(At::Data) {
+                true => format!("{reply}\r\n{EXTRA}"),
+                false => reply,
             };
             reader
                 .get_mut()
