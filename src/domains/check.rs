@@ -8,7 +8,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::model::{
-    Checked, Domain, DomainStatus, Due, HOUR, PENDING_LIMIT, PROOF_GRACE, Standing,
+    Checked, Dkim, Domain, DomainStatus, Due, HOUR, PENDING_LIMIT, PROOF_GRACE, Standing,
 };
 use super::records::{self, Found, Purpose, RecordStatus, Wanted};
 use super::{dkim, store};
@@ -163,7 +163,7 @@ impl Checker {
         // Only a change is announced: the unchanged (most) checks build no view. Its DKIM
         // keys are attached when the group is saved.
         let view = reason.map(|_| Domain {
-            dkim: dkim::Dkim::default(),
+            dkim: Dkim::default(),
             domain: due.name.clone(),
             status: after.status,
             records: lookups

@@ -15,12 +15,10 @@ use rand::RngCore;
 use ring::signature::KeyPair as _;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use rsa::rand_core::OsRng;
-use serde::Serialize;
 use sqlx::Row;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use utoipa::ToSchema;
 
-use super::model::DomainStatus;
+use super::model::{Dkim, DkimKey, KeyState};
 use crate::config::Settings;
 use crate::mail::dkim::Algorithm;
 use crate::store::crypto::MasterKey;
@@ -189,58 +187,6 @@ pub async fn insert_keys(
 /// Makes a new domain's keys.
 pub async fn new_domain_keys(queue: usize) -> Result<Vec<NewKey>, KeygenError> {
     generate_keys(&NEW_DOMAIN.map(|(algorithm, _)| algorithm), queue).await
-}
-
-/// The state of a key, as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyState {
-    /// Signs mail now.
-    Signing,
-    /// Signs nothing; a rotation puts the next key here.
-    Standby,
-    /// A rotation's new key: published, and signing from `signing_since`.
-    Published,
-    /// Replaced, still published until `retire_at` so that mail it signed verifies.
-    Retiring,
-}
-
-/// A key as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct DkimKey {
-    /// The selector: `{selector}._domainkey.{domain}` is the CNAME that publishes it.
-    pub selector: String,
-    #[schema(value_type = String, example = "rsa")]
-    pub algorithm: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bits: Option<u32>,
-    pub state: KeyState,
-    pub created_at: Timestamp,
-    /// When it started signing, or (published) when it will.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signing_since: Option<Timestamp>,
-    /// When it stops being published (a replaced key's).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retire_at: Option<Timestamp>,
-}
-
-/// A domain's DKIM keys and when the next automatic rotation is due.
-#[derive(Debug, Clone, Default, Serialize, ToSchema)]
-pub struct Dkim {
-    pub keys: Vec<DkimKey>,
-    /// `null` when automatic rotation is off (`MAILROOM_DKIM_ROTATE_DAYS=0`) or the
-    /// domain is not active (only active domains' keys sign, and rotate).
-    pub next_rotation_at: Option<Timestamp>,
-}
-
-impl Dkim {
-    /// As shown for a domain of `status`.
-    pub fn of(mut self, status: DomainStatus) -> Dkim {
-        if status != DomainStatus::Active {
-            self.next_rotation_at = None;
-        }
-        self
-    }
 }
 
 /// A `dkim_keys` row, without the private key.

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::dkim::{self, Dkim, RotateError, Schedule};
+use super::dkim::{self, RotateError, Schedule};
+use super::model::Dkim;
 use super::model::DomainRow;
 use super::store;
 use crate::config::Settings;

@@ -139,10 +139,12 @@ impl Trust {
 pub struct Limits {
     /// The name given in EHLO.
     pub hello: ClientId,
-    /// The whole conversation.
+    /// The whole conversation of a settings test; a delivery's transaction, from when its
+    /// connection is ready.
     pub timeout: Duration,
     /// The connection and the server's greeting (TLS included on port 465): a server that
-    /// accepts and never speaks gives up its slot this soon.
+    /// accepts and never speaks gives up its slot this soon. STARTTLS and AUTH get as long
+    /// again.
     pub connect_timeout: Duration,
     /// Where a tenant's relay may connect; `None` for the operator's own relay.
     pub policy: Option<Arc<Policy>>,

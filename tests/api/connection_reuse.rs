@@ -514,7 +514,7 @@ async fn a_reply_out_of_step_closes_the_connection_and_nothing_counts_as_sent(en
     let found = recipients(&app, &ids[0].0).await;
     assert_eq!(
         (found[0].1.as_str(), found[0].2),
-        ("bounced", 2),
+        ("failed", 2),
         "{found:?}"
     );
     let deferred = deferrals(&app, &ids[0].0).await;
@@ -526,7 +526,7 @@ async fn a_reply_out_of_step_closes_the_connection_and_nothing_counts_as_sent(en
     );
     let history = events(&app, &ids[0].0).await;
     let (kind, detail) = history.last().unwrap();
-    assert_eq!(kind, "email.bounced");
+    assert_eq!(kind, "email.failed");
     assert!(detail.as_deref().unwrap().contains("554"), "{detail:?}");
     assert!(relay.received().is_empty());
     // The connection out of step was not used again.
