@@ -1126,6 +1126,38 @@ impl Answer {
     }
 }
 
+/// The pool's key for mail of `owner` through `target`: the owner, the relay, and a
+/// digest of how the connection is made — so that no account's mail, nor mailroom's own,
+/// rides a connection opened for another, or with other settings or credentials.
+fn pool_key(owner: Option<&str>, target: &SmtpTarget) -> Key {
+    use sha2::{Digest, Sha256};
+    let mut how = Sha256::new();
+    let field = |how: &mut Sha256, bytes: &[u8]| {
+        how.update((bytes.len() as u64).to_be_bytes());
+        how.update(bytes);
+    };
+    field(&mut how, format!("{:?}", target.security).as_bytes());
+    field(
+        &mut how,
+        &target.trust.digest().map_or(Vec::new(), Vec::from),
+    );
+    match &target.credentials {
+        Some((user, pass)) => {
+            field(&mut how, user.as_bytes());
+            field(&mut how, pass.as_bytes());
+        }
+        None => field(&mut how, b"no credentials"),
+    }
+    field(&mut how, target.limits.hello.to_string().as_bytes());
+    field(&mut how, &[u8::from(target.limits.policy.is_some())]);
+    Key {
+        owner: owner.map(str::to_string),
+        host: target.host.to_ascii_lowercase(),
+        port: target.port,
+        how: how.finalize().into(),
+    }
+}
+
 /// The transaction of `deliver_each`: `replies` holds each recipient's outcome as it is
 /// known, so that a timeout leaves the rest as they were set.
 async fn converse(
@@ -1137,7 +1169,7 @@ async fn converse(
     bytes: &[u8],
     replies: &mut [RecipientReply],
 ) {
-    let key = Key::new(owner, target);
+    let key = pool_key(owner, target);
     let mut conversation = Conversation::new(target);
     let mut session = match reuse(pool, &key, &mut conversation).await {
         Some(session) => session,
@@ -1537,6 +1569,54 @@ async fn write_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pooled(user: Option<(&str, &str)>, trust: Trust) -> SmtpTarget {
+        SmtpTarget {
+            host: "Relay.Example".to_string(),
+            port: 587,
+            security: Security::Required,
+            trust,
+            credentials: user.map(|(u, p)| (u.to_string(), p.to_string())),
+            debug: false,
+            limits: Limits {
+                hello: ClientId::Domain("mx.mailroom.example".to_string()),
+                timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(5),
+                policy: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_connection_is_shared_only_by_the_same_sender_and_relay_settings() {
+        let alice = pooled(Some(("alice", "secret-one")), Trust::system());
+        let key = pool_key(Some("acc_1"), &alice);
+        assert!(key == pool_key(Some("acc_1"), &alice.clone()));
+        assert!(key != pool_key(Some("acc_2"), &alice), "another account");
+        assert!(key != pool_key(None, &alice), "mailroom's own mail");
+        let other_password = pooled(Some(("alice", "secret-two")), Trust::system());
+        assert!(key != pool_key(Some("acc_1"), &other_password));
+        // The user's name and the password do not run into each other.
+        let shifted = pooled(Some(("alicesecret-", "one")), Trust::system());
+        assert!(key != pool_key(Some("acc_1"), &shifted));
+        let anonymous = pooled(None, Trust::system());
+        assert!(key != pool_key(Some("acc_1"), &anonymous));
+        let any_certificate = pooled(Some(("alice", "secret-one")), Trust::Any);
+        assert!(key != pool_key(Some("acc_1"), &any_certificate));
+        for change in [
+            |t: &mut SmtpTarget| t.port = 465,
+            |t: &mut SmtpTarget| t.host = "other.example".into(),
+            |t: &mut SmtpTarget| t.security = Security::Opportunistic,
+            |t: &mut SmtpTarget| t.limits.hello = ClientId::Domain("other.example".to_string()),
+        ] {
+            let mut other = alice.clone();
+            change(&mut other);
+            assert!(key != pool_key(Some("acc_1"), &other));
+        }
+        let shown = format!("{key:?}");
+        assert_eq!(shown, "acc_1 to relay.example:587");
+        assert!(!shown.contains("secret"));
+    }
 
     #[test]
     fn system_relay_urls_are_understood() {

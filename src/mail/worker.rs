@@ -24,7 +24,10 @@ use super::outbox::{self, Attempt, Claimed, RecipientAttempt, RecipientStatus, R
 use super::pool::Pool;
 use super::port::Directory;
 use super::templates::{Kind, render};
-use super::transport::{Failure, RecipientReply, SmtpTarget, Transport, deliver, deliver_each};
+use super::transport::{
+    Failure, Limits, RecipientReply, SmtpTarget, Transport, deliver, deliver_each,
+    longest_conversation,
+};
 use crate::config::Settings;
 use crate::metrics::{self, Metrics};
 use crate::store::crypto::MasterKey;
@@ -80,12 +83,19 @@ struct Ready {
 type Finished = (Claimed, String, Vec<RecipientReply>);
 
 impl Delivery {
-    /// How long a claimed message stays with one instance, from the lease renewed right
-    /// before its conversation: the conversation (at most the timeout), then as long again
+    /// How long a claimed message stays with one instance, from its claim or the lease
+    /// renewed right before its conversation: the longest conversation, then the timeout
     /// and at least 10 s, for recording its outcome (tried again on a database error).
     fn lease_ms(&self) -> i64 {
         let timeout_ms = (self.settings.smtp_timeout.max(1) as i64).saturating_mul(1000);
-        timeout_ms.saturating_add(timeout_ms.max(10_000))
+        self.conversation_ms()
+            .saturating_add(timeout_ms.max(RECORDING_MS))
+    }
+
+    /// The longest a delivery's conversation may take, connecting included.
+    fn conversation_ms(&self) -> i64 {
+        let longest = longest_conversation(&Limits::system(&self.settings));
+        i64::try_from(longest.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Whether `from` is the system sender, whose mail only the system transport carries:
@@ -255,8 +265,7 @@ impl Delivery {
     /// False when another instance has it by now.
     async fn keep_lease(&self, message: &mut Claimed) -> bool {
         let now = self.db.now().0;
-        let conversation_ms = (self.settings.smtp_timeout.max(1) as i64).saturating_mul(1000);
-        if message.lease_until() - now >= conversation_ms + RECORDING_MS {
+        if message.lease_until() - now >= self.conversation_ms() + RECORDING_MS {
             return true;
         }
         match outbox::renew(&self.db, message, now + self.lease_ms()).await {
