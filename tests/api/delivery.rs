@@ -369,6 +369,7 @@ async fn a_killed_worker_loses_no_email_and_sends_no_recipient_twice(engine: Eng
         ("MAILROOM_SECRET_KEY", secret_key.as_str()),
         ("MAILROOM_SMTP_URL", smtp_url.as_str()),
         ("MAILROOM_SMTP_TIMEOUT", "3"),
+        ("MAILROOM_SMTP_CONNECT_TIMEOUT", "2"),
         ("MAILROOM_MAIL_RETRY_SECONDS", "1"),
     ];
     let mut first = ServerProcess::serve_with(&dir, &database, &env);

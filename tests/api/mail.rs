@@ -42,6 +42,7 @@ async fn a_killed_worker_loses_nothing_and_no_password_leaks(engine: Engine) {
     let env = [
         ("MAILROOM_SECRET_KEY", secret_key.as_str()),
         ("MAILROOM_SMTP_TIMEOUT", "3"),
+        ("MAILROOM_SMTP_CONNECT_TIMEOUT", "2"),
         ("MAILROOM_MAIL_RETRY_SECONDS", "1"),
         ("MAILROOM_LOG", "debug"),
         ("MAILROOM_DESTINATION_ALLOW", "127.0.0.0/8"),
