@@ -469,6 +469,7 @@ impl Delivery {
         });
         let recorder = tokio::spawn(self.clone().record_all(results));
         let mut last_metrics = Instant::now() - METRICS_EVERY;
+        let mut ahead = Ahead::default();
         tracing::info!("delivery worker started");
         while !*stop.borrow() {
             shared.pool.close_unusable();
@@ -477,38 +478,36 @@ impl Delivery {
                 self.delete_old_bodies().await;
                 last_metrics = Instant::now();
             }
-            // As many messages as there are free slots, each off on its own at once —
-            // none of accounts whose line is long already.
-            // Mailroom's own mail first; tenants' leaves one slot free for it.
+            // Mailroom's own mail first; tenants' leaves one slot free for it. A claim takes
+            // a slot's worth more than the free slots, to start as slots free without a
+            // claim (a write, on SQLite a flush) for each — none of accounts whose line is
+            // long already.
             for tenants in [false, true] {
                 let free = slots
                     .available_permits()
                     .saturating_sub(usize::from(tenants));
-                if free == 0 {
+                if free == 0 || !ahead.is_empty(tenants) {
                     continue;
                 }
                 let crowded = shared.lines.crowded();
                 let claim = outbox::Claim {
-                    limit: free as i64,
+                    limit: (free + SLOTS) as i64,
                     lease_ms: self.lease_ms(),
                     retention_ms: self.retention_ms(),
                     skip: &crowded,
                     tenants,
                 };
                 match outbox::claim_due(&self.db, &claim).await {
-                    Ok(claimed) => {
-                        for message in claimed {
-                            match slots.clone().try_acquire_owned() {
-                                Ok(slot) => {
-                                    let work = self.clone().work(message, slot, shared.clone());
-                                    tokio::spawn(work);
-                                }
-                                Err(_) => self.give_back(&message).await,
-                            }
-                        }
-                    }
+                    Ok(claimed) => claimed.into_iter().for_each(|m| ahead.push(m)),
                     Err(error) => tracing::error!(%error, "delivery worker cannot claim messages"),
                 }
+            }
+            while let Some(message) = ahead.next(slots.available_permits()) {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    ahead.put_back(message);
+                    break;
+                };
+                tokio::spawn(self.clone().work(message, slot, shared.clone()));
             }
             // On when a slot frees or a line shortens, on new mail, or a second later for
             // mail that fell due meanwhile.
@@ -519,9 +518,9 @@ impl Delivery {
                 _ = stop.changed() => {}
             }
         }
-        // The deliveries under way finish; what waits in line goes back to the queue.
+        // The deliveries under way finish; what waits goes back to the queue.
         let _ = slots.acquire_many(SLOTS as u32).await;
-        for message in shared.lines.drain() {
+        for message in shared.lines.drain().into_iter().chain(ahead.drain()) {
             self.give_back(&message).await;
         }
         shared.pool.close_all().await;
@@ -592,6 +591,53 @@ impl Delivery {
         let transport = self.system_transport()?;
         let result = deliver(&transport, &message_id, &envelope, &bytes).await;
         Ok((transport.describe(), result))
+    }
+}
+
+/// Claimed messages waiting for a slot, mailroom's own apart from tenants'.
+#[derive(Default)]
+struct Ahead {
+    own: VecDeque<Claimed>,
+    tenants: VecDeque<Claimed>,
+}
+
+impl Ahead {
+    fn push(&mut self, message: Claimed) {
+        self.line(&message).push_back(message);
+    }
+
+    /// Puts back the message `next` gave, first in its line.
+    fn put_back(&mut self, message: Claimed) {
+        self.line(&message).push_front(message);
+    }
+
+    fn line(&mut self, message: &Claimed) -> &mut VecDeque<Claimed> {
+        match message.kind == outbox::API_KIND {
+            true => &mut self.tenants,
+            false => &mut self.own,
+        }
+    }
+
+    /// Whether none of the kind a claim with `tenants` takes first waits.
+    fn is_empty(&self, tenants: bool) -> bool {
+        match tenants {
+            false => self.own.is_empty(),
+            true => self.tenants.is_empty(),
+        }
+    }
+
+    /// The next to start with `free` slots: mailroom's own first, and tenants' only while
+    /// one slot more stays free for it.
+    fn next(&mut self, free: usize) -> Option<Claimed> {
+        match free {
+            0 => None,
+            1 => self.own.pop_front(),
+            _ => self.own.pop_front().or_else(|| self.tenants.pop_front()),
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Claimed> {
+        self.own.drain(..).chain(self.tenants.drain(..)).collect()
     }
 }
 
