@@ -48,6 +48,8 @@ const WAITING_PER_ACCOUNT: usize = 32;
 /// From this many waiting, no more of the account's mail is claimed. One claim (at most
 /// `SLOTS` messages) then never overflows the line.
 const CROWDED: usize = WAITING_PER_ACCOUNT - SLOTS;
+/// How long a claimed message waits in memory for a slot before it goes back to the queue.
+const AHEAD_HOLD: Duration = Duration::from_secs(1);
 /// When a message given back to the queue for want of a slot is due again.
 const GIVE_BACK_DELAY_MS: i64 = 2_000;
 /// Tries at recording an attempt's outcome (0.2 s, doubling, apart: about 6 s in all).
@@ -509,6 +511,9 @@ impl Delivery {
                 };
                 tokio::spawn(self.clone().work(message, slot, shared.clone()));
             }
+            for message in ahead.stale() {
+                self.give_back(&message).await;
+            }
             // On when a slot frees or a line shortens, on new mail, or a second later for
             // mail that fell due meanwhile.
             tokio::select! {
@@ -594,28 +599,44 @@ impl Delivery {
     }
 }
 
-/// Claimed messages waiting for a slot, mailroom's own apart from tenants'.
+/// Claimed messages waiting for a slot (since when), mailroom's own apart from tenants'.
 #[derive(Default)]
 struct Ahead {
-    own: VecDeque<Claimed>,
-    tenants: VecDeque<Claimed>,
+    own: VecDeque<(Instant, Claimed)>,
+    tenants: VecDeque<(Instant, Claimed)>,
 }
 
 impl Ahead {
     fn push(&mut self, message: Claimed) {
-        self.line(&message).push_back(message);
+        self.line(&message).push_back((Instant::now(), message));
     }
 
     /// Puts back the message `next` gave, first in its line.
     fn put_back(&mut self, message: Claimed) {
-        self.line(&message).push_front(message);
+        self.line(&message).push_front((Instant::now(), message));
     }
 
-    fn line(&mut self, message: &Claimed) -> &mut VecDeque<Claimed> {
+    fn line(&mut self, message: &Claimed) -> &mut VecDeque<(Instant, Claimed)> {
         match message.kind == outbox::API_KIND {
             true => &mut self.tenants,
             false => &mut self.own,
         }
+    }
+
+    /// Takes out those that waited `AHEAD_HOLD` without a slot: the slots are held up (a
+    /// relay that does not answer), and they go back to the queue, where another instance
+    /// may take them and the queue's gauges count them.
+    fn stale(&mut self) -> Vec<Claimed> {
+        let mut stale = Vec::new();
+        for line in [&mut self.own, &mut self.tenants] {
+            while line
+                .front()
+                .is_some_and(|(at, _)| at.elapsed() >= AHEAD_HOLD)
+            {
+                stale.extend(line.pop_front().map(|(_, message)| message));
+            }
+        }
+        stale
     }
 
     /// Whether none of the kind a claim with `tenants` takes first waits.
@@ -629,15 +650,17 @@ impl Ahead {
     /// The next to start with `free` slots: mailroom's own first, and tenants' only while
     /// one slot more stays free for it.
     fn next(&mut self, free: usize) -> Option<Claimed> {
-        match free {
+        let next = match free {
             0 => None,
             1 => self.own.pop_front(),
             _ => self.own.pop_front().or_else(|| self.tenants.pop_front()),
-        }
+        };
+        next.map(|(_, message)| message)
     }
 
     fn drain(&mut self) -> Vec<Claimed> {
-        self.own.drain(..).chain(self.tenants.drain(..)).collect()
+        let all = self.own.drain(..).chain(self.tenants.drain(..));
+        all.map(|(_, message)| message).collect()
     }
 }
 

@@ -317,6 +317,15 @@ async fn the_queue_gauges_show_mail_waiting_for_the_worker(engine: Engine) {
         assert!(Instant::now() < deadline, "{}", relay.data_started());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The one without a slot is back in the queue within a second or so of its claim,
+    // due 2 seconds later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scrape(metrics).await.value("mailroom_outbox_queued", &[]) < 17.0
+        || !given_back(&app).await
+    {
+        assert!(Instant::now() < deadline, "the 17th was never given back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     app.advance_clock(Duration::from_secs(90)).await;
 
     let scraped = scrape(metrics).await;
@@ -327,6 +336,15 @@ async fn the_queue_gauges_show_mail_waiting_for_the_worker(engine: Engine) {
     // seconds later then).
     assert!((87.0..150.0).contains(&age), "{age}");
     assert_eq!(scraped.value("mailroom_deliveries_total", &[]), 0.0);
+}
+
+/// Whether an email waits in the queue, not leased to the worker.
+async fn given_back(app: &TestApp) -> bool {
+    let waiting: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM emails WHERE status = 'queued'")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    waiting == 1
 }
 
 async fn no_metrics_unless_asked(engine: Engine) {
