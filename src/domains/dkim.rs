@@ -276,8 +276,7 @@ impl Schedule {
     }
 
     /// When a domain with `keys` is next rotated automatically: when its oldest signing
-    /// key has signed for the rotation period, but not before a rotation under way has
-    /// freed the standby selector.
+    /// key has signed for the rotation period, but not before the rotation under way ends.
     fn next_rotation(&self, keys: &[KeyRow], now: i64) -> Option<i64> {
         let rotate_after = self.rotate_after_ms?;
         let due = keys
@@ -286,16 +285,7 @@ impl Schedule {
             .filter_map(|k| k.signing_since)
             .min()?
             .saturating_add(rotate_after);
-        let has_standby = keys.iter().any(|k| k.state(now) == KeyState::Standby);
-        let freed_at = keys
-            .iter()
-            .filter_map(|k| k.retire_at)
-            .filter(|at| *at > now)
-            .max();
-        Some(match (has_standby, freed_at) {
-            (false, Some(freed_at)) => due.max(freed_at),
-            _ => due,
-        })
+        Some(under_way_until(keys, now).map_or(due, |until| due.max(until)))
     }
 }
 
@@ -481,25 +471,27 @@ fn free_standby(keys: &[KeyRow], now: i64) -> Result<String, RotateError> {
     if keys.is_empty() {
         return Err(RotateError::NotFound);
     }
-    let under_way = keys
-        .iter()
-        .any(|k| matches!(k.state(now), KeyState::Published | KeyState::Retiring));
+    let under_way = under_way_until(keys, now);
     let standby = keys
         .iter()
         .rev()
         .find(|k| k.state(now) == KeyState::Standby);
     match standby {
-        Some(standby) if !under_way => Ok(standby.token.clone()),
+        Some(standby) if under_way.is_none() => Ok(standby.token.clone()),
         _ => Err(RotateError::InProgress {
-            until: keys
-                .iter()
-                .flat_map(|k| [k.signing_since, k.retire_at])
-                .flatten()
-                .filter(|at| *at > now)
-                .max()
-                .map(Timestamp),
+            until: under_way.map(Timestamp),
         }),
     }
+}
+
+/// When the rotation under way among `keys` ends — its new key signs and its old one
+/// retires — if one is under way at `now`.
+fn under_way_until(keys: &[KeyRow], now: i64) -> Option<i64> {
+    keys.iter()
+        .flat_map(|k| [k.signing_since, k.retire_at])
+        .flatten()
+        .filter(|at| *at > now)
+        .max()
 }
 
 /// Serializes changes to one domain's keys until `tx` ends: the row lock on PostgreSQL,
@@ -593,8 +585,8 @@ async fn keys_of(conn: &mut sqlx::AnyConnection, domain_id: &str) -> sqlx::Resul
         .collect()
 }
 
-/// Active domains with a key that has signed for the rotation period and a free standby
-/// selector, the longest-signing first: (domain id, the key's algorithm).
+/// Active domains with a key that has signed for the rotation period, a free standby
+/// selector and no rotation under way, the longest-signing first: (domain id, the key's algorithm).
 pub async fn due_for_rotation(
     db: &Db,
     schedule: Schedule,
@@ -613,6 +605,8 @@ pub async fn due_for_rotation(
          WHERE k.signing_until IS NULL AND k.signing_since <= $1 {only_rsa} AND d.status = 'active' \
          AND EXISTS (SELECT 1 FROM dkim_keys s WHERE s.domain_id = k.domain_id \
                      AND (s.signing_since IS NULL OR s.retire_at <= $2)) \
+         AND NOT EXISTS (SELECT 1 FROM dkim_keys u WHERE u.domain_id = k.domain_id \
+                         AND (u.signing_since > $2 OR u.retire_at > $2)) \
          ORDER BY k.signing_since LIMIT $3"
     );
     let rows: Vec<(String, String)> = sqlx::query_as(&sql)

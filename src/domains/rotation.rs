@@ -1,15 +1,14 @@
 //! DKIM key rotation: on a tenant's request, and on schedule in the background, where
 //! domains from before Ed25519 also get their Ed25519 key and retired private keys are
-//! forgotten. Everything here is safe on several instances at once: a rotation takes the
-//! domain's standby selector with a conditional update, which only one can win.
+//! forgotten. Everything here is safe on several instances at once: every change of a
+//! domain's keys is made under the domain's lock, and checked again there.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::dkim::{self, RotateError, Schedule};
-use super::model::Dkim;
-use super::model::DomainRow;
+use super::model::{Dkim, DomainRow};
 use super::store;
 use crate::config::Settings;
 use crate::events::{self, NewEvent};

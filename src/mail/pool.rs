@@ -21,15 +21,15 @@ use lettre::transport::smtp::client::AsyncSmtpConnection;
 /// looks for due mail every second at least: 5 s carries a burst across them, and an idle
 /// connection holds a relay's session slot (Exim accepts 20 at once by default) and one
 /// of the few file descriptors mailroom keeps aside for little longer than that.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection serves in all, however busy it is: Postfix's
 /// `smtp_connection_reuse_time_limit`. A relay's changes (a new certificate, another
 /// address behind its name, a restart) reach mailroom at least this often.
-pub const MAX_AGE: Duration = Duration::from_secs(300);
+const MAX_AGE: Duration = Duration::from_secs(300);
 /// Transactions on one connection: servers count them too (Exim refuses more than 1 000
 /// by default); a bound of ours costs one handshake per hundred messages and keeps any
 /// one session from carrying an unbounded share.
-pub const MAX_TRANSACTIONS: u32 = 100;
+const MAX_TRANSACTIONS: u32 = 100;
 /// How long a QUIT may take when a connection is closed.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -255,11 +255,6 @@ impl Pool {
             closed
         };
         closed.into_iter().for_each(|one| close(one.session));
-    }
-
-    /// How many connections are kept.
-    pub fn kept(&self) -> usize {
-        self.lock().count
     }
 
     /// Closes the connections idle too long or worn; at most once a second, however often

@@ -42,12 +42,15 @@ const MAX_RETRY_DELAY_MS: i64 = 4 * 3_600_000;
 
 /// Deliveries under way at once on one instance.
 const SLOTS: usize = 16;
+/// Messages one claim takes at most: the free slots, and a slot's worth more that start
+/// as slots free.
+const CLAIM_AT_MOST: usize = 2 * SLOTS;
 /// Messages of one account that may wait in memory for its relay's slots; more go back to
 /// the queue.
-const WAITING_PER_ACCOUNT: usize = 32;
-/// From this many waiting, no more of the account's mail is claimed. One claim (at most
-/// `SLOTS` messages) then never overflows the line.
-const CROWDED: usize = WAITING_PER_ACCOUNT - SLOTS;
+const WAITING_PER_ACCOUNT: usize = 48;
+/// From this many waiting, no more of the account's mail is claimed. One claim then never
+/// overflows the line.
+const CROWDED: usize = WAITING_PER_ACCOUNT - CLAIM_AT_MOST;
 /// How long a claimed message waits in memory for a slot before it goes back to the queue.
 const AHEAD_HOLD: Duration = Duration::from_secs(1);
 /// When a message given back to the queue for want of a slot is due again.
@@ -493,7 +496,7 @@ impl Delivery {
                 }
                 let crowded = shared.lines.crowded();
                 let claim = outbox::Claim {
-                    limit: (free + SLOTS) as i64,
+                    limit: (free + SLOTS).min(CLAIM_AT_MOST) as i64,
                     lease_ms: self.lease_ms(),
                     retention_ms: self.retention_ms(),
                     skip: &crowded,
@@ -504,12 +507,12 @@ impl Delivery {
                     Err(error) => tracing::error!(%error, "delivery worker cannot claim messages"),
                 }
             }
-            while let Some(message) = ahead.next(slots.available_permits()) {
+            while let Some(waiting) = ahead.next(slots.available_permits()) {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    ahead.put_back(message);
+                    ahead.put_back(waiting);
                     break;
                 };
-                tokio::spawn(self.clone().work(message, slot, shared.clone()));
+                tokio::spawn(self.clone().work(waiting.1, slot, shared.clone()));
             }
             for message in ahead.stale() {
                 self.give_back(&message).await;
@@ -565,17 +568,19 @@ impl Delivery {
         )?;
         let message_id = format!("<{}@{}>", &new_id("msg")[4..], from.domain());
         let (from_text, to_text) = (from.to_string(), to.to_string());
+        let envelope =
+            lettre::address::Envelope::new(Some(from_text.parse()?), vec![to_text.parse()?])?;
         let keys = self.directory.signing_keys(None, from.domain()).await?;
-        let (from_owned, to_owned, id) = (from_text.clone(), to_text.clone(), message_id.clone());
+        let id = message_id.clone();
         let bytes = on_signing_threads(move || {
             let recipients = [compose::Address {
                 name: None,
-                email: &to_owned,
+                email: &to_text,
             }];
             let message = Email {
                 from: compose::Address {
                     name: None,
-                    email: &from_owned,
+                    email: &from_text,
                 },
                 to: &recipients,
                 cc: &[],
@@ -591,8 +596,6 @@ impl Delivery {
             compose_email(&message, &keys)
         })
         .await??;
-        let envelope =
-            lettre::address::Envelope::new(Some(from_text.parse()?), vec![to_text.parse()?])?;
         let transport = self.system_transport()?;
         let result = deliver(&transport, &message_id, &envelope, &bytes).await;
         Ok((transport.describe(), result))
@@ -611,9 +614,9 @@ impl Ahead {
         self.line(&message).push_back((Instant::now(), message));
     }
 
-    /// Puts back the message `next` gave, first in its line.
-    fn put_back(&mut self, message: Claimed) {
-        self.line(&message).push_front((Instant::now(), message));
+    /// Puts back what `next` gave, first in its line, waiting since it was claimed.
+    fn put_back(&mut self, waiting: (Instant, Claimed)) {
+        self.line(&waiting.1).push_front(waiting);
     }
 
     fn line(&mut self, message: &Claimed) -> &mut VecDeque<(Instant, Claimed)> {
@@ -649,13 +652,12 @@ impl Ahead {
 
     /// The next to start with `free` slots: mailroom's own first, and tenants' only while
     /// one slot more stays free for it.
-    fn next(&mut self, free: usize) -> Option<Claimed> {
-        let next = match free {
+    fn next(&mut self, free: usize) -> Option<(Instant, Claimed)> {
+        match free {
             0 => None,
             1 => self.own.pop_front(),
             _ => self.own.pop_front().or_else(|| self.tenants.pop_front()),
-        };
-        next.map(|(_, message)| message)
+        }
     }
 
     fn drain(&mut self) -> Vec<Claimed> {
