@@ -780,6 +780,9 @@ pub struct Claim<'a> {
     pub lease_ms: i64,
     /// A body kept longer is deleted: such an email cannot be sent any more.
     pub retention_ms: i64,
+    /// At most this many of one account's emails (mailroom's own without an account aside):
+    /// an account's mail beyond what its slots can start soon stays in the queue.
+    pub per_account: i64,
     /// Accounts whose mail has enough waiting for their slots already.
     pub skip: &'a [String],
     /// Whether tenants' API emails may be claimed too, or mailroom's own mail only.
@@ -802,6 +805,7 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
         limit,
         lease_ms,
         retention_ms,
+        per_account,
         skip,
         tenants,
     } = *claim;
@@ -809,7 +813,7 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
                OR (status = 'sending' AND lease_until < $2))";
     let others = match skip.len() {
         0 => String::new(),
-        n => format!("AND l.account NOT IN ({})", placeholders(5, n)),
+        n => format!("AND l.account NOT IN ({})", placeholders(6, n)),
     };
     // Each lane's name and the condition of its index, which the query repeats so that the
     // index is used.
@@ -869,9 +873,10 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
     let in_turn = format!(
-        "SELECT id FROM (SELECT id, next_attempt_at, \
+        "SELECT id FROM (SELECT id, account, next_attempt_at, \
          ROW_NUMBER() OVER (PARTITION BY account ORDER BY next_attempt_at) AS turn \
-         FROM ({heads}) AS heads) AS due ORDER BY turn, next_attempt_at LIMIT $3"
+         FROM ({heads}) AS heads) AS due WHERE turn <= $5 OR account = '' \
+         ORDER BY turn, next_attempt_at LIMIT $3"
     );
     // On PostgreSQL the chosen emails are locked (another instance skips them) and taken
     // as an array, read once: as a semi-join, a table without statistics yet (a fresh one,
@@ -900,7 +905,8 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
         .bind(now + lease_ms)
         .bind(now)
         .bind(limit)
-        .bind(now.saturating_sub(retention_ms));
+        .bind(now.saturating_sub(retention_ms))
+        .bind(per_account);
     for account in skip {
         query = query.bind(account);
     }

@@ -45,12 +45,6 @@ const SLOTS: usize = 16;
 /// Messages one claim takes at most: the free slots, and a slot's worth more that start
 /// as slots free.
 const CLAIM_AT_MOST: usize = 2 * SLOTS;
-/// Messages of one account that may wait in memory for its relay's slots; more go back to
-/// the queue.
-const WAITING_PER_ACCOUNT: usize = 48;
-/// From this many waiting, no more of the account's mail is claimed. One claim then never
-/// overflows the line.
-const CROWDED: usize = WAITING_PER_ACCOUNT - CLAIM_AT_MOST;
 /// How long a claimed message waits in memory for a slot before it goes back to the queue.
 const AHEAD_HOLD: Duration = Duration::from_secs(1);
 /// When a message given back to the queue for want of a slot is due again.
@@ -497,6 +491,7 @@ impl Delivery {
                 let crowded = shared.lines.crowded();
                 let claim = outbox::Claim {
                     limit: (free + SLOTS).min(CLAIM_AT_MOST) as i64,
+                    per_account: shared.lines.cap as i64,
                     lease_ms: self.lease_ms(),
                     retention_ms: self.retention_ms(),
                     skip: &crowded,
@@ -681,6 +676,10 @@ struct Shared {
 /// The slots of accounts: at most `cap` deliveries at once per account, whatever relay
 /// carries them; the account's next messages wait in its line (their metadata only), and
 /// each delivery that ends starts the next.
+///
+/// A line is crowded from `cap` waiting: no more of the account's mail is claimed, and a
+/// claim takes at most `cap` of it, so fewer than `2 * cap` wait. The rest stays in the
+/// queue, untried, where other instances and the gauges see it — however slow the relay.
 struct Lines {
     cap: usize,
     lines: Mutex<HashMap<String, Line>>,
@@ -719,7 +718,7 @@ impl Lines {
         if line.running < self.cap {
             line.running += 1;
             Entry::Go(ready)
-        } else if line.waiting.len() < WAITING_PER_ACCOUNT {
+        } else if line.waiting.len() < 2 * self.cap {
             line.waiting.push_back(ready);
             Entry::Waiting
         } else {
@@ -736,7 +735,7 @@ impl Lines {
             return (None, false);
         };
         if more && let Some(ready) = line.waiting.pop_front() {
-            return (Some(ready), line.waiting.len() + 1 == CROWDED);
+            return (Some(ready), line.waiting.len() + 1 == self.cap);
         }
         line.running = line.running.saturating_sub(1);
         if line.running == 0 && line.waiting.is_empty() {
@@ -749,7 +748,7 @@ impl Lines {
     fn crowded(&self) -> Vec<String> {
         self.lock()
             .iter()
-            .filter(|(_, line)| line.waiting.len() >= CROWDED)
+            .filter(|(_, line)| line.waiting.len() >= self.cap)
             .map(|(account, _)| account.clone())
             .collect()
     }
