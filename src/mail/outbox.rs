@@ -3,7 +3,7 @@
 //! in the transaction of the change that causes it, delivered later by the worker, with a
 //! status per recipient. The delivery log (never the bodies) is read from here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::templates::Rendered;
 use crate::metrics::Queue;
 use crate::store::crypto::MasterKey;
-use crate::store::{Db, Engine, Timestamp, new_id, placeholders};
+use crate::store::{Db, Engine, Timestamp, json_rows, new_id, placeholders};
 use crate::types::EmailAddress;
 
 /// The `kind` of the emails tenants send through the API.
@@ -234,20 +234,15 @@ pub struct Described<'a> {
     pub created_at: Timestamp,
 }
 
-/// Writes the event `email.{status}` about one recipient (`None`: the whole email), in the
-/// caller's transaction. `detail` is for the email's history, `reply` (the server's reply
-/// or the reason) for the payload the account reads.
-pub async fn record_event(
-    conn: &mut sqlx::AnyConnection,
+/// The payload of an email's event, as the account reads it; `None` for mailroom's own mail,
+/// whose events are its history only.
+fn event_data(
     email: &Described<'_>,
     recipient: Option<&str>,
     status: &str,
-    detail: Option<&str>,
     reply: Option<&str>,
-    at: Timestamp,
-) -> sqlx::Result<()> {
-    let kind = format!("email.{status}");
-    let data = email.published.then(|| {
+) -> Option<serde_json::Value> {
+    email.published.then(|| {
         let tags: serde_json::Value =
             serde_json::from_str(email.tags).unwrap_or_else(|_| serde_json::json!({}));
         serde_json::json!({
@@ -264,7 +259,23 @@ pub async fn record_event(
                 "reply": reply,
             })),
         })
-    });
+    })
+}
+
+/// Writes the event `email.{status}` about one recipient (`None`: the whole email), in the
+/// caller's transaction. `detail` is for the email's history, `reply` (the server's reply
+/// or the reason) for the payload the account reads.
+pub async fn record_event(
+    conn: &mut sqlx::AnyConnection,
+    email: &Described<'_>,
+    recipient: Option<&str>,
+    status: &str,
+    detail: Option<&str>,
+    reply: Option<&str>,
+    at: Timestamp,
+) -> sqlx::Result<()> {
+    let kind = format!("email.{status}");
+    let data = event_data(email, recipient, status, reply);
     // A recipient's events go out in order; recipients of one email need not wait for
     // each other.
     let object_key = match recipient {
@@ -910,11 +921,18 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
     for account in skip {
         query = query.bind(account);
     }
-    let rows = query.fetch_all(&db.pool).await?;
+    let rows = {
+        let _turn = db.write_turn().await;
+        query.fetch_all(&db.pool).await?
+    };
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|row| row.try_get("id"))
+        .collect::<sqlx::Result<_>>()?;
+    let mut recipients = recipients_of(db, &ids).await?;
     let mut claimed = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let id: String = row.try_get("id")?;
-        let recipients = recipients_of(db, &id).await?;
+    for (row, id) in rows.iter().zip(ids) {
+        let recipients = recipients.remove(&id).unwrap_or_default();
         let pending = recipients
             .iter()
             .filter(|(_, status, next)| !status.is_final() && next.is_none_or(|next| next <= now))
@@ -968,41 +986,51 @@ pub async fn from_still_allowed(db: &Db, email: &Claimed) -> sqlx::Result<bool> 
     Ok(allowed.is_some())
 }
 
+/// The recipients of each of the emails `ids`, in order, with one query.
 async fn recipients_of(
     db: &Db,
-    email_id: &str,
-) -> sqlx::Result<Vec<(Pending, RecipientStatus, Option<i64>)>> {
-    let rows = sqlx::query(
-        "SELECT position, address, name, type, status, attempts, next_attempt_at \
-         FROM email_recipients WHERE email_id = $1 ORDER BY position",
-    )
-    .bind(email_id)
-    .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let kind: String = row.try_get("type")?;
-            let status: String = row.try_get("status")?;
-            let attempts: i64 = row.try_get("attempts")?;
-            Ok((
-                Pending {
-                    position: row.try_get("position")?,
-                    address: row.try_get("address")?,
-                    name: row.try_get("name")?,
-                    kind: RecipientType::parse(&kind).ok_or_else(|| decode_error("type", &kind))?,
-                    attempts: attempts + 1,
-                },
-                RecipientStatus::parse(&status).ok_or_else(|| decode_error("status", &status))?,
-                row.try_get("next_attempt_at")?,
-            ))
-        })
-        .collect()
+    ids: &[String],
+) -> sqlx::Result<HashMap<String, Vec<(Pending, RecipientStatus, Option<i64>)>>> {
+    let mut recipients: HashMap<String, Vec<_>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(recipients);
+    }
+    let sql = format!(
+        "SELECT email_id, position, address, name, type, status, attempts, next_attempt_at \
+         FROM email_recipients WHERE email_id IN ({}) ORDER BY email_id, position",
+        placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(id);
+    }
+    for row in query.fetch_all(&db.pool).await? {
+        let kind: String = row.try_get("type")?;
+        let status: String = row.try_get("status")?;
+        let attempts: i64 = row.try_get("attempts")?;
+        let recipient = (
+            Pending {
+                position: row.try_get("position")?,
+                address: row.try_get("address")?,
+                name: row.try_get("name")?,
+                kind: RecipientType::parse(&kind).ok_or_else(|| decode_error("type", &kind))?,
+                attempts: attempts + 1,
+            },
+            RecipientStatus::parse(&status).ok_or_else(|| decode_error("status", &status))?,
+            row.try_get("next_attempt_at")?,
+        );
+        recipients
+            .entry(row.try_get("email_id")?)
+            .or_default()
+            .push(recipient);
+    }
+    Ok(recipients)
 }
 
 /// Gives a claimed email back untried, as if it had never been claimed: it waited for a
 /// delivery slot, not for a retry. It is due again at `due_at`.
 pub async fn release(db: &Db, email: &Claimed, due_at: i64) -> sqlx::Result<()> {
-    sqlx::query(
+    let query = sqlx::query(
         "UPDATE emails SET status = 'queued', attempts = attempts - 1, lease_until = NULL, \
          next_attempt_at = $2, updated_at = $3 WHERE id = $1 AND lease_until = $4",
     )
@@ -1010,22 +1038,24 @@ pub async fn release(db: &Db, email: &Claimed, due_at: i64) -> sqlx::Result<()> 
     .bind(due_at)
     .bind(db.now().0)
     .bind(email.lease_until)
-    .execute(&db.pool)
-    .await?;
+    .execute(&db.pool);
+    let _turn = db.write_turn().await;
+    query.await?;
     Ok(())
 }
 
 /// Extends the lease on an email that waited for a slot, so that no other instance takes
 /// it while it is sent; false when the lease is another's by now.
 pub async fn renew(db: &Db, email: &mut Claimed, lease_until: i64) -> sqlx::Result<bool> {
-    let renewed = sqlx::query(
+    let query = sqlx::query(
         "UPDATE emails SET lease_until = $2 WHERE id = $1 AND status = 'sending' AND lease_until = $3",
     )
     .bind(&email.id)
     .bind(lease_until)
     .bind(email.lease_until)
-    .execute(&db.pool)
-    .await?;
+    .execute(&db.pool);
+    let _turn = db.write_turn().await;
+    let renewed = query.await?;
     if renewed.rows_affected() == 0 {
         return Ok(false);
     }
@@ -1053,144 +1083,229 @@ pub struct Attempt<'a> {
 /// addresses on the account's suppression list, and the email's status; the body goes
 /// once every recipient is final. Answers those that were still this instance's (past its
 /// lease, another instance owns an email).
+///
+/// A few statements for the whole group, whatever its size, each reading its rows from one
+/// JSON parameter: on SQLite every statement is a round trip to the connection's thread
+/// made while this process's other writers wait.
 pub async fn record<'a>(
     db: &Db,
     attempts: &'a [Attempt<'a>],
     now: Timestamp,
 ) -> sqlx::Result<Vec<&'a Attempt<'a>>> {
     let mut tx = db.begin().await?;
-    let mut recorded = Vec::with_capacity(attempts.len());
-    for attempt in attempts {
-        let email = attempt.email;
-        // Still ours? The lease is taken back in the same statement below.
-        let ours = sqlx::query(
-            "UPDATE emails SET lease_until = NULL, updated_at = $2 WHERE id = $1 AND lease_until = $3 \
-             AND status = 'sending'",
-        )
-        .bind(&email.id)
-        .bind(now.0)
-        .bind(email.lease_until)
-        .execute(&mut *tx)
-        .await?;
-        if ours.rows_affected() == 0 {
-            tracing::warn!(email = %email.id, "lease lost before the attempt was recorded");
-            continue;
-        }
-        for outcome in &attempt.recipients {
-            let recipient = outcome.recipient;
-            let sent_at = (outcome.status == RecipientStatus::Sent).then_some(now.0);
-            sqlx::query(
-                "UPDATE email_recipients SET status = $3, attempts = $4, last_reply = $5, \
-                 next_attempt_at = $6, updated_at = $7, sent_at = COALESCE(sent_at, $8) \
-                 WHERE email_id = $1 AND position = $2",
+    // Still ours? The lease is taken back in the same statement.
+    let leases: Vec<serde_json::Value> = attempts
+        .iter()
+        .map(|attempt| serde_json::json!({"id": attempt.email.id, "lease_until": attempt.email.lease_until}))
+        .collect();
+    let source = json_rows(db.engine, &[("id", "TEXT"), ("lease_until", "BIGINT")]);
+    let ours: Vec<String> = sqlx::query_scalar(&format!(
+        "UPDATE emails SET lease_until = NULL, updated_at = $2 FROM {source} \
+         WHERE emails.id = v.id AND emails.lease_until = v.lease_until AND emails.status = 'sending' \
+         RETURNING emails.id"
+    ))
+    .bind(serde_json::Value::Array(leases).to_string())
+    .bind(now.0)
+    .fetch_all(&mut *tx)
+    .await?;
+    let recorded: Vec<&Attempt> = attempts
+        .iter()
+        .filter(|attempt| {
+            let ours = ours.contains(&attempt.email.id);
+            if !ours {
+                tracing::warn!(email = %attempt.email.id, "lease lost before the attempt was recorded");
+            }
+            ours
+        })
+        .collect();
+    if recorded.is_empty() {
+        tx.commit().await?;
+        return Ok(recorded);
+    }
+
+    let mut outcomes: Vec<(&Attempt, &RecipientAttempt)> = Vec::new();
+    for attempt in &recorded {
+        outcomes.extend(attempt.recipients.iter().map(|outcome| (*attempt, outcome)));
+    }
+    let rows: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|(attempt, outcome)| {
+            serde_json::json!({
+                "email_id": attempt.email.id,
+                "position": outcome.recipient.position,
+                "status": outcome.status.as_str(),
+                "attempts": outcome.recipient.attempts,
+                "reply": outcome.detail,
+                "next_attempt_at": outcome.next_attempt_at,
+                "sent_at": (outcome.status == RecipientStatus::Sent).then_some(now.0),
+            })
+        })
+        .collect();
+    let source = json_rows(
+        db.engine,
+        &[
+            ("email_id", "TEXT"),
+            ("position", "BIGINT"),
+            ("status", "TEXT"),
+            ("attempts", "BIGINT"),
+            ("reply", "TEXT"),
+            ("next_attempt_at", "BIGINT"),
+            ("sent_at", "BIGINT"),
+        ],
+    );
+    sqlx::query(&format!(
+        "UPDATE email_recipients SET status = v.status, attempts = v.attempts, last_reply = v.reply, \
+         next_attempt_at = v.next_attempt_at, updated_at = $2, \
+         sent_at = COALESCE(email_recipients.sent_at, v.sent_at) FROM {source} \
+         WHERE email_recipients.email_id = v.email_id AND email_recipients.position = v.position"
+    ))
+    .bind(serde_json::Value::Array(rows).to_string())
+    .bind(now.0)
+    .execute(&mut *tx)
+    .await?;
+
+    // Each recipient's event, in the order of the attempts.
+    let written: Vec<(Described, String, String, String, Option<serde_json::Value>)> = outcomes
+        .iter()
+        .map(|(attempt, outcome)| {
+            let email = attempt.email.described();
+            let address = &outcome.recipient.address;
+            let status = outcome.status.as_str();
+            let data = event_data(&email, Some(address), status, Some(outcome.detail));
+            (
+                email,
+                format!("email.{status}"),
+                format!("{}/{address}", attempt.email.id),
+                format!("{}: {}", attempt.transport, outcome.detail),
+                data,
             )
-            .bind(&email.id)
-            .bind(recipient.position)
-            .bind(outcome.status.as_str())
-            .bind(recipient.attempts)
+        })
+        .collect();
+    let events: Vec<(crate::events::NewEvent, Timestamp)> = written
+        .iter()
+        .zip(&outcomes)
+        .map(|((email, kind, object_key, detail, data), (_, outcome))| {
+            let event = crate::events::NewEvent {
+                account_id: email.account_id,
+                entity_id: email.entity_id,
+                kind,
+                object_key,
+                email_id: Some(email.id),
+                recipient: Some(&outcome.recipient.address),
+                detail: Some(detail),
+                data: data.clone(),
+            };
+            (event, now)
+        })
+        .collect();
+    crate::events::record_all(&mut tx, db.engine, &events).await?;
+
+    // Bounces are rare: one statement each.
+    for (attempt, outcome) in &outcomes {
+        if outcome.status == RecipientStatus::Bounced
+            && let Some(account_id) = &attempt.email.account_id
+            && let Ok(address) = EmailAddress::parse(&outcome.recipient.address)
+        {
+            sqlx::query(
+                "INSERT INTO suppressions (account_id, email, reason, detail, created_at) \
+                 VALUES ($1, $2, 'bounce', $3, $4) ON CONFLICT (account_id, email) DO NOTHING",
+            )
+            .bind(account_id)
+            .bind(suppression_key(&address))
             .bind(outcome.detail)
-            .bind(outcome.next_attempt_at)
             .bind(now.0)
-            .bind(sent_at)
             .execute(&mut *tx)
             .await?;
-            let detail = format!("{}: {}", attempt.transport, outcome.detail);
-            record_event(
-                &mut tx,
-                &email.described(),
-                Some(&recipient.address),
-                outcome.status.as_str(),
-                Some(&detail),
-                Some(outcome.detail),
-                now,
-            )
-            .await?;
-            if outcome.status == RecipientStatus::Bounced
-                && let Some(account_id) = &email.account_id
-                && let Ok(address) = EmailAddress::parse(&recipient.address)
-            {
-                sqlx::query(
-                    "INSERT INTO suppressions (account_id, email, reason, detail, created_at) \
-                     VALUES ($1, $2, 'bounce', $3, $4) ON CONFLICT (account_id, email) DO NOTHING",
-                )
-                .bind(account_id)
-                .bind(suppression_key(&address))
-                .bind(outcome.detail)
-                .bind(now.0)
-                .execute(&mut *tx)
-                .await?;
-            }
         }
-        settle(&mut tx, email, attempt, now).await?;
-        recorded.push(attempt);
     }
+    settle(&mut tx, db.engine, &recorded, now).await?;
     tx.commit().await?;
     Ok(recorded)
 }
 
-/// Sets the email's status from its recipients': waiting again until the next due one,
+/// Sets each email's status from its recipients': waiting again until the next due one,
 /// or final (and its body deleted).
 async fn settle(
     conn: &mut sqlx::AnyConnection,
-    email: &Claimed,
-    attempt: &Attempt<'_>,
+    engine: Engine,
+    recorded: &[&Attempt<'_>],
     now: Timestamp,
 ) -> sqlx::Result<()> {
-    let rows =
-        sqlx::query("SELECT status, next_attempt_at FROM email_recipients WHERE email_id = $1")
-            .bind(&email.id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let mut next: Option<i64> = None;
-    let mut any_pending = false;
-    let mut any_sent = false;
-    for row in &rows {
+    let ids: Vec<&str> = recorded
+        .iter()
+        .map(|attempt| attempt.email.id.as_str())
+        .collect();
+    let sql = format!(
+        "SELECT email_id, status, next_attempt_at FROM email_recipients WHERE email_id IN ({})",
+        placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for id in &ids {
+        query = query.bind(*id);
+    }
+    // Per email: whether any recipient was sent, and the next due time of those not final.
+    let mut standing: BTreeMap<String, (bool, Option<i64>)> = BTreeMap::new();
+    for row in query.fetch_all(&mut *conn).await? {
         let status: String = row.try_get("status")?;
         let status =
             RecipientStatus::parse(&status).ok_or_else(|| decode_error("status", &status))?;
-        any_sent |= status == RecipientStatus::Sent;
+        let entry = standing.entry(row.try_get("email_id")?).or_default();
+        entry.0 |= status == RecipientStatus::Sent;
         if !status.is_final() {
-            any_pending = true;
             let at: Option<i64> = row.try_get("next_attempt_at")?;
             let at = at.unwrap_or(now.0);
-            next = Some(next.map_or(at, |next| next.min(at)));
+            entry.1 = Some(entry.1.map_or(at, |next: i64| next.min(at)));
         }
     }
-    let last_error = attempt
-        .recipients
+    let rows: Vec<serde_json::Value> = recorded
         .iter()
-        .rev()
-        .find(|outcome| outcome.status != RecipientStatus::Sent)
-        .map(|outcome| outcome.detail);
-    let sent_at = any_sent.then_some(now.0);
-    if any_pending {
-        sqlx::query(
-            "UPDATE emails SET status = 'queued', next_attempt_at = $2, last_error = COALESCE($3, last_error), \
-             sent_at = COALESCE(sent_at, $4) WHERE id = $1",
-        )
-        .bind(&email.id)
-        .bind(next)
-        .bind(last_error)
-        .bind(sent_at)
-        .execute(&mut *conn)
-        .await?;
-    } else {
-        let status = match any_sent {
-            true => EmailStatus::Sent,
-            false => EmailStatus::Failed,
-        };
-        sqlx::query(
-            "UPDATE emails SET status = $2, next_attempt_at = NULL, last_error = COALESCE($3, last_error), \
-             sent_at = COALESCE(sent_at, $4), body = NULL, body_deleted_at = $5 WHERE id = $1",
-        )
-        .bind(&email.id)
-        .bind(status.as_str())
-        .bind(last_error)
-        .bind(sent_at)
-        .bind(now.0)
-        .execute(&mut *conn)
-        .await?;
-    }
+        .map(|attempt| {
+            let (any_sent, next) = standing.get(&attempt.email.id).copied().unwrap_or_default();
+            let status = match (next, any_sent) {
+                (Some(_), _) => "queued",
+                (None, true) => EmailStatus::Sent.as_str(),
+                (None, false) => EmailStatus::Failed.as_str(),
+            };
+            let last_error = attempt
+                .recipients
+                .iter()
+                .rev()
+                .find(|outcome| outcome.status != RecipientStatus::Sent)
+                .map(|outcome| outcome.detail);
+            serde_json::json!({
+                "id": attempt.email.id,
+                "status": status,
+                "next_attempt_at": next,
+                "last_error": last_error,
+                "sent_at": any_sent.then_some(now.0),
+                "final": i64::from(next.is_none()),
+            })
+        })
+        .collect();
+    let source = json_rows(
+        engine,
+        &[
+            ("id", "TEXT"),
+            ("status", "TEXT"),
+            ("next_attempt_at", "BIGINT"),
+            ("last_error", "TEXT"),
+            ("sent_at", "BIGINT"),
+            ("final", "BIGINT"),
+        ],
+    );
+    // A final email's body goes.
+    sqlx::query(&format!(
+        "UPDATE emails SET status = v.status, next_attempt_at = v.next_attempt_at, \
+         last_error = COALESCE(v.last_error, emails.last_error), \
+         sent_at = COALESCE(emails.sent_at, v.sent_at), \
+         body = CASE WHEN v.final = 1 THEN NULL ELSE emails.body END, \
+         body_deleted_at = CASE WHEN v.final = 1 THEN $2 ELSE emails.body_deleted_at END \
+         FROM {source} WHERE emails.id = v.id"
+    ))
+    .bind(serde_json::Value::Array(rows).to_string())
+    .bind(now.0)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

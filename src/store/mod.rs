@@ -130,6 +130,17 @@ impl Db {
         }
     }
 
+    /// For one statement that writes outside a transaction: on SQLite, this process's turn
+    /// among its writers, held while the statement runs, so that the statement queues
+    /// behind them instead of sleeping in SQLite's busy handler (a millisecond or more at
+    /// each collision).
+    pub async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.engine {
+            Engine::Sqlite => Some(self.writer.clone().lock_owned().await),
+            Engine::Postgres => None,
+        }
+    }
+
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }

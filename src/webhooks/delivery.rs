@@ -188,6 +188,7 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
          AND status IN ('pending', 'delivering') AND next_attempt_at <= $1 {RETURNING}"
     );
     let now = db.now().0;
+    let _turn = db.write_turn().await;
     let rows = sqlx::query(&sql)
         .bind(now)
         .bind(now + LEASE_MS)
@@ -205,6 +206,7 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
 /// or another attempt has it.
 async fn claim_one(db: &Db, id: &str) -> sqlx::Result<Option<Job>> {
     let now = db.now().0;
+    let _turn = db.write_turn().await;
     let row = sqlx::query(&format!(
         "UPDATE webhook_deliveries SET status = 'delivering', attempts = attempts + 1, \
          next_attempt_at = $2, updated_at = $1 WHERE id = $3 \
