@@ -2,9 +2,10 @@
 //! declare (what delivery and the DNS server need to know about tenants) to the stores
 //! that answer them, and runs the server and its workers.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -320,6 +321,7 @@ pub fn delivery(
             master_key: master_key.clone(),
             relay_limits: transport::Limits::tenant(settings, destination_policy),
             ed25519: settings.dkim_ed25519,
+            signing: Mutex::default(),
         }),
         wakeup: Arc::default(),
         metrics: metrics.clone(),
@@ -335,7 +337,15 @@ struct Tenants {
     relay_limits: transport::Limits,
     /// Whether mail gets an Ed25519 signature beside the RSA one.
     ed25519: bool,
+    /// The signing keys of each sender and domain as read lately (when, by the database's
+    /// clock): a domain's mail goes out in runs, and its keys are read and unsealed once per
+    /// `KEYS_FRESH_MS`, not per message. A switch of keys or a suspended domain shows
+    /// within that time; entries older go at the next read.
+    signing: Mutex<HashMap<(Option<String>, DomainName), (i64, Vec<SigningKey>)>>,
 }
+
+/// How long signing keys read for mail are used before they are read again.
+const KEYS_FRESH_MS: i64 = 1_000;
 
 #[async_trait::async_trait]
 impl Directory for Tenants {
@@ -353,6 +363,14 @@ impl Directory for Tenants {
         account_id: Option<&str>,
         domain: &DomainName,
     ) -> anyhow::Result<Vec<SigningKey>> {
+        let now = self.db.now().0;
+        let fresh = |read_at: i64| (0..KEYS_FRESH_MS).contains(&(now - read_at));
+        let whose = (account_id.map(str::to_string), domain.clone());
+        if let Some((read_at, keys)) = self.lock_signing().get(&whose)
+            && fresh(*read_at)
+        {
+            return Ok(keys.clone());
+        }
         let keys = domains::dkim::signing_keys(
             &self.db,
             &self.master_key,
@@ -361,14 +379,27 @@ impl Directory for Tenants {
             self.ed25519,
         )
         .await?;
-        Ok(keys
+        let keys: Vec<SigningKey> = keys
             .into_iter()
             .map(|key| SigningKey {
                 selector: key.selector,
                 algorithm: key.algorithm,
                 private_der: key.private_der,
             })
-            .collect())
+            .collect();
+        let mut signing = self.lock_signing();
+        signing.retain(|_, (read_at, _)| fresh(*read_at));
+        signing.insert(whose, (now, keys.clone()));
+        Ok(keys)
+    }
+}
+
+impl Tenants {
+    fn lock_signing(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(Option<String>, DomainName), (i64, Vec<SigningKey>)>>
+    {
+        self.signing.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -735,6 +735,9 @@ pub struct Claimed {
     pub attempts: i64,
     pub created_at: i64,
     lease_until: i64,
+    /// The sealed body when it is small, read with the claim; a larger one is read only
+    /// when the email's turn comes.
+    small_body: Option<String>,
     /// Recipients due now (queued, scheduled and due, or deferred and due).
     pub pending: Vec<Pending>,
     /// Every recipient, for the headers (`bcc` ones left out there by the composer).
@@ -745,11 +748,14 @@ impl Claimed {
     /// The body, read only now (a claimed email may wait for a slot, and a body may be
     /// megabytes), or why there is none to send.
     pub async fn open_body(&self, db: &Db, master_key: &MasterKey) -> anyhow::Result<Body> {
-        let sealed: Option<String> = sqlx::query_scalar("SELECT body FROM emails WHERE id = $1")
-            .bind(&self.id)
-            .fetch_optional(&db.pool)
-            .await?
-            .flatten();
+        let sealed: Option<String> = match &self.small_body {
+            Some(sealed) => Some(sealed.clone()),
+            None => sqlx::query_scalar("SELECT body FROM emails WHERE id = $1")
+                .bind(&self.id)
+                .fetch_optional(&db.pool)
+                .await?
+                .flatten(),
+        };
         let Some(sealed) = sealed else {
             anyhow::bail!("the body was deleted after the retention period");
         };
@@ -784,6 +790,10 @@ impl Claimed {
             .map_or("", |recipient| recipient.address.as_str())
     }
 }
+
+/// The largest sealed body (in bytes) read with its email's claim; a claim holds a few
+/// dozen emails, and larger bodies are read one at a time as each is sent.
+const SMALL_BODY: usize = 64 * 1024;
 
 /// What the worker claims.
 pub struct Claim<'a> {
@@ -909,7 +919,8 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
          body = CASE WHEN {expired} THEN NULL ELSE body END \
          WHERE id {chosen} AND {due} \
          RETURNING id, account_id, entity_id, kind, from_address, from_name, reply_to, subject, message_id, \
-         tags, attempts, created_at, lease_until"
+         tags, attempts, created_at, lease_until, \
+         CASE WHEN LENGTH(body) <= {SMALL_BODY} THEN body END AS small_body"
     );
     let now = db.now().0;
     let mut query = sqlx::query(&sql)
@@ -952,6 +963,7 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
             attempts: row.try_get("attempts")?,
             created_at: row.try_get("created_at")?,
             lease_until: row.try_get("lease_until")?,
+            small_body: row.try_get("small_body")?,
             pending,
             recipients: recipients.into_iter().map(|(r, _, _)| r).collect(),
         });

@@ -11,6 +11,7 @@ use super::transport::SmtpTarget;
 use crate::types::DomainName;
 
 /// A DKIM private key and the selector that publishes its public half.
+#[derive(Clone)]
 pub struct SigningKey {
     pub selector: String,
     pub algorithm: Algorithm,

@@ -454,6 +454,47 @@ impl Delivery {
         }
     }
 
+    /// The claims to make now, mailroom's own mail first: of each kind, when a slot is free
+    /// and fewer than half a slot's worth of it waits, the free slots and a slot's worth
+    /// more, so that messages start as slots free without a claim (a write, on SQLite a
+    /// flush) for each. Tenants' mail leaves one slot free for mailroom's own, and none is
+    /// claimed of accounts whose line is long already.
+    fn claims_wanted(&self, ahead: &Ahead, available: usize, shared: &Shared) -> Option<Wanted> {
+        let wanted: Vec<(bool, i64)> = [false, true]
+            .into_iter()
+            .filter_map(|tenants| {
+                let free = available.saturating_sub(usize::from(tenants));
+                let waiting = ahead.len(tenants);
+                (free > 0 && waiting < SLOTS / 2)
+                    .then(|| (tenants, (free + SLOTS - waiting).min(CLAIM_AT_MOST) as i64))
+            })
+            .collect();
+        (!wanted.is_empty()).then(|| Wanted {
+            kinds: wanted,
+            per_account: shared.lines.cap as i64,
+            crowded: shared.lines.crowded(),
+        })
+    }
+
+    async fn claim(self, wanted: Wanted) -> Vec<Claimed> {
+        let mut claimed = Vec::new();
+        for (tenants, limit) in wanted.kinds {
+            let claim = outbox::Claim {
+                limit,
+                per_account: wanted.per_account,
+                lease_ms: self.lease_ms(),
+                retention_ms: self.retention_ms(),
+                skip: &wanted.crowded,
+                tenants,
+            };
+            match outbox::claim_due(&self.db, &claim).await {
+                Ok(more) => claimed.extend(more),
+                Err(error) => tracing::error!(%error, "delivery worker cannot claim messages"),
+            }
+        }
+        claimed
+    }
+
     /// Runs until `stop` changes; wakes at once when `wakeup` is rung.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         const METRICS_EVERY: Duration = Duration::from_secs(60);
@@ -469,6 +510,9 @@ impl Delivery {
         let recorder = tokio::spawn(self.clone().record_all(results));
         let mut last_metrics = Instant::now() - METRICS_EVERY;
         let mut ahead = Ahead::default();
+        // Claims run beside the loop, which meanwhile starts what was claimed before as
+        // slots free.
+        let mut claiming: Option<tokio::task::JoinHandle<Vec<Claimed>>> = None;
         tracing::info!("delivery worker started");
         while !*stop.borrow() {
             shared.pool.close_unusable();
@@ -477,30 +521,10 @@ impl Delivery {
                 self.delete_old_bodies().await;
                 last_metrics = Instant::now();
             }
-            // Mailroom's own mail first; tenants' leaves one slot free for it. A claim takes
-            // a slot's worth more than the free slots, to start as slots free without a
-            // claim (a write, on SQLite a flush) for each — none of accounts whose line is
-            // long already.
-            for tenants in [false, true] {
-                let free = slots
-                    .available_permits()
-                    .saturating_sub(usize::from(tenants));
-                if free == 0 || !ahead.is_empty(tenants) {
-                    continue;
-                }
-                let crowded = shared.lines.crowded();
-                let claim = outbox::Claim {
-                    limit: (free + SLOTS).min(CLAIM_AT_MOST) as i64,
-                    per_account: shared.lines.cap as i64,
-                    lease_ms: self.lease_ms(),
-                    retention_ms: self.retention_ms(),
-                    skip: &crowded,
-                    tenants,
-                };
-                match outbox::claim_due(&self.db, &claim).await {
-                    Ok(claimed) => claimed.into_iter().for_each(|m| ahead.push(m)),
-                    Err(error) => tracing::error!(%error, "delivery worker cannot claim messages"),
-                }
+            if claiming.is_none()
+                && let Some(wanted) = self.claims_wanted(&ahead, slots.available_permits(), &shared)
+            {
+                claiming = Some(tokio::spawn(self.clone().claim(wanted)));
             }
             while let Some(waiting) = ahead.next(slots.available_permits()) {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -515,6 +539,10 @@ impl Delivery {
             // On when a slot frees or a line shortens, on new mail, or a second later for
             // mail that fell due meanwhile.
             tokio::select! {
+                claimed = async { claiming.as_mut().expect("a claim under way").await }, if claiming.is_some() => {
+                    claiming = None;
+                    claimed.unwrap_or_default().into_iter().for_each(|m| ahead.push(m));
+                }
                 _ = shared.room.notified() => {}
                 _ = self.wakeup.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -522,6 +550,13 @@ impl Delivery {
             }
         }
         // The deliveries under way finish; what waits goes back to the queue.
+        if let Some(claim) = claiming {
+            claim
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .for_each(|m| ahead.push(m));
+        }
         let _ = slots.acquire_many(SLOTS as u32).await;
         for message in shared.lines.drain().into_iter().chain(ahead.drain()) {
             self.give_back(&message).await;
@@ -597,6 +632,13 @@ impl Delivery {
     }
 }
 
+/// What a claim is to take: of each kind (tenants' or mailroom's own) how many at most.
+struct Wanted {
+    kinds: Vec<(bool, i64)>,
+    per_account: i64,
+    crowded: Vec<String>,
+}
+
 /// Claimed messages waiting for a slot (since when), mailroom's own apart from tenants'.
 #[derive(Default)]
 struct Ahead {
@@ -637,11 +679,11 @@ impl Ahead {
         stale
     }
 
-    /// Whether none of the kind a claim with `tenants` takes first waits.
-    fn is_empty(&self, tenants: bool) -> bool {
+    /// How many of the kind a claim with `tenants` takes first wait.
+    fn len(&self, tenants: bool) -> usize {
         match tenants {
-            false => self.own.is_empty(),
-            true => self.tenants.is_empty(),
+            false => self.own.len(),
+            true => self.tenants.len(),
         }
     }
 
