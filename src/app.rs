@@ -340,7 +340,7 @@ struct Tenants {
     /// The signing keys of each sender and domain as read lately (when, by the database's
     /// clock): a domain's mail goes out in runs, and its keys are read and unsealed once per
     /// `KEYS_FRESH_MS`, not per message. A switch of keys or a suspended domain shows
-    /// within that time; entries older go at the next read.
+    /// within that time; older entries go whenever keys are read again.
     signing: Mutex<HashMap<(Option<String>, DomainName), (i64, Vec<SigningKey>)>>,
 }
 

@@ -3,7 +3,7 @@
 //! in the transaction of the change that causes it, delivered later by the worker, with a
 //! status per recipient. The delivery log (never the bodies) is read from here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -234,32 +234,70 @@ pub struct Described<'a> {
     pub created_at: Timestamp,
 }
 
-/// The payload of an email's event, as the account reads it; `None` for mailroom's own mail,
-/// whose events are its history only.
-fn event_data(
-    email: &Described<'_>,
-    recipient: Option<&str>,
-    status: &str,
-    reply: Option<&str>,
-) -> Option<serde_json::Value> {
-    email.published.then(|| {
-        let tags: serde_json::Value =
-            serde_json::from_str(email.tags).unwrap_or_else(|_| serde_json::json!({}));
-        serde_json::json!({
-            "id": email.id,
-            "from": email.from,
-            "subject": email.subject,
-            "tags": tags,
-            "entity_id": email.entity_id,
-            "message_id": email.message_id,
-            "created_at": email.created_at,
-            "recipient": recipient.map(|address| serde_json::json!({
-                "email": address,
-                "status": status,
-                "reply": reply,
-            })),
-        })
-    })
+/// An email's event `email.{status}` about one recipient (`None`: the whole email), but for
+/// where it is written.
+struct EmailEvent {
+    kind: String,
+    /// A recipient's events go out in order; recipients of one email need not wait for
+    /// each other.
+    object_key: String,
+    /// The payload the account reads; `None` for mailroom's own mail, whose events are its
+    /// history only.
+    data: Option<serde_json::Value>,
+}
+
+impl EmailEvent {
+    fn of(
+        email: &Described<'_>,
+        recipient: Option<&str>,
+        status: &str,
+        reply: Option<&str>,
+    ) -> EmailEvent {
+        let data = email.published.then(|| {
+            let tags: serde_json::Value =
+                serde_json::from_str(email.tags).unwrap_or_else(|_| serde_json::json!({}));
+            serde_json::json!({
+                "id": email.id,
+                "from": email.from,
+                "subject": email.subject,
+                "tags": tags,
+                "entity_id": email.entity_id,
+                "message_id": email.message_id,
+                "created_at": email.created_at,
+                "recipient": recipient.map(|address| serde_json::json!({
+                    "email": address,
+                    "status": status,
+                    "reply": reply,
+                })),
+            })
+        });
+        EmailEvent {
+            kind: format!("email.{status}"),
+            object_key: match recipient {
+                Some(address) => format!("{}/{address}", email.id),
+                None => email.id.to_string(),
+            },
+            data,
+        }
+    }
+
+    fn new_event<'a>(
+        &'a self,
+        email: &Described<'a>,
+        recipient: Option<&'a str>,
+        detail: Option<&'a str>,
+    ) -> crate::events::NewEvent<'a> {
+        crate::events::NewEvent {
+            account_id: email.account_id,
+            entity_id: email.entity_id,
+            kind: &self.kind,
+            object_key: &self.object_key,
+            email_id: Some(email.id),
+            recipient,
+            detail,
+            data: self.data.clone(),
+        }
+    }
 }
 
 /// Writes the event `email.{status}` about one recipient (`None`: the whole email), in the
@@ -274,29 +312,8 @@ pub async fn record_event(
     reply: Option<&str>,
     at: Timestamp,
 ) -> sqlx::Result<()> {
-    let kind = format!("email.{status}");
-    let data = event_data(email, recipient, status, reply);
-    // A recipient's events go out in order; recipients of one email need not wait for
-    // each other.
-    let object_key = match recipient {
-        Some(address) => format!("{}/{address}", email.id),
-        None => email.id.to_string(),
-    };
-    crate::events::record(
-        conn,
-        crate::events::NewEvent {
-            account_id: email.account_id,
-            entity_id: email.entity_id,
-            kind: &kind,
-            object_key: &object_key,
-            email_id: Some(email.id),
-            recipient,
-            detail,
-            data,
-        },
-        at,
-    )
-    .await?;
+    let event = EmailEvent::of(email, recipient, status, reply);
+    crate::events::record(conn, event.new_event(email, recipient, detail), at).await?;
     Ok(())
 }
 
@@ -745,8 +762,8 @@ pub struct Claimed {
 }
 
 impl Claimed {
-    /// The body, read only now (a claimed email may wait for a slot, and a body may be
-    /// megabytes), or why there is none to send.
+    /// The body (a large one read only now: a claimed email may wait for a slot, and a
+    /// body may be megabytes), or why there is none to send.
     pub async fn open_body(&self, db: &Db, master_key: &MasterKey) -> anyhow::Result<Body> {
         let sealed: Option<String> = match &self.small_body {
             Some(sealed) => Some(sealed.clone()),
@@ -811,10 +828,10 @@ pub struct Claim<'a> {
 }
 
 /// Takes the lease on up to `limit` due emails (queued or scheduled and due, or sending
-/// with an expired lease) for this instance alone, of none of the accounts `skip`. Each
-/// account's first due email comes before any account's second, so that one account's
-/// backlog does not hold up the others' mail. A body past its retention goes in the same
-/// statement.
+/// with an expired lease) for this instance alone, of none of the accounts `skip` and at
+/// most `per_account` of any other. Each account's first due email comes before any
+/// account's second, so that one account's backlog does not hold up the others' mail. A
+/// body past its retention goes in the same statement.
 ///
 /// The emails are read lane by lane (`emails_own_lanes` and `emails_api_lanes`: each
 /// account's own mail and its API emails, in the order they fall due), at most `limit`
@@ -920,7 +937,7 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
          WHERE id {chosen} AND {due} \
          RETURNING id, account_id, entity_id, kind, from_address, from_name, reply_to, subject, message_id, \
          tags, attempts, created_at, lease_until, \
-         CASE WHEN LENGTH(body) <= {SMALL_BODY} THEN body END AS small_body"
+         CASE WHEN OCTET_LENGTH(body) <= {SMALL_BODY} THEN body END AS small_body"
     );
     let now = db.now().0;
     let mut query = sqlx::query(&sql)
@@ -1104,6 +1121,13 @@ pub async fn record<'a>(
     attempts: &'a [Attempt<'a>],
     now: Timestamp,
 ) -> sqlx::Result<Vec<&'a Attempt<'a>>> {
+    // An email may be in a group twice when its first outcome waited past its lease and
+    // this instance claimed and sent it again: only the latest lease can still be ours.
+    let mut latest: HashMap<&str, i64> = HashMap::new();
+    for attempt in attempts {
+        let lease = latest.entry(&attempt.email.id).or_insert(i64::MIN);
+        *lease = (*lease).max(attempt.email.lease_until);
+    }
     let mut tx = db.begin().await?;
     // Still ours? The lease is taken back in the same statement.
     let leases: Vec<serde_json::Value> = attempts
@@ -1111,7 +1135,7 @@ pub async fn record<'a>(
         .map(|attempt| serde_json::json!({"id": attempt.email.id, "lease_until": attempt.email.lease_until}))
         .collect();
     let source = json_rows(db.engine, &[("id", "TEXT"), ("lease_until", "BIGINT")]);
-    let ours: Vec<String> = sqlx::query_scalar(&format!(
+    let ours: HashSet<String> = sqlx::query_scalar(&format!(
         "UPDATE emails SET lease_until = NULL, updated_at = $2 FROM {source} \
          WHERE emails.id = v.id AND emails.lease_until = v.lease_until AND emails.status = 'sending' \
          RETURNING emails.id"
@@ -1119,11 +1143,15 @@ pub async fn record<'a>(
     .bind(serde_json::Value::Array(leases).to_string())
     .bind(now.0)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .collect();
     let recorded: Vec<&Attempt> = attempts
         .iter()
         .filter(|attempt| {
-            let ours = ours.contains(&attempt.email.id);
+            let email = &attempt.email;
+            let ours = latest.get(email.id.as_str()) == Some(&email.lease_until)
+                && ours.contains(&email.id);
             if !ours {
                 tracing::warn!(email = %attempt.email.id, "lease lost before the attempt was recorded");
             }
@@ -1177,37 +1205,26 @@ pub async fn record<'a>(
     .await?;
 
     // Each recipient's event, in the order of the attempts.
-    let written: Vec<(Described, String, String, String, Option<serde_json::Value>)> = outcomes
+    let written: Vec<(Described, EmailEvent, String)> = outcomes
         .iter()
         .map(|(attempt, outcome)| {
             let email = attempt.email.described();
-            let address = &outcome.recipient.address;
             let status = outcome.status.as_str();
-            let data = event_data(&email, Some(address), status, Some(outcome.detail));
+            let address = Some(outcome.recipient.address.as_str());
+            let event = EmailEvent::of(&email, address, status, Some(outcome.detail));
             (
                 email,
-                format!("email.{status}"),
-                format!("{}/{address}", attempt.email.id),
+                event,
                 format!("{}: {}", attempt.transport, outcome.detail),
-                data,
             )
         })
         .collect();
     let events: Vec<(crate::events::NewEvent, Timestamp)> = written
         .iter()
         .zip(&outcomes)
-        .map(|((email, kind, object_key, detail, data), (_, outcome))| {
-            let event = crate::events::NewEvent {
-                account_id: email.account_id,
-                entity_id: email.entity_id,
-                kind,
-                object_key,
-                email_id: Some(email.id),
-                recipient: Some(&outcome.recipient.address),
-                detail: Some(detail),
-                data: data.clone(),
-            };
-            (event, now)
+        .map(|((email, event, detail), (_, outcome))| {
+            let address = Some(outcome.recipient.address.as_str());
+            (event.new_event(email, address, Some(detail)), now)
         })
         .collect();
     crate::events::record_all(&mut tx, db.engine, &events).await?;

@@ -472,7 +472,7 @@ impl Delivery {
         (!wanted.is_empty()).then(|| Wanted {
             kinds: wanted,
             per_account: shared.lines.cap as i64,
-            crowded: shared.lines.crowded(),
+            crowded: shared.lines.crowded(ahead),
         })
     }
 
@@ -513,6 +513,7 @@ impl Delivery {
         // Claims run beside the loop, which meanwhile starts what was claimed before as
         // slots free.
         let mut claiming: Option<tokio::task::JoinHandle<Vec<Claimed>>> = None;
+        let mut may_claim = true;
         tracing::info!("delivery worker started");
         while !*stop.borrow() {
             shared.pool.close_unusable();
@@ -522,6 +523,7 @@ impl Delivery {
                 last_metrics = Instant::now();
             }
             if claiming.is_none()
+                && may_claim
                 && let Some(wanted) = self.claims_wanted(&ahead, slots.available_permits(), &shared)
             {
                 claiming = Some(tokio::spawn(self.clone().claim(wanted)));
@@ -538,16 +540,24 @@ impl Delivery {
             }
             // On when a slot frees or a line shortens, on new mail, or a second later for
             // mail that fell due meanwhile.
-            tokio::select! {
+            may_claim = tokio::select! {
                 claimed = async { claiming.as_mut().expect("a claim under way").await }, if claiming.is_some() => {
                     claiming = None;
-                    claimed.unwrap_or_default().into_iter().for_each(|m| ahead.push(m));
+                    let claimed = claimed.unwrap_or_else(|error| {
+                        // What it claimed comes back when its leases run out.
+                        tracing::error!(%error, "a claim of messages failed");
+                        Vec::new()
+                    });
+                    // An empty claim found the queue drained: the next waits for a wakeup.
+                    let any = !claimed.is_empty();
+                    claimed.into_iter().for_each(|m| ahead.push(m));
+                    any
                 }
-                _ = shared.room.notified() => {}
-                _ = self.wakeup.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.changed() => {}
-            }
+                _ = shared.room.notified() => true,
+                _ = self.wakeup.notified() => true,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+                _ = stop.changed() => true,
+            };
         }
         // The deliveries under way finish; what waits goes back to the queue.
         if let Some(claim) = claiming {
@@ -679,6 +689,12 @@ impl Ahead {
         stale
     }
 
+    /// The account of each message waiting.
+    fn accounts(&self) -> impl Iterator<Item = &str> {
+        let all = self.own.iter().chain(&self.tenants);
+        all.filter_map(|(_, message)| message.account_id.as_deref())
+    }
+
     /// How many of the kind a claim with `tenants` takes first wait.
     fn len(&self, tenants: bool) -> usize {
         match tenants {
@@ -716,7 +732,7 @@ struct Shared {
 }
 
 /// The slots of accounts: at most `cap` deliveries at once per account, whatever relay
-/// carries them; the account's next messages wait in its line (their metadata only), and
+/// carries them; the account's next messages wait in its line (a small body with them), and
 /// each delivery that ends starts the next.
 ///
 /// A line is crowded from `cap` waiting: no more of the account's mail is claimed, and a
@@ -745,7 +761,8 @@ enum Entry {
 impl Lines {
     fn new(cap: u64) -> Lines {
         Lines {
-            cap: usize::try_from(cap).unwrap_or(usize::MAX).max(1),
+            // More at once than the slots would never run.
+            cap: usize::try_from(cap).unwrap_or(SLOTS).clamp(1, SLOTS),
             lines: Mutex::default(),
         }
     }
@@ -786,12 +803,21 @@ impl Lines {
         (None, false)
     }
 
-    /// The accounts whose lines are crowded: their mail stays in the queue meanwhile.
-    fn crowded(&self) -> Vec<String> {
-        self.lock()
-            .iter()
-            .filter(|(_, line)| line.waiting.len() >= self.cap)
-            .map(|(account, _)| account.clone())
+    /// The accounts whose lines are crowded, counting `ahead`, which is claimed but not in
+    /// a line yet: their mail stays in the queue meanwhile.
+    fn crowded(&self, ahead: &Ahead) -> Vec<String> {
+        let mut waiting: HashMap<&str, usize> = HashMap::new();
+        for account in ahead.accounts() {
+            *waiting.entry(account).or_default() += 1;
+        }
+        let lines = self.lock();
+        for (account, line) in lines.iter() {
+            *waiting.entry(account).or_default() += line.waiting.len();
+        }
+        waiting
+            .into_iter()
+            .filter(|(_, waiting)| *waiting >= self.cap)
+            .map(|(account, _)| account.to_string())
             .collect()
     }
 
