@@ -341,8 +341,11 @@ struct Tenants {
     /// clock): a domain's mail goes out in runs, and its keys are read and unsealed once per
     /// `KEYS_FRESH_MS`, not per message. A switch of keys or a suspended domain shows
     /// within that time; older entries go whenever keys are read again.
-    signing: Mutex<HashMap<(Option<String>, DomainName), (i64, Vec<SigningKey>)>>,
+    signing: Mutex<KeysRead>,
 }
+
+/// Signing keys per sender (`None`: the operator) and domain, with when they were read.
+type KeysRead = HashMap<(Option<String>, DomainName), (i64, Vec<SigningKey>)>;
 
 /// How long signing keys read for mail are used before they are read again.
 const KEYS_FRESH_MS: i64 = 1_000;
@@ -395,10 +398,7 @@ impl Directory for Tenants {
 }
 
 impl Tenants {
-    fn lock_signing(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(Option<String>, DomainName), (i64, Vec<SigningKey>)>>
-    {
+    fn lock_signing(&self) -> std::sync::MutexGuard<'_, KeysRead> {
         self.signing.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
