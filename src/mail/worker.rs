@@ -289,21 +289,16 @@ impl Delivery {
         }
     }
 
-    /// Delivers `message` in the slot `slot` holds; then, while its account's line has
-    /// messages waiting, those, one after another, in the same slot.
-    async fn work(self, message: Claimed, slot: OwnedSemaphorePermit, shared: Arc<Shared>) {
-        let account = self.owner(&message);
-        let mut next = match &account {
-            None => Some(message),
-            Some(account) => match shared.lines.enter(account, message) {
-                Entry::Go(message) => Some(message),
-                Entry::Waiting => None,
-                Entry::Full(message) => {
-                    self.give_back(&message).await;
-                    None
-                }
-            },
-        };
+    /// Delivers `message`, let go by its `account`'s line, in the slot `slot` holds; then,
+    /// while the line has messages waiting, those, one after another, in the same slot.
+    async fn work(
+        self,
+        account: Option<String>,
+        message: Claimed,
+        slot: OwnedSemaphorePermit,
+        shared: Arc<Shared>,
+    ) {
+        let mut next = Some(message);
         while let Some(message) = next.take() {
             let Some(mut ready) = self.prepare(message).await else {
                 break;
@@ -533,7 +528,21 @@ impl Delivery {
                     ahead.put_back(waiting);
                     break;
                 };
-                tokio::spawn(self.clone().work(waiting.1, slot, shared.clone()));
+                // Into its account's line here, not in the delivery's task: what is claimed
+                // is always either ahead or in a line when the next claim counts them.
+                let account = self.owner(&waiting.1);
+                let message = match &account {
+                    None => waiting.1,
+                    Some(owner) => match shared.lines.enter(owner, waiting.1) {
+                        Entry::Go(message) => message,
+                        Entry::Waiting => continue,
+                        Entry::Full(message) => {
+                            self.give_back(&message).await;
+                            continue;
+                        }
+                    },
+                };
+                tokio::spawn(self.clone().work(account, message, slot, shared.clone()));
             }
             for message in ahead.stale() {
                 self.give_back(&message).await;
