@@ -764,9 +764,9 @@ pub struct Claimed {
 impl Claimed {
     /// The body (a large one read only now: a claimed email may wait for a slot, and a
     /// body may be megabytes), or why there is none to send.
-    pub async fn open_body(&self, db: &Db, master_key: &MasterKey) -> anyhow::Result<Body> {
-        let sealed: Option<String> = match &self.small_body {
-            Some(sealed) => Some(sealed.clone()),
+    pub async fn open_body(&mut self, db: &Db, master_key: &MasterKey) -> anyhow::Result<Body> {
+        let sealed: Option<String> = match self.small_body.take() {
+            Some(sealed) => Some(sealed),
             None => sqlx::query_scalar("SELECT body FROM emails WHERE id = $1")
                 .bind(&self.id)
                 .fetch_optional(&db.pool)
@@ -1029,10 +1029,9 @@ async fn recipients_of(
          FROM email_recipients WHERE email_id IN ({}) ORDER BY email_id, position",
         placeholders(1, ids.len())
     );
-    let mut query = sqlx::query(&sql);
-    for id in ids {
-        query = query.bind(id);
-    }
+    let query = ids
+        .iter()
+        .fold(sqlx::query(&sql), |query, id| query.bind(id));
     for row in query.fetch_all(&db.pool).await? {
         let kind: String = row.try_get("type")?;
         let status: String = row.try_get("status")?;
@@ -1128,9 +1127,12 @@ pub async fn record<'a>(
         let lease = latest.entry(&attempt.email.id).or_insert(i64::MIN);
         *lease = (*lease).max(attempt.email.lease_until);
     }
+    let (candidates, stale): (Vec<&Attempt>, Vec<&Attempt>) = attempts
+        .iter()
+        .partition(|attempt| latest[attempt.email.id.as_str()] == attempt.email.lease_until);
     let mut tx = db.begin().await?;
     // Still ours? The lease is taken back in the same statement.
-    let leases: Vec<serde_json::Value> = attempts
+    let leases: Vec<serde_json::Value> = candidates
         .iter()
         .map(|attempt| serde_json::json!({"id": attempt.email.id, "lease_until": attempt.email.lease_until}))
         .collect();
@@ -1146,18 +1148,12 @@ pub async fn record<'a>(
     .await?
     .into_iter()
     .collect();
-    let recorded: Vec<&Attempt> = attempts
-        .iter()
-        .filter(|attempt| {
-            let email = &attempt.email;
-            let ours = latest.get(email.id.as_str()) == Some(&email.lease_until)
-                && ours.contains(&email.id);
-            if !ours {
-                tracing::warn!(email = %attempt.email.id, "lease lost before the attempt was recorded");
-            }
-            ours
-        })
-        .collect();
+    let (recorded, lost): (Vec<&Attempt>, Vec<&Attempt>) = candidates
+        .into_iter()
+        .partition(|attempt| ours.contains(&attempt.email.id));
+    for attempt in lost.iter().chain(&stale) {
+        tracing::warn!(email = %attempt.email.id, "lease lost before the attempt was recorded");
+    }
     if recorded.is_empty() {
         tx.commit().await?;
         return Ok(recorded);
@@ -1260,18 +1256,13 @@ async fn settle(
     recorded: &[&Attempt<'_>],
     now: Timestamp,
 ) -> sqlx::Result<()> {
-    let ids: Vec<&str> = recorded
-        .iter()
-        .map(|attempt| attempt.email.id.as_str())
-        .collect();
     let sql = format!(
         "SELECT email_id, status, next_attempt_at FROM email_recipients WHERE email_id IN ({})",
-        placeholders(1, ids.len())
+        placeholders(1, recorded.len())
     );
-    let mut query = sqlx::query(&sql);
-    for id in &ids {
-        query = query.bind(*id);
-    }
+    let query = recorded.iter().fold(sqlx::query(&sql), |query, attempt| {
+        query.bind(&attempt.email.id)
+    });
     // Per email: whether any recipient was sent, and the next due time of those not final.
     let mut standing: BTreeMap<String, (bool, Option<i64>)> = BTreeMap::new();
     for row in query.fetch_all(&mut *conn).await? {
@@ -1291,9 +1282,9 @@ async fn settle(
         .map(|attempt| {
             let (any_sent, next) = standing.get(&attempt.email.id).copied().unwrap_or_default();
             let status = match (next, any_sent) {
-                (Some(_), _) => "queued",
-                (None, true) => EmailStatus::Sent.as_str(),
-                (None, false) => EmailStatus::Failed.as_str(),
+                (Some(_), _) => EmailStatus::Queued,
+                (None, true) => EmailStatus::Sent,
+                (None, false) => EmailStatus::Failed,
             };
             let last_error = attempt
                 .recipients
@@ -1303,7 +1294,7 @@ async fn settle(
                 .map(|outcome| outcome.detail);
             serde_json::json!({
                 "id": attempt.email.id,
-                "status": status,
+                "status": status.as_str(),
                 "next_attempt_at": next,
                 "last_error": last_error,
                 "sent_at": any_sent.then_some(now.0),

@@ -161,7 +161,7 @@ impl Delivery {
     }
 
     /// Builds, signs and routes a claimed message; `None` when the runtime stops first.
-    async fn prepare(&self, message: Claimed) -> Option<Ready> {
+    async fn prepare(&self, mut message: Claimed) -> Option<Ready> {
         let cannot = |message, transport, failure| {
             Some(Ready {
                 message,
@@ -449,28 +449,6 @@ impl Delivery {
         }
     }
 
-    /// The claims to make now, mailroom's own mail first: of each kind, when a slot is free
-    /// and fewer than half a slot's worth of it waits, the free slots and a slot's worth
-    /// more, so that messages start as slots free without a claim (a write, on SQLite a
-    /// flush) for each. Tenants' mail leaves one slot free for mailroom's own, and none is
-    /// claimed of accounts whose line is long already.
-    fn claims_wanted(&self, ahead: &Ahead, available: usize, shared: &Shared) -> Option<Wanted> {
-        let wanted: Vec<(bool, i64)> = [false, true]
-            .into_iter()
-            .filter_map(|tenants| {
-                let free = available.saturating_sub(usize::from(tenants));
-                let waiting = ahead.len(tenants);
-                (free > 0 && waiting < SLOTS / 2)
-                    .then(|| (tenants, (free + SLOTS - waiting).min(CLAIM_AT_MOST) as i64))
-            })
-            .collect();
-        (!wanted.is_empty()).then(|| Wanted {
-            kinds: wanted,
-            per_account: shared.lines.cap as i64,
-            crowded: shared.lines.crowded(ahead),
-        })
-    }
-
     async fn claim(self, wanted: Wanted) -> Vec<Claimed> {
         let mut claimed = Vec::new();
         for (tenants, limit) in wanted.kinds {
@@ -519,7 +497,8 @@ impl Delivery {
             }
             if claiming.is_none()
                 && may_claim
-                && let Some(wanted) = self.claims_wanted(&ahead, slots.available_permits(), &shared)
+                && let Some(wanted) =
+                    claims_wanted(&ahead, slots.available_permits(), &shared.lines)
             {
                 claiming = Some(tokio::spawn(self.clone().claim(wanted)));
             }
@@ -649,6 +628,28 @@ impl Delivery {
         let result = deliver(&transport, &message_id, &envelope, &bytes).await;
         Ok((transport.describe(), result))
     }
+}
+
+/// The claims to make now, mailroom's own mail first: of each kind, when a slot is free
+/// and fewer than half a slot's worth of it waits, the free slots and a slot's worth
+/// more, so that messages start as slots free without a claim (a write, on SQLite a
+/// flush) for each. Tenants' mail leaves one slot free for mailroom's own, and none is
+/// claimed of accounts whose line is long already.
+fn claims_wanted(ahead: &Ahead, available: usize, lines: &Lines) -> Option<Wanted> {
+    let wanted: Vec<(bool, i64)> = [false, true]
+        .into_iter()
+        .filter_map(|tenants| {
+            let free = available.saturating_sub(usize::from(tenants));
+            let waiting = ahead.len(tenants);
+            (free > 0 && waiting < SLOTS / 2)
+                .then(|| (tenants, (free + SLOTS - waiting).min(CLAIM_AT_MOST) as i64))
+        })
+        .collect();
+    (!wanted.is_empty()).then(|| Wanted {
+        kinds: wanted,
+        per_account: lines.cap as i64,
+        crowded: lines.crowded(ahead),
+    })
 }
 
 /// What a claim is to take: of each kind (tenants' or mailroom's own) how many at most.
