@@ -95,6 +95,7 @@ impl Application {
             resolver: DnsResolver::new(&settings.dns_nameservers)?,
             master_key,
             outbox_wakeup: delivery.wakeup.clone(),
+            webhooks_wakeup: delivery.events_written.clone(),
             api_keys: Arc::default(),
             settings,
             destination_policy,
@@ -166,6 +167,7 @@ impl Application {
                 master_key: self.state.master_key.clone(),
                 policy: self.state.destination_policy.clone(),
                 settings: self.state.settings.clone(),
+                wakeup: self.state.webhooks_wakeup.clone(),
             }
             .run(stopped.clone()),
         );
@@ -324,6 +326,7 @@ pub fn delivery(
             signing: Mutex::default(),
         }),
         wakeup: Arc::default(),
+        events_written: Arc::default(),
         metrics: metrics.clone(),
     }
 }

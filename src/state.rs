@@ -21,6 +21,9 @@ pub struct AppState {
     pub master_key: MasterKey,
     /// Rung after an email is queued, so that the delivery worker starts at once.
     pub outbox_wakeup: Arc<tokio::sync::Notify>,
+    /// Rung after webhook jobs are queued or an endpoint is enabled, so that the webhooks'
+    /// worker starts at once rather than on its next look.
+    pub webhooks_wakeup: Arc<tokio::sync::Notify>,
     pub api_keys: Arc<KeyCache>,
     /// Where tenants' relays may connect, parsed once at start.
     pub destination_policy: Arc<Policy>,
@@ -34,5 +37,10 @@ impl AppState {
     /// Call after committing a transaction that queued email.
     pub fn wake_outbox(&self) {
         self.outbox_wakeup.notify_one();
+    }
+
+    /// Call after committing a transaction that wrote events or made deliveries due.
+    pub fn wake_webhooks(&self) {
+        self.webhooks_wakeup.notify_one();
     }
 }

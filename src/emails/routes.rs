@@ -426,6 +426,7 @@ async fn queue_all(
     }
     tx.commit().await?;
     state.wake_outbox();
+    state.wake_webhooks();
     // Expired keys and past minutes' counts are read past, not relied on being gone: once
     // a minute is enough to keep the tables small, and spares every send two DELETEs.
     static PRUNED_IN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);

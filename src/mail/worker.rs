@@ -64,6 +64,8 @@ pub struct Delivery {
     pub directory: Arc<dyn Directory>,
     /// Rung after an email is queued, so that the worker starts at once.
     pub wakeup: Arc<Notify>,
+    /// Rung after outcomes are recorded with their events, so that webhooks go at once.
+    pub events_written: Arc<Notify>,
     pub metrics: Metrics,
 }
 
@@ -378,7 +380,10 @@ impl Delivery {
         let mut tries = 1;
         let recorded = loop {
             match outbox::record(&self.db, &attempts, self.db.now()).await {
-                Ok(recorded) => break recorded,
+                Ok(recorded) => {
+                    self.events_written.notify_one();
+                    break recorded;
+                }
                 Err(error) if tries < RECORD_TRIES => {
                     tracing::warn!(%error, emails = attempts.len(), tries, "cannot record delivery attempts; trying again");
                     tokio::time::sleep(pause).await;

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::Rng;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use sqlx::Row;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
@@ -20,9 +22,10 @@ use super::client::{self, Connections, Reply};
 use super::model::Outcome;
 use super::signature::{self, SigningKey};
 use crate::config::Settings;
+use crate::events::Event;
 use crate::mail::destination::Policy;
 use crate::store::crypto::MasterKey;
-use crate::store::{Db, Engine, placeholders};
+use crate::store::{Db, Engine, Timestamp, json_rows, placeholders};
 use crate::types::text::escape_controls;
 
 /// How long the worker waits after attempt n (the n-th entry) before the next; past the
@@ -60,10 +63,6 @@ const AHEAD: i64 = 64;
 /// `SLOTS`: endpoints that never answer cannot take the slots of other accounts' jobs.
 const ACCOUNT_HELD: i64 = 256;
 
-/// Successful attempts recorded by one statement (two parameters each; SQLite's binding
-/// cost grows with the square of a statement's parameters).
-const SUCCESSES_PER_STATEMENT: usize = 64;
-
 /// Jobs one claim takes at most (its reads bind one parameter per job).
 const CLAIM_AT_MOST: usize = 256;
 
@@ -96,32 +95,85 @@ pub struct Worker {
     pub master_key: MasterKey,
     pub policy: Arc<Policy>,
     pub settings: Arc<Settings>,
+    /// Rung when deliveries may have become due, and by the worker itself when a group of
+    /// attempts is recorded (its endpoints' next jobs may then be claimed).
+    pub wakeup: Arc<Notify>,
 }
 
-/// A claimed delivery.
+/// A claimed delivery, with the event it delivers.
 struct Job {
     id: String,
     webhook_id: String,
-    event_id: String,
     /// This attempt's number.
     attempts: i64,
     /// The lease's end: the attempt is recorded only while the job still has it.
     lease_until: i64,
+    /// `None` when the event is no longer kept.
+    event: Option<Event>,
 }
 
-impl Job {
-    fn from_row(row: &sqlx::any::AnyRow) -> sqlx::Result<Job> {
-        Ok(Job {
-            id: row.try_get("id")?,
-            webhook_id: row.try_get("webhook_id")?,
-            event_id: row.try_get("event_id")?,
-            attempts: row.try_get("attempts")?,
-            lease_until: row.try_get("next_attempt_at")?,
+/// A job as a claim reads it: one JSON array for the whole claim, so that the rows do not
+/// cross from the database one by one (on SQLite, each row is a hand-off between threads).
+#[derive(Deserialize)]
+struct ClaimedJob {
+    id: String,
+    webhook_id: String,
+    attempts: i64,
+    event: Option<ClaimedEvent>,
+}
+
+#[derive(Deserialize)]
+struct ClaimedEvent {
+    position: i64,
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    at: i64,
+    account_id: String,
+    entity_id: Option<String>,
+    data: Box<RawValue>,
+}
+
+/// The claimed jobs of `d` (with their events as `e`) as one JSON array, in the order they
+/// were queued.
+fn claimed_json(engine: Engine) -> String {
+    let (object, data, array) = match engine {
+        Engine::Sqlite => ("json_object", "json(e.data)", "json_group_array"),
+        Engine::Postgres => ("json_build_object", "CAST(e.data AS json)", "json_agg"),
+    };
+    let event = format!(
+        "CASE WHEN e.data IS NOT NULL AND e.account_id IS NOT NULL THEN {object}('position', e.position, \
+         'id', e.id, 'type', e.type, 'at', e.at, 'account_id', e.account_id, 'entity_id', e.entity_id, \
+         'data', {data}) END"
+    );
+    format!(
+        "COALESCE(CAST({array}({object}('id', d.id, 'webhook_id', d.webhook_id, 'attempts', d.attempts, \
+         'event', {event}) ORDER BY d.position) AS TEXT), '[]')"
+    )
+}
+
+fn parse_claimed(json: &str, lease_until: i64) -> sqlx::Result<Vec<Job>> {
+    let claimed: Vec<ClaimedJob> =
+        serde_json::from_str(json).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+    Ok(claimed
+        .into_iter()
+        .map(|job| Job {
+            id: job.id,
+            webhook_id: job.webhook_id,
+            attempts: job.attempts,
+            lease_until,
+            event: job.event.map(|event| Event {
+                id: event.id,
+                kind: event.kind,
+                created_at: Timestamp(event.at),
+                account_id: event.account_id,
+                entity_id: event.entity_id,
+                data: event.data,
+                position: event.position,
+            }),
         })
-    }
+        .collect())
 }
-
-const RETURNING: &str = "RETURNING id, webhook_id, event_id, attempts, next_attempt_at";
 
 /// Takes the lease on up to `limit` due jobs for this instance alone: at most `cap` ×
 /// `AHEAD` held per endpoint — only `cap` for an endpoint that is failing, whose jobs
@@ -133,10 +185,6 @@ const RETURNING: &str = "RETURNING id, webhook_id, event_id, attempts, next_atte
 /// at one endpoint costs the others nothing; each account's first job comes before any
 /// account's second, so that one account's endpoints cannot take every slot.
 async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
-    let lock = match db.engine {
-        Engine::Postgres => "FOR UPDATE SKIP LOCKED",
-        Engine::Sqlite => "",
-    };
     // Each enabled endpoint's first due jobs, endpoint by endpoint, none behind an earlier
     // job about the same object that is being attempted (its lease run out or not: after
     // a crash it goes first) or not attempted yet. The engines differ in how a join reads
@@ -148,7 +196,7 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
          WHERE e.webhook_id = x.webhook_id AND e.object_key = x.object_key \
          AND e.status IN ('pending', 'delivering') AND e.position < x.position \
          AND (e.status = 'delivering' OR e.attempts = 0)) \
-         ORDER BY x.next_attempt_at, x.position LIMIT $3";
+         ORDER BY x.next_attempt_at, x.position LIMIT $2";
     let (deliveries, picked) = match db.engine {
         Engine::Postgres => (
             format!(
@@ -175,30 +223,77 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
            FROM webhooks w {deliveries} \
            LEFT JOIN held h ON h.webhook_id = w.id LEFT JOIN account_held a ON a.account_id = w.account_id \
            WHERE {picked} AND w.enabled = 1) AS due \
-         WHERE due.turn + due.busy <= CASE WHEN due.failures > 0 THEN $6 ELSE $3 END) AS fair \
-         WHERE fair.account_turn + fair.account_busy <= $5 \
-         ORDER BY fair.account_turn, fair.next_attempt_at, fair.position LIMIT $4"
+         WHERE due.turn + due.busy <= CASE WHEN due.failures > 0 THEN $5 ELSE $2 END) AS fair \
+         WHERE fair.account_turn + fair.account_busy <= $4 \
+         ORDER BY fair.account_turn, fair.next_attempt_at, fair.position LIMIT $3"
     );
+    let claimed = claimed_json(db.engine);
+    let now = db.now().0;
+    let lease_until = now + LEASE_MS;
+    let ahead = cap.saturating_mul(AHEAD);
     // The `due` condition again in the UPDATE: another instance may have claimed a job
     // since the subquery read it.
-    let sql = format!(
-        "UPDATE webhook_deliveries SET status = 'delivering', attempts = attempts + 1, \
-         next_attempt_at = $2, updated_at = $1 \
-         WHERE id IN (SELECT id FROM webhook_deliveries WHERE id IN ({in_turn}) {lock}) \
-         AND status IN ('pending', 'delivering') AND next_attempt_at <= $1 {RETURNING}"
-    );
-    let now = db.now().0;
-    let _turn = db.write_turn().await;
-    let rows = sqlx::query(&sql)
-        .bind(now)
-        .bind(now + LEASE_MS)
-        .bind(cap.saturating_mul(AHEAD))
-        .bind(limit)
-        .bind(ACCOUNT_HELD)
-        .bind(cap)
-        .fetch_all(&db.pool)
-        .await?;
-    rows.iter().map(Job::from_row).collect()
+    let set = |lease_until: &str| {
+        format!(
+            "SET status = 'delivering', attempts = attempts + 1, next_attempt_at = {lease_until}, updated_at = $1"
+        )
+    };
+    let still_due = "status IN ('pending', 'delivering') AND next_attempt_at <= $1";
+    let json: String = match db.engine {
+        Engine::Postgres => {
+            let sql = format!(
+                "WITH d AS (UPDATE webhook_deliveries {} WHERE id IN (SELECT id FROM webhook_deliveries \
+                 WHERE id IN ({in_turn}) FOR UPDATE SKIP LOCKED) AND {still_due} \
+                 RETURNING id, webhook_id, event_id, attempts, position) \
+                 SELECT {claimed} FROM d LEFT JOIN events e ON e.id = d.event_id",
+                set("$6")
+            );
+            sqlx::query_scalar(&sql)
+                .bind(now)
+                .bind(ahead)
+                .bind(limit)
+                .bind(ACCOUNT_HELD)
+                .bind(cap)
+                .bind(lease_until)
+                .fetch_one(&db.pool)
+                .await?
+        }
+        // No `UPDATE … RETURNING` inside a query here: the jobs are picked, leased and read
+        // in one transaction, which holds the write lock throughout. (Picked and read in
+        // one query, they take twice as long.)
+        Engine::Sqlite => {
+            let mut tx = db.begin().await?;
+            let picked: String = sqlx::query_scalar(&format!(
+                "SELECT COALESCE(json_group_array(id), '[]') FROM ({in_turn}) AS picked"
+            ))
+            .bind(now)
+            .bind(ahead)
+            .bind(limit)
+            .bind(ACCOUNT_HELD)
+            .bind(cap)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(&format!(
+                "UPDATE webhook_deliveries {} WHERE id IN (SELECT value FROM json_each($2)) AND {still_due}",
+                set("$3")
+            ))
+            .bind(now)
+            .bind(&picked)
+            .bind(lease_until)
+            .execute(&mut *tx)
+            .await?;
+            let json = sqlx::query_scalar(&format!(
+                "SELECT {claimed} FROM webhook_deliveries d LEFT JOIN events e ON e.id = d.event_id \
+                 WHERE d.id IN (SELECT value FROM json_each($1))"
+            ))
+            .bind(&picked)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            json
+        }
+    };
+    parse_claimed(&json, lease_until)
 }
 
 /// Takes the lease on the job `id` if it was never attempted (or its attempt's lease ran
@@ -206,19 +301,32 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
 /// or another attempt has it.
 async fn claim_one(db: &Db, id: &str) -> sqlx::Result<Option<Job>> {
     let now = db.now().0;
-    let _turn = db.write_turn().await;
-    let row = sqlx::query(&format!(
-        "UPDATE webhook_deliveries SET status = 'delivering', attempts = attempts + 1, \
-         next_attempt_at = $2, updated_at = $1 WHERE id = $3 \
-         AND ((status = 'pending' AND attempts = 0) OR (status = 'delivering' AND next_attempt_at <= $1)) \
-         {RETURNING}"
-    ))
-    .bind(now)
-    .bind(now + LEASE_MS)
-    .bind(id)
-    .fetch_optional(&db.pool)
-    .await?;
-    row.as_ref().map(Job::from_row).transpose()
+    let lease_until = now + LEASE_MS;
+    let claimed: Option<(String, String, i64)> = {
+        let _turn = db.write_turn().await;
+        sqlx::query_as(
+            "UPDATE webhook_deliveries SET status = 'delivering', attempts = attempts + 1, \
+             next_attempt_at = $2, updated_at = $1 WHERE id = $3 \
+             AND ((status = 'pending' AND attempts = 0) OR (status = 'delivering' AND next_attempt_at <= $1)) \
+             RETURNING webhook_id, event_id, attempts",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?
+    };
+    let Some((webhook_id, event_id, attempts)) = claimed else {
+        return Ok(None);
+    };
+    let event = crate::events::get(&mut *db.pool.acquire().await?, &event_id).await?;
+    Ok(Some(Job {
+        id: id.to_string(),
+        webhook_id,
+        attempts,
+        lease_until,
+        event,
+    }))
 }
 
 /// What an attempt leaves the delivery and its endpoint as.
@@ -271,8 +379,8 @@ enum NotSent {
     Error(String),
 }
 
-/// Reads the events and endpoints of `jobs` (two queries for them all), and signs each
-/// payload with its endpoint's secrets.
+/// Reads the endpoints of `jobs` (one query for them all), and signs each payload with its
+/// endpoint's secrets.
 async fn prepare_all(
     db: &Db,
     master_key: &MasterKey,
@@ -281,26 +389,19 @@ async fn prepare_all(
     if jobs.is_empty() {
         return Vec::new();
     }
-    let read = async {
-        let mut conn = db.pool.acquire().await?;
-        let event_ids: Vec<&str> = jobs.iter().map(|job| job.event_id.as_str()).collect();
-        let events = crate::events::get_all(&mut conn, &event_ids).await?;
-        let mut webhook_ids: Vec<&str> = jobs.iter().map(|job| job.webhook_id.as_str()).collect();
-        webhook_ids.sort_unstable();
-        webhook_ids.dedup();
-        let sql = format!(
-            "SELECT id, url, secret, previous_secret, previous_secret_until FROM webhooks WHERE id IN ({})",
-            placeholders(1, webhook_ids.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in &webhook_ids {
-            query = query.bind(*id);
-        }
-        let webhooks = query.fetch_all(&mut *conn).await?;
-        Ok::<_, sqlx::Error>((events, webhooks))
-    };
-    let (events, webhooks) = match read.await {
-        Ok(read) => read,
+    let mut webhook_ids: Vec<&str> = jobs.iter().map(|job| job.webhook_id.as_str()).collect();
+    webhook_ids.sort_unstable();
+    webhook_ids.dedup();
+    let sql = format!(
+        "SELECT id, url, secret, previous_secret, previous_secret_until FROM webhooks WHERE id IN ({})",
+        placeholders(1, webhook_ids.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for id in &webhook_ids {
+        query = query.bind(*id);
+    }
+    let webhooks = match query.fetch_all(&db.pool).await {
+        Ok(webhooks) => webhooks,
         Err(error) => {
             tracing::warn!(%error, "cannot read webhook deliveries");
             let error = format!("not sent: {error}");
@@ -310,10 +411,6 @@ async fn prepare_all(
                 .collect();
         }
     };
-    let events: HashMap<&str, &crate::events::Event> = events
-        .iter()
-        .map(|event| (event.id.as_str(), event))
-        .collect();
     let mut keys = HashMap::new();
     for row in &webhooks {
         let id: String = row.try_get("id").unwrap_or_default();
@@ -322,7 +419,7 @@ async fn prepare_all(
     let timestamp = db.now().0.div_euclid(1000);
     jobs.into_iter()
         .map(|job| {
-            let prepared = match (events.get(job.event_id.as_str()), keys.get(&job.webhook_id)) {
+            let prepared = match (&job.event, keys.get(&job.webhook_id)) {
                 (None, _) => Err(NotSent::NoEvent),
                 (_, None) => Err(NotSent::Error("the webhook is gone".to_string())),
                 (_, Some(Err(error))) => Err(NotSent::Error(error.clone())),
@@ -488,9 +585,9 @@ async fn record(db: &Db, attempts: &[Attempted], disable_after: u64) -> sqlx::Re
     // Endpoints' rows are locked in one order, whoever records (PostgreSQL).
     others.sort_by(|a, b| a.job.webhook_id.cmp(&b.job.webhook_id));
     let mut recorded = 0;
-    // Successes, the most of them by far, a few statements for a whole chunk.
-    for chunk in succeeded.chunks(SUCCESSES_PER_STATEMENT) {
-        recorded += record_successes(&mut tx, chunk, now).await?;
+    // Successes, the most of them by far, a few statements for them all.
+    if !succeeded.is_empty() {
+        recorded += record_successes(&mut tx, db.engine, &succeeded, now).await?;
     }
     for attempted in others {
         if record_one(&mut tx, attempted, disable_after, now).await? {
@@ -501,67 +598,71 @@ async fn record(db: &Db, attempts: &[Attempted], disable_after: u64) -> sqlx::Re
     Ok(recorded)
 }
 
-/// Records successful attempts, those whose lease is still theirs: the jobs `succeeded`,
-/// an attempt row each, and their endpoints' runs of failures ended.
+/// Records successful attempts, those whose lease is still theirs, in three statements
+/// whatever their number: an attempt row each, the jobs `succeeded`, and their endpoints'
+/// runs of failures ended.
 async fn record_successes(
     tx: &mut sqlx::AnyConnection,
+    engine: Engine,
     attempts: &[&Attempted],
     now: i64,
 ) -> sqlx::Result<usize> {
-    let leases: Vec<String> = (0..attempts.len())
-        .map(|i| format!("({})", placeholders(2 + i * 2, 2)))
-        .collect();
-    let sql = format!(
-        "UPDATE webhook_deliveries SET status = 'succeeded', next_attempt_at = NULL, updated_at = $1 \
-         WHERE status = 'delivering' AND (id, next_attempt_at) IN (VALUES {}) RETURNING id",
-        leases.join(", ")
-    );
-    let mut query = sqlx::query_scalar(&sql).bind(now);
-    for attempted in attempts {
-        query = query
-            .bind(&attempted.job.id)
-            .bind(attempted.job.lease_until);
-    }
-    let ours: Vec<String> = query.fetch_all(&mut *tx).await?;
-    let ours: Vec<&&Attempted> = attempts
+    let rows: Vec<serde_json::Value> = attempts
         .iter()
-        .filter(|attempted| ours.contains(&attempted.job.id))
+        .map(|Attempted { job, outcome, .. }| {
+            serde_json::json!({
+                "id": job.id,
+                "webhook_id": job.webhook_id,
+                "lease_until": job.lease_until,
+                "number": job.attempts,
+                "http_status": outcome.http_status,
+                "latency_ms": outcome.latency_ms,
+                "response": outcome.response,
+            })
+        })
         .collect();
-    if ours.is_empty() {
-        return Ok(0);
-    }
-    let rows: Vec<String> = (0..ours.len())
-        .map(|i| format!("({})", placeholders(1 + i * 6, 6)))
-        .collect();
-    let sql = format!(
-        "INSERT INTO webhook_attempts (delivery_id, number, at, http_status, latency_ms, response) VALUES {}",
-        rows.join(", ")
+    let rows = serde_json::Value::Array(rows).to_string();
+    let source = json_rows(
+        engine,
+        &[
+            ("id", "TEXT"),
+            ("webhook_id", "TEXT"),
+            ("lease_until", "BIGINT"),
+            ("number", "BIGINT"),
+            ("http_status", "BIGINT"),
+            ("latency_ms", "BIGINT"),
+            ("response", "TEXT"),
+        ],
     );
-    let mut insert = sqlx::query(&sql);
-    for attempted in &ours {
-        let Attempted { job, outcome, .. } = attempted;
-        insert = insert
-            .bind(&job.id)
-            .bind(job.attempts)
-            .bind(now)
-            .bind(outcome.http_status.map(i64::from))
-            .bind(outcome.latency_ms)
-            .bind(&outcome.response);
-    }
-    insert.execute(&mut *tx).await?;
-    let mut webhooks: Vec<&str> = ours.iter().map(|a| a.job.webhook_id.as_str()).collect();
-    webhooks.sort_unstable();
-    webhooks.dedup();
-    let sql = format!(
-        "UPDATE webhooks SET failures = 0, failing_since = NULL WHERE id IN ({}) AND failures > 0",
-        placeholders(1, webhooks.len())
-    );
-    let mut reset = sqlx::query(&sql);
-    for webhook in webhooks {
-        reset = reset.bind(webhook);
-    }
-    reset.execute(&mut *tx).await?;
-    Ok(ours.len())
+    // The attempts first, while the leases still tell which jobs are ours.
+    sqlx::query(&format!(
+        "INSERT INTO webhook_attempts (delivery_id, number, at, http_status, latency_ms, response) \
+         SELECT v.id, v.number, $2, v.http_status, v.latency_ms, v.response FROM {source} \
+         JOIN webhook_deliveries d ON d.id = v.id \
+         WHERE d.status = 'delivering' AND d.next_attempt_at = v.lease_until"
+    ))
+    .bind(&rows)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let ours = sqlx::query(&format!(
+        "UPDATE webhook_deliveries SET status = 'succeeded', next_attempt_at = NULL, updated_at = $2 \
+         FROM {source} WHERE webhook_deliveries.id = v.id AND webhook_deliveries.status = 'delivering' \
+         AND webhook_deliveries.next_attempt_at = v.lease_until"
+    ))
+    .bind(&rows)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query(&format!(
+        "UPDATE webhooks SET failures = 0, failing_since = NULL \
+         WHERE id IN (SELECT v.webhook_id FROM {source}) AND failures > 0"
+    ))
+    .bind(&rows)
+    .execute(&mut *tx)
+    .await?;
+    Ok(usize::try_from(ours).unwrap_or(usize::MAX))
 }
 
 async fn record_one(
@@ -823,11 +924,10 @@ impl Worker {
     /// Runs until `stop` changes; the attempts under way then finish and are recorded.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(SLOTS));
-        let room = Arc::new(Notify::new());
         let connections = Arc::new(Connections::default());
         let lines = Arc::new(Lines::default());
         let (finished, results) = mpsc::unbounded_channel();
-        let recorder = tokio::spawn(self.clone().record_all(results, room.clone()));
+        let recorder = tokio::spawn(self.clone().record_all(results));
         let pruner = tokio::spawn(self.clone().prune_every_minute(stop.clone()));
         tracing::info!("webhook worker started");
         while !*stop.borrow() {
@@ -865,7 +965,7 @@ impl Worker {
                 continue;
             }
             tokio::select! {
-                _ = room.notified() => {}
+                _ = self.wakeup.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
                 _ = stop.changed() => {}
             }
@@ -921,7 +1021,7 @@ impl Worker {
     /// Records attempts as they finish: whatever finished while the previous group was
     /// written goes in one transaction. An endpoint's next jobs are claimed once its
     /// attempts are recorded (until then they count as under way).
-    async fn record_all(self, mut results: mpsc::UnboundedReceiver<Attempted>, room: Arc<Notify>) {
+    async fn record_all(self, mut results: mpsc::UnboundedReceiver<Attempted>) {
         let disable_after = self.settings.webhook_disable_after_failures;
         while let Some(first) = results.recv().await {
             let mut group = vec![first];
@@ -938,7 +1038,7 @@ impl Worker {
                 Ok(_) => {}
                 Err(error) => tracing::error!(%error, "cannot record webhook attempts"),
             }
-            room.notify_one();
+            self.wakeup.notify_one();
         }
     }
 

@@ -201,6 +201,8 @@ pub async fn update_webhook(
         .await?
         .ok_or_else(not_found)?;
     tx.commit().await?;
+    // Re-enabled, its waiting deliveries are due.
+    state.wake_webhooks();
     Ok(Json(webhook))
 }
 
@@ -415,6 +417,7 @@ pub async fn replay_delivery(
         None => events::queue_delivery(&mut tx, &id, &event_id, &object_key, now).await?,
     };
     tx.commit().await?;
+    state.wake_webhooks();
     let delivery = store::delivery(&state.db, &id, &replayed)
         .await?
         .ok_or_else(|| ApiError::not_found("delivery"))?;
