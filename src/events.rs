@@ -306,25 +306,14 @@ pub async fn list(db: &Db, filter: &Filter<'_>) -> sqlx::Result<Option<Vec<Event
     query.fetch_all(&db.pool).await.map(Some)
 }
 
-/// The events of `ids` that have a payload (history-only events have none), in no order.
-pub async fn get_all(conn: &mut sqlx::AnyConnection, ids: &[&str]) -> sqlx::Result<Vec<Event>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT {COLUMNS} FROM events WHERE id IN ({}) AND data IS NOT NULL AND account_id IS NOT NULL",
-        placeholders(1, ids.len())
-    );
-    let mut query = sqlx::query_as(&sql);
-    for id in ids {
-        query = query.bind(*id);
-    }
-    query.fetch_all(conn).await
-}
-
-/// One event with a payload.
+/// One event with a payload (history-only events have none).
 pub async fn get(conn: &mut sqlx::AnyConnection, id: &str) -> sqlx::Result<Option<Event>> {
-    Ok(get_all(conn, &[id]).await?.pop())
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM events WHERE id = $1 AND data IS NOT NULL AND account_id IS NOT NULL"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Deletes events older than `retention_ms`, except those a webhook is still trying to

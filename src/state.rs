@@ -21,8 +21,9 @@ pub struct AppState {
     pub master_key: MasterKey,
     /// Rung after an email is queued, so that the delivery worker starts at once.
     pub outbox_wakeup: Arc<tokio::sync::Notify>,
-    /// Rung after webhook jobs are queued or an endpoint is enabled, so that the webhooks'
-    /// worker starts at once rather than on its next look.
+    /// Rung when webhook deliveries may have become due (an email sent or delivered, an
+    /// endpoint enabled, a replay), so that the webhooks' worker looks at once rather than
+    /// on its next round.
     pub webhooks_wakeup: Arc<tokio::sync::Notify>,
     pub api_keys: Arc<KeyCache>,
     /// Where tenants' relays may connect, parsed once at start.

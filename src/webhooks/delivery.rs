@@ -63,11 +63,15 @@ const AHEAD: i64 = 64;
 /// `SLOTS`: endpoints that never answer cannot take the slots of other accounts' jobs.
 const ACCOUNT_HELD: i64 = 256;
 
-/// Jobs one claim takes at most (its reads bind one parameter per job).
+/// Jobs one claim takes at most (each holds its event's payload until it is sent).
 const CLAIM_AT_MOST: usize = 256;
 
 /// How often the worker looks for due jobs when nothing woke it.
 const POLL: Duration = Duration::from_millis(500);
+
+/// How soon after a claim that found nothing the next may be made, however often the
+/// worker is woken.
+const EMPTY_CLAIM_GAP: Duration = Duration::from_millis(50);
 
 /// How often events past their retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -284,9 +288,11 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
             .await?;
             let json = sqlx::query_scalar(&format!(
                 "SELECT {claimed} FROM webhook_deliveries d LEFT JOIN events e ON e.id = d.event_id \
-                 WHERE d.id IN (SELECT value FROM json_each($1))"
+                 WHERE d.id IN (SELECT value FROM json_each($1)) AND d.status = 'delivering' \
+                 AND d.next_attempt_at = $2"
             ))
             .bind(&picked)
+            .bind(lease_until)
             .fetch_one(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -302,31 +308,44 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
 async fn claim_one(db: &Db, id: &str) -> sqlx::Result<Option<Job>> {
     let now = db.now().0;
     let lease_until = now + LEASE_MS;
-    let claimed: Option<(String, String, i64)> = {
-        let _turn = db.write_turn().await;
-        sqlx::query_as(
-            "UPDATE webhook_deliveries SET status = 'delivering', attempts = attempts + 1, \
-             next_attempt_at = $2, updated_at = $1 WHERE id = $3 \
-             AND ((status = 'pending' AND attempts = 0) OR (status = 'delivering' AND next_attempt_at <= $1)) \
-             RETURNING webhook_id, event_id, attempts",
-        )
-        .bind(now)
-        .bind(lease_until)
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?
+    let claimed = claimed_json(db.engine);
+    let lease = "UPDATE webhook_deliveries SET status = 'delivering', attempts = attempts + 1, \
+         next_attempt_at = $2, updated_at = $1 WHERE id = $3 \
+         AND ((status = 'pending' AND attempts = 0) OR (status = 'delivering' AND next_attempt_at <= $1))";
+    // Leased and read in one transaction: a read that fails leaves no lease behind.
+    let mut tx = db.begin().await?;
+    let json: String = match db.engine {
+        Engine::Postgres => {
+            sqlx::query_scalar(&format!(
+                "WITH d AS ({lease} RETURNING id, webhook_id, event_id, attempts, position) \
+                 SELECT {claimed} FROM d LEFT JOIN events e ON e.id = d.event_id"
+            ))
+            .bind(now)
+            .bind(lease_until)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+        Engine::Sqlite => {
+            sqlx::query(lease)
+                .bind(now)
+                .bind(lease_until)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query_scalar(&format!(
+                "SELECT {claimed} FROM webhook_deliveries d LEFT JOIN events e ON e.id = d.event_id \
+                 WHERE d.id = $1 AND d.status = 'delivering' AND d.next_attempt_at = $2"
+            ))
+            .bind(id)
+            .bind(lease_until)
+            .fetch_one(&mut *tx)
+            .await?
+        }
     };
-    let Some((webhook_id, event_id, attempts)) = claimed else {
-        return Ok(None);
-    };
-    let event = crate::events::get(&mut *db.pool.acquire().await?, &event_id).await?;
-    Ok(Some(Job {
-        id: id.to_string(),
-        webhook_id,
-        attempts,
-        lease_until,
-        event,
-    }))
+    let job = parse_claimed(&json, lease_until)?.pop();
+    tx.commit().await?;
+    Ok(job)
 }
 
 /// What an attempt leaves the delivery and its endpoint as.
@@ -634,17 +653,9 @@ async fn record_successes(
             ("response", "TEXT"),
         ],
     );
-    // The attempts first, while the leases still tell which jobs are ours.
-    sqlx::query(&format!(
-        "INSERT INTO webhook_attempts (delivery_id, number, at, http_status, latency_ms, response) \
-         SELECT v.id, v.number, $2, v.http_status, v.latency_ms, v.response FROM {source} \
-         JOIN webhook_deliveries d ON d.id = v.id \
-         WHERE d.status = 'delivering' AND d.next_attempt_at = v.lease_until"
-    ))
-    .bind(&rows)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    // Ours are the jobs whose lease this attempt still held: marked `succeeded` first (on
+    // PostgreSQL, locked until the commit), they are then told by their attempt number
+    // from any that another instance took over and finished.
     let ours = sqlx::query(&format!(
         "UPDATE webhook_deliveries SET status = 'succeeded', next_attempt_at = NULL, updated_at = $2 \
          FROM {source} WHERE webhook_deliveries.id = v.id AND webhook_deliveries.status = 'delivering' \
@@ -655,11 +666,27 @@ async fn record_successes(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    if ours == 0 {
+        return Ok(0);
+    }
+    let recorded = format!(
+        "{source} JOIN webhook_deliveries d ON d.id = v.id \
+         WHERE d.status = 'succeeded' AND d.attempts = v.number AND d.updated_at = $2"
+    );
     sqlx::query(&format!(
-        "UPDATE webhooks SET failures = 0, failing_since = NULL \
-         WHERE id IN (SELECT v.webhook_id FROM {source}) AND failures > 0"
+        "INSERT INTO webhook_attempts (delivery_id, number, at, http_status, latency_ms, response) \
+         SELECT v.id, v.number, $2, v.http_status, v.latency_ms, v.response FROM {recorded}"
     ))
     .bind(&rows)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!(
+        "UPDATE webhooks SET failures = 0, failing_since = NULL \
+         WHERE id IN (SELECT v.webhook_id FROM {recorded}) AND failures > 0"
+    ))
+    .bind(&rows)
+    .bind(now)
     .execute(&mut *tx)
     .await?;
     Ok(usize::try_from(ours).unwrap_or(usize::MAX))
@@ -930,6 +957,8 @@ impl Worker {
         let recorder = tokio::spawn(self.clone().record_all(results));
         let pruner = tokio::spawn(self.clone().prune_every_minute(stop.clone()));
         tracing::info!("webhook worker started");
+        // When a claim last found nothing due.
+        let mut found_nothing: Option<Instant> = None;
         while !*stop.borrow() {
             let free = slots.available_permits();
             let mut full = false;
@@ -940,6 +969,7 @@ impl Worker {
                 match claim_due(&self.db, cap, limit as i64).await {
                     Ok(jobs) => {
                         full = jobs.len() == limit;
+                        found_nothing = jobs.is_empty().then(Instant::now);
                         for (job, prepared) in prepare_all(&self.db, &self.master_key, jobs).await {
                             let Ok(slot) = slots.clone().try_acquire_owned() else {
                                 // Not possible: only this loop takes slots. Its lease
@@ -968,6 +998,15 @@ impl Worker {
                 _ = self.wakeup.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
                 _ = stop.changed() => {}
+            }
+            // Every email sent or delivered rings the wakeup, for any account, with webhooks
+            // or not: after a claim that found nothing, the next waits a little, so that a
+            // stream of sends costs at most a claim per `EMPTY_CLAIM_GAP`.
+            if let Some(at) = found_nothing {
+                tokio::select! {
+                    _ = tokio::time::sleep(EMPTY_CLAIM_GAP.saturating_sub(at.elapsed())) => {}
+                    _ = stop.changed() => {}
+                }
             }
         }
         let _ = slots.acquire_many(SLOTS as u32).await;
