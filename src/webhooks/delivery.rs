@@ -99,8 +99,7 @@ pub struct Worker {
     pub master_key: MasterKey,
     pub policy: Arc<Policy>,
     pub settings: Arc<Settings>,
-    /// Rung when deliveries may have become due, and by the worker itself when a group of
-    /// attempts is recorded (its endpoints' next jobs may then be claimed).
+    /// Rung when deliveries may have become due.
     pub wakeup: Arc<Notify>,
 }
 
@@ -618,7 +617,7 @@ async fn record(db: &Db, attempts: &[Attempted], disable_after: u64) -> sqlx::Re
 }
 
 /// Records successful attempts, those whose lease is still theirs, in three statements
-/// whatever their number: an attempt row each, the jobs `succeeded`, and their endpoints'
+/// whatever their number: the jobs `succeeded`, an attempt row each, and their endpoints'
 /// runs of failures ended.
 async fn record_successes(
     tx: &mut sqlx::AnyConnection,
@@ -631,7 +630,6 @@ async fn record_successes(
         .map(|Attempted { job, outcome, .. }| {
             serde_json::json!({
                 "id": job.id,
-                "webhook_id": job.webhook_id,
                 "lease_until": job.lease_until,
                 "number": job.attempts,
                 "http_status": outcome.http_status,
@@ -645,7 +643,6 @@ async fn record_successes(
         engine,
         &[
             ("id", "TEXT"),
-            ("webhook_id", "TEXT"),
             ("lease_until", "BIGINT"),
             ("number", "BIGINT"),
             ("http_status", "BIGINT"),
@@ -666,29 +663,29 @@ async fn record_successes(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if ours == 0 {
-        return Ok(0);
-    }
-    let recorded = format!(
-        "{source} JOIN webhook_deliveries d ON d.id = v.id \
-         WHERE d.status = 'succeeded' AND d.attempts = v.number AND d.updated_at = $2"
-    );
     sqlx::query(&format!(
         "INSERT INTO webhook_attempts (delivery_id, number, at, http_status, latency_ms, response) \
-         SELECT v.id, v.number, $2, v.http_status, v.latency_ms, v.response FROM {recorded}"
+         SELECT v.id, v.number, $2, v.http_status, v.latency_ms, v.response FROM {source} \
+         JOIN webhook_deliveries d ON d.id = v.id \
+         WHERE d.status = 'succeeded' AND d.attempts = v.number AND d.updated_at = $2"
     ))
     .bind(&rows)
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(&format!(
-        "UPDATE webhooks SET failures = 0, failing_since = NULL \
-         WHERE id IN (SELECT v.webhook_id FROM {recorded}) AND failures > 0"
-    ))
-    .bind(&rows)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    // An endpoint that answered 2xx has ended its run of failures, whoever holds the job.
+    let mut webhooks: Vec<&str> = attempts.iter().map(|a| a.job.webhook_id.as_str()).collect();
+    webhooks.sort_unstable();
+    webhooks.dedup();
+    let sql = format!(
+        "UPDATE webhooks SET failures = 0, failing_since = NULL WHERE id IN ({}) AND failures > 0",
+        placeholders(1, webhooks.len())
+    );
+    let mut reset = sqlx::query(&sql);
+    for webhook in webhooks {
+        reset = reset.bind(webhook);
+    }
+    reset.execute(&mut *tx).await?;
     Ok(usize::try_from(ours).unwrap_or(usize::MAX))
 }
 
@@ -951,10 +948,11 @@ impl Worker {
     /// Runs until `stop` changes; the attempts under way then finish and are recorded.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(SLOTS));
+        let room = Arc::new(Notify::new());
         let connections = Arc::new(Connections::default());
         let lines = Arc::new(Lines::default());
         let (finished, results) = mpsc::unbounded_channel();
-        let recorder = tokio::spawn(self.clone().record_all(results));
+        let recorder = tokio::spawn(self.clone().record_all(results, room.clone()));
         let pruner = tokio::spawn(self.clone().prune_every_minute(stop.clone()));
         tracing::info!("webhook worker started");
         // When a claim last found nothing due.
@@ -994,15 +992,16 @@ impl Worker {
                 tokio::task::yield_now().await;
                 continue;
             }
-            tokio::select! {
-                _ = self.wakeup.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
-                _ = stop.changed() => {}
-            }
+            let woken_from_outside = tokio::select! {
+                _ = room.notified() => false,
+                _ = self.wakeup.notified() => true,
+                _ = tokio::time::sleep(POLL) => false,
+                _ = stop.changed() => false,
+            };
             // Every email sent or delivered rings the wakeup, for any account, with webhooks
-            // or not: after a claim that found nothing, the next waits a little, so that a
-            // stream of sends costs at most a claim per `EMPTY_CLAIM_GAP`.
-            if let Some(at) = found_nothing {
+            // or not: after a claim that found nothing, the next it rings waits a little, so
+            // that a stream of sends costs at most a claim per `EMPTY_CLAIM_GAP`.
+            if let Some(at) = found_nothing.filter(|_| woken_from_outside) {
                 tokio::select! {
                     _ = tokio::time::sleep(EMPTY_CLAIM_GAP.saturating_sub(at.elapsed())) => {}
                     _ = stop.changed() => {}
@@ -1060,7 +1059,7 @@ impl Worker {
     /// Records attempts as they finish: whatever finished while the previous group was
     /// written goes in one transaction. An endpoint's next jobs are claimed once its
     /// attempts are recorded (until then they count as under way).
-    async fn record_all(self, mut results: mpsc::UnboundedReceiver<Attempted>) {
+    async fn record_all(self, mut results: mpsc::UnboundedReceiver<Attempted>, room: Arc<Notify>) {
         let disable_after = self.settings.webhook_disable_after_failures;
         while let Some(first) = results.recv().await {
             let mut group = vec![first];
@@ -1077,7 +1076,7 @@ impl Worker {
                 Ok(_) => {}
                 Err(error) => tracing::error!(%error, "cannot record webhook attempts"),
             }
-            self.wakeup.notify_one();
+            room.notify_one();
         }
     }
 
