@@ -21,8 +21,8 @@ use crate::mail::transport::{self, SmtpTarget};
 use crate::mail::worker::Delivery;
 use crate::metrics::Metrics;
 use crate::state::AppState;
-use crate::store::Db;
 use crate::store::crypto::MasterKey;
+use crate::store::{Db, Timestamp};
 use crate::types::DomainName;
 use crate::{domains, mailboxes, relays};
 
@@ -221,23 +221,16 @@ impl Application {
 async fn announce_expiries(
     db: Db,
     settings: Arc<Settings>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    const EVERY_MS: i64 = 60_000;
-    let mut next = i64::MIN;
-    while !*stop.borrow() {
-        if db.now().0 >= next {
-            next = db.now().0 + EVERY_MS;
-            if let Err(error) = crate::invitations::store::announce_expired(&db).await {
-                tracing::error!(%error, "cannot announce expired invitations");
-            }
-            if let Err(error) = crate::senders::announce_expired(&db, &settings).await {
-                tracing::error!(%error, "cannot announce expired sender addresses");
-            }
+    let mut rounds = db.rounds(stop);
+    while rounds.due().await {
+        rounds.next_at(Timestamp(db.now().0 + 60_000));
+        if let Err(error) = crate::invitations::store::announce_expired(&db).await {
+            tracing::error!(%error, "cannot announce expired invitations");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => {}
+        if let Err(error) = crate::senders::announce_expired(&db, &settings).await {
+            tracing::error!(%error, "cannot announce expired sender addresses");
         }
     }
 }

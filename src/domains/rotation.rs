@@ -3,8 +3,6 @@
 //! forgotten. Everything here is safe on several instances at once: every change of a
 //! domain's keys is made under the domain's lock, and checked again there.
 
-use std::time::Duration;
-
 use tokio::sync::watch;
 
 use super::dkim::{self, RotateError, Schedule};
@@ -13,8 +11,8 @@ use super::store;
 use crate::config::Settings;
 use crate::events::{self, NewEvent};
 use crate::mail::dkim::Algorithm;
-use crate::store::Db;
 use crate::store::crypto::MasterKey;
+use crate::store::{Db, Timestamp};
 
 pub const ROTATED_EVENT: &str = "domain.dkim_rotated";
 
@@ -103,25 +101,18 @@ pub async fn run(
     db: Db,
     master_key: MasterKey,
     settings: std::sync::Arc<Settings>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    const EVERY_MS: i64 = 60_000;
-    let mut next = i64::MIN;
     let mut upgrading = true;
-    while !*stop.borrow() {
-        if db.now().0 >= next {
-            if let Err(error) = run_once(&db, &master_key, &settings, &mut upgrading).await {
-                tracing::warn!(%error, "cannot rotate DKIM keys");
-            }
-            // Upgrades go on at once; rotations wait for the next round.
-            next = match upgrading {
-                true => i64::MIN,
-                false => db.now().0.saturating_add(EVERY_MS),
-            };
+    let mut rounds = db.rounds(stop);
+    while rounds.due().await {
+        if let Err(error) = run_once(&db, &master_key, &settings, &mut upgrading).await {
+            tracing::warn!(%error, "cannot rotate DKIM keys");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => {}
-        }
+        // Upgrades go on at once; rotations wait for the next round.
+        rounds.next_at(match upgrading {
+            true => Timestamp(i64::MIN),
+            false => Timestamp(db.now().0.saturating_add(60_000)),
+        });
     }
 }

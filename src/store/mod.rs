@@ -145,11 +145,56 @@ impl Db {
         self.clock.now()
     }
 
+    /// The rounds of a background job that runs every so often, paced by this database's
+    /// clock (which tests move).
+    pub fn rounds(&self, stop: tokio::sync::watch::Receiver<bool>) -> Rounds {
+        Rounds {
+            db: self.clone(),
+            stop,
+            next: Timestamp(i64::MIN),
+            started: false,
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
             .map(|_| ())
+    }
+}
+
+/// See `Db::rounds`: `due` waits for the next round, `next_at` says when that is.
+pub struct Rounds {
+    db: Db,
+    stop: tokio::sync::watch::Receiver<bool>,
+    next: Timestamp,
+    started: bool,
+}
+
+impl Rounds {
+    /// Waits until the next round is due, looking once a second: `false` once `stop`
+    /// changes. The first round is due at once.
+    pub async fn due(&mut self) -> bool {
+        loop {
+            if self.started {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = self.stop.changed() => {}
+                }
+            }
+            self.started = true;
+            if *self.stop.borrow() {
+                return false;
+            }
+            if self.db.now() >= self.next {
+                return true;
+            }
+        }
+    }
+
+    pub fn next_at(&mut self, at: Timestamp) {
+        self.next = at;
     }
 }
 
