@@ -397,6 +397,14 @@ enum NotSent {
     Error(String),
 }
 
+/// The endpoints `jobs` go to, each once.
+fn endpoints_of<'a>(jobs: impl Iterator<Item = &'a Job>) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = jobs.map(|job| job.webhook_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Reads the endpoints of `jobs` (one query for them all), and signs each payload with its
 /// endpoint's secrets.
 async fn prepare_all(
@@ -407,9 +415,7 @@ async fn prepare_all(
     if jobs.is_empty() {
         return Vec::new();
     }
-    let mut webhook_ids: Vec<&str> = jobs.iter().map(|job| job.webhook_id.as_str()).collect();
-    webhook_ids.sort_unstable();
-    webhook_ids.dedup();
+    let webhook_ids = endpoints_of(jobs.iter());
     let sql = format!(
         "SELECT id, url, secret, previous_secret, previous_secret_until FROM webhooks WHERE id IN ({})",
         placeholders(1, webhook_ids.len())
@@ -674,9 +680,7 @@ async fn record_successes(
     .execute(&mut *tx)
     .await?;
     // An endpoint that answered 2xx has ended its run of failures, whoever holds the job.
-    let mut webhooks: Vec<&str> = attempts.iter().map(|a| a.job.webhook_id.as_str()).collect();
-    webhooks.sort_unstable();
-    webhooks.dedup();
+    let webhooks = endpoints_of(attempts.iter().map(|attempted| &attempted.job));
     let sql = format!(
         "UPDATE webhooks SET failures = 0, failing_since = NULL WHERE id IN ({}) AND failures > 0",
         placeholders(1, webhooks.len())
