@@ -155,6 +155,35 @@ fn claimed_json(engine: Engine) -> String {
     )
 }
 
+/// PostgreSQL: `lease`, an `UPDATE` of `webhook_deliveries`, with the jobs it leased read
+/// back with their events, as one JSON value.
+fn read_back(lease: &str) -> String {
+    format!(
+        "WITH d AS ({lease} RETURNING id, webhook_id, event_id, attempts, position) \
+         SELECT {} FROM d LEFT JOIN events e ON e.id = d.event_id",
+        claimed_json(Engine::Postgres)
+    )
+}
+
+/// SQLite: the jobs of `ids` (a JSON array) that the lease ending at `lease_until` holds,
+/// with their events, as one JSON value.
+async fn read_leased(
+    tx: &mut sqlx::AnyConnection,
+    ids: &str,
+    lease_until: i64,
+) -> sqlx::Result<String> {
+    sqlx::query_scalar(&format!(
+        "SELECT {} FROM webhook_deliveries d LEFT JOIN events e ON e.id = d.event_id \
+         WHERE d.id IN (SELECT value FROM json_each($1)) AND d.status = 'delivering' \
+         AND d.next_attempt_at = $2",
+        claimed_json(Engine::Sqlite)
+    ))
+    .bind(ids)
+    .bind(lease_until)
+    .fetch_one(tx)
+    .await
+}
+
 fn parse_claimed(json: &str, lease_until: i64) -> sqlx::Result<Vec<Job>> {
     let claimed: Vec<ClaimedJob> =
         serde_json::from_str(json).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
@@ -230,7 +259,6 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
          WHERE fair.account_turn + fair.account_busy <= $4 \
          ORDER BY fair.account_turn, fair.next_attempt_at, fair.position LIMIT $3"
     );
-    let claimed = claimed_json(db.engine);
     let now = db.now().0;
     let lease_until = now + LEASE_MS;
     let ahead = cap.saturating_mul(AHEAD);
@@ -244,14 +272,12 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
     let still_due = "status IN ('pending', 'delivering') AND next_attempt_at <= $1";
     let json: String = match db.engine {
         Engine::Postgres => {
-            let sql = format!(
-                "WITH d AS (UPDATE webhook_deliveries {} WHERE id IN (SELECT id FROM webhook_deliveries \
-                 WHERE id IN ({in_turn}) FOR UPDATE SKIP LOCKED) AND {still_due} \
-                 RETURNING id, webhook_id, event_id, attempts, position) \
-                 SELECT {claimed} FROM d LEFT JOIN events e ON e.id = d.event_id",
+            let lease = format!(
+                "UPDATE webhook_deliveries {} WHERE id IN (SELECT id FROM webhook_deliveries \
+                 WHERE id IN ({in_turn}) FOR UPDATE SKIP LOCKED) AND {still_due}",
                 set("$6")
             );
-            sqlx::query_scalar(&sql)
+            sqlx::query_scalar(&read_back(&lease))
                 .bind(now)
                 .bind(ahead)
                 .bind(limit)
@@ -285,15 +311,7 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
             .bind(lease_until)
             .execute(&mut *tx)
             .await?;
-            let json = sqlx::query_scalar(&format!(
-                "SELECT {claimed} FROM webhook_deliveries d LEFT JOIN events e ON e.id = d.event_id \
-                 WHERE d.id IN (SELECT value FROM json_each($1)) AND d.status = 'delivering' \
-                 AND d.next_attempt_at = $2"
-            ))
-            .bind(&picked)
-            .bind(lease_until)
-            .fetch_one(&mut *tx)
-            .await?;
+            let json = read_leased(&mut tx, &picked, lease_until).await?;
             tx.commit().await?;
             json
         }
@@ -307,7 +325,6 @@ async fn claim_due(db: &Db, cap: i64, limit: i64) -> sqlx::Result<Vec<Job>> {
 async fn claim_one(db: &Db, id: &str) -> sqlx::Result<Option<Job>> {
     let now = db.now().0;
     let lease_until = now + LEASE_MS;
-    let claimed = claimed_json(db.engine);
     let lease = "UPDATE webhook_deliveries SET status = 'delivering', attempts = attempts + 1, \
          next_attempt_at = $2, updated_at = $1 WHERE id = $3 \
          AND ((status = 'pending' AND attempts = 0) OR (status = 'delivering' AND next_attempt_at <= $1))";
@@ -315,15 +332,12 @@ async fn claim_one(db: &Db, id: &str) -> sqlx::Result<Option<Job>> {
     let mut tx = db.begin().await?;
     let json: String = match db.engine {
         Engine::Postgres => {
-            sqlx::query_scalar(&format!(
-                "WITH d AS ({lease} RETURNING id, webhook_id, event_id, attempts, position) \
-                 SELECT {claimed} FROM d LEFT JOIN events e ON e.id = d.event_id"
-            ))
-            .bind(now)
-            .bind(lease_until)
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?
+            sqlx::query_scalar(&read_back(lease))
+                .bind(now)
+                .bind(lease_until)
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?
         }
         Engine::Sqlite => {
             sqlx::query(lease)
@@ -332,14 +346,7 @@ async fn claim_one(db: &Db, id: &str) -> sqlx::Result<Option<Job>> {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query_scalar(&format!(
-                "SELECT {claimed} FROM webhook_deliveries d LEFT JOIN events e ON e.id = d.event_id \
-                 WHERE d.id = $1 AND d.status = 'delivering' AND d.next_attempt_at = $2"
-            ))
-            .bind(id)
-            .bind(lease_until)
-            .fetch_one(&mut *tx)
-            .await?
+            read_leased(&mut tx, &serde_json::json!([id]).to_string(), lease_until).await?
         }
     };
     let job = parse_claimed(&json, lease_until)?.pop();
