@@ -949,10 +949,9 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
     for account in skip {
         query = query.bind(account);
     }
-    let rows = {
-        let _turn = db.write_turn().await;
-        query.fetch_all(&db.pool).await?
-    };
+    let mut tx = db.begin().await?;
+    let rows = query.fetch_all(&mut *tx).await?;
+    tx.commit().await?;
     let ids: Vec<String> = rows
         .iter()
         .map(|row| row.try_get("id"))
@@ -1065,11 +1064,10 @@ pub async fn release(db: &Db, email: &Claimed, due_at: i64) -> sqlx::Result<()> 
     .bind(&email.id)
     .bind(due_at)
     .bind(db.now().0)
-    .bind(email.lease_until)
-    .execute(&db.pool);
-    let _turn = db.write_turn().await;
-    query.await?;
-    Ok(())
+    .bind(email.lease_until);
+    let mut tx = db.begin().await?;
+    query.execute(&mut *tx).await?;
+    tx.commit().await
 }
 
 /// Extends the lease on an email that waited for a slot, so that no other instance takes
@@ -1080,10 +1078,10 @@ pub async fn renew(db: &Db, email: &mut Claimed, lease_until: i64) -> sqlx::Resu
     )
     .bind(&email.id)
     .bind(lease_until)
-    .bind(email.lease_until)
-    .execute(&db.pool);
-    let _turn = db.write_turn().await;
-    let renewed = query.await?;
+    .bind(email.lease_until);
+    let mut tx = db.begin().await?;
+    let renewed = query.execute(&mut *tx).await?;
+    tx.commit().await?;
     if renewed.rows_affected() == 0 {
         return Ok(false);
     }

@@ -30,6 +30,10 @@ pub enum Engine {
 pub struct Db {
     pub pool: AnyPool,
     pub engine: Engine,
+    /// Where write transactions run. On SQLite, one connection of its own: the only one
+    /// that writes through `begin`, its page cache stays valid from one transaction to the
+    /// next (a connection that sees another's commit drops its whole cache).
+    writes: AnyPool,
     /// SQLite has one writer at a time: this process's writers queue here, holding no
     /// connection, so that readers always find one free.
     writer: Arc<tokio::sync::Mutex<()>>,
@@ -69,36 +73,40 @@ impl Db {
         sqlx::any::install_default_drivers();
         let (engine, url) = engine_url(url)?;
         let options = AnyConnectOptions::from_str(&url).context("invalid database URL")?;
-        let pool = match engine {
-            Engine::Sqlite => {
-                AnyPoolOptions::new()
-                    .max_connections(8)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            // WAL lets readers run beside the one writer; the busy timeout
-                            // makes a second process (the CLI beside `serve`) wait its turn.
-                            conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
-                                 PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
-                            )
-                            .await?;
-                            Ok(())
-                        })
+        let open = |connections: u32| {
+            AnyPoolOptions::new()
+                .max_connections(connections)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // WAL lets readers run beside the one writer; the busy timeout
+                        // makes a second process (the CLI beside `serve`) wait its turn.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                             PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
+                        )
+                        .await?;
+                        Ok(())
                     })
-                    .connect_with(options)
-                    .await
+                })
+                .connect_with(options.clone())
+        };
+        let (pool, writes) = match engine {
+            Engine::Sqlite => {
+                let pool = open(8).await;
+                let writes = open(1).await;
+                pool.and_then(|pool| Ok((pool, writes?)))
             }
-            Engine::Postgres => {
-                AnyPoolOptions::new()
-                    .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(options)
-                    .await
-            }
+            Engine::Postgres => AnyPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .map(|pool| (pool.clone(), pool)),
         }
         .with_context(|| format!("cannot open the database at {}", redact_url(&url)))?;
         Ok(Db {
             pool,
+            writes,
             engine,
             writer: Arc::default(),
             clock: Clock::default(),
@@ -119,7 +127,7 @@ impl Db {
             Engine::Sqlite => {
                 let turn = self.writer.clone().lock_owned().await;
                 Ok(WriteTx {
-                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    tx: self.writes.begin_with("BEGIN IMMEDIATE").await?,
                     _turn: Some(turn),
                 })
             }
@@ -127,17 +135,6 @@ impl Db {
                 tx: self.pool.begin().await?,
                 _turn: None,
             }),
-        }
-    }
-
-    /// For one statement that writes outside a transaction: on SQLite, this process's turn
-    /// among its writers, held while the statement runs, so that the statement queues
-    /// behind them instead of sleeping in SQLite's busy handler (a millisecond or more at
-    /// each collision).
-    pub async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match self.engine {
-            Engine::Sqlite => Some(self.writer.clone().lock_owned().await),
-            Engine::Postgres => None,
         }
     }
 
