@@ -1065,9 +1065,8 @@ pub async fn release(db: &Db, email: &Claimed, due_at: i64) -> sqlx::Result<()> 
     .bind(due_at)
     .bind(db.now().0)
     .bind(email.lease_until);
-    let mut tx = db.begin().await?;
-    query.execute(&mut *tx).await?;
-    tx.commit().await
+    db.write_alone(query).await?;
+    Ok(())
 }
 
 /// Extends the lease on an email that waited for a slot, so that no other instance takes
@@ -1079,9 +1078,7 @@ pub async fn renew(db: &Db, email: &mut Claimed, lease_until: i64) -> sqlx::Resu
     .bind(&email.id)
     .bind(lease_until)
     .bind(email.lease_until);
-    let mut tx = db.begin().await?;
-    let renewed = query.execute(&mut *tx).await?;
-    tx.commit().await?;
+    let renewed = db.write_alone(query).await?;
     if renewed.rows_affected() == 0 {
         return Ok(false);
     }

@@ -34,8 +34,9 @@ pub struct Db {
     /// that writes through `begin`, its page cache stays valid from one transaction to the
     /// next (a connection that sees another's commit drops its whole cache).
     writes: AnyPool,
-    /// SQLite has one writer at a time: this process's writers queue here, holding no
-    /// connection, so that readers always find one free.
+    /// SQLite has one writer at a time: this process's writers queue here, in order and
+    /// for as long as it takes, where waiting for `writes` would give up after the pool's
+    /// acquire timeout.
     writer: Arc<tokio::sync::Mutex<()>>,
     /// What every rule that depends on time reads "now" from.
     pub clock: Clock,
@@ -91,11 +92,7 @@ impl Db {
                 .connect_with(options.clone())
         };
         let (pool, writes) = match engine {
-            Engine::Sqlite => {
-                let pool = open(8).await;
-                let writes = open(1).await;
-                pool.and_then(|pool| Ok((pool, writes?)))
-            }
+            Engine::Sqlite => async { Ok((open(8).await?, open(1).await?)) }.await,
             Engine::Postgres => AnyPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))
@@ -136,6 +133,18 @@ impl Db {
                 _turn: None,
             }),
         }
+    }
+
+    /// One statement that writes, in a transaction of its own (on SQLite, in this
+    /// process's turn among its writers).
+    pub async fn write_alone<'q>(
+        &self,
+        statement: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::Result<sqlx::any::AnyQueryResult> {
+        let mut tx = self.begin().await?;
+        let done = statement.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     pub fn now(&self) -> Timestamp {
