@@ -329,7 +329,7 @@ pub async fn prune(
     let now = db.now().0;
     let mut pruned = 0;
     loop {
-        let deleted = sqlx::query(
+        let deleted = db.write_alone(sqlx::query(
             "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < $1 AND NOT EXISTS \
              (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = events.id \
              AND d.status IN ('pending', 'delivering') AND d.created_at >= $2) LIMIT $3)",
@@ -337,7 +337,7 @@ pub async fn prune(
         .bind(now.saturating_sub(retention_ms))
         .bind(now.saturating_sub(delivering_since))
         .bind(batch)
-        .execute(&db.pool)
+        )
         .await?
         .rows_affected();
         pruned += deleted;

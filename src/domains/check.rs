@@ -102,6 +102,9 @@ pub fn decide(
     (after, reason)
 }
 
+/// The domains a claim takes at most.
+const BATCH: i64 = 128;
+
 /// What the checks need: the database, the resolver, and the check interval.
 #[derive(Clone)]
 pub struct Checker {
@@ -123,7 +126,12 @@ impl Checker {
             return Ok(());
         }
         let mut checked = Vec::new();
-        for due in store::load_due(&self.db, &[domain_id.to_string()]).await? {
+        let loaded = store::load_due(
+            &mut *self.db.pool.acquire().await?,
+            &[domain_id.to_string()],
+        )
+        .await?;
+        for due in loaded {
             checked.push(self.examine(due).await);
         }
         self.save(checked).await
@@ -223,9 +231,9 @@ impl Checker {
     pub async fn run(self, stop: watch::Receiver<bool>) {
         const CONCURRENCY: usize = 16;
         tracing::info!("domain verifier started");
-        // Claimed domains wait here for a free slot: a few only, so that a claimed
-        // domain is checked well within its lease.
-        let (queue, mut due) = mpsc::channel::<Due>(CONCURRENCY);
+        // Claimed domains wait here for a free slot: up to a batch, so that the next
+        // claim runs while the last one is checked (a batch takes well under its lease).
+        let (queue, mut due) = mpsc::channel::<Due>(BATCH as usize);
         let (finished, mut checked) = mpsc::unbounded_channel::<Checked>();
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
         let check_all = async {
@@ -262,24 +270,16 @@ impl Checker {
     /// Claims due domains in batches and queues them to be checked, until `stop`
     /// changes; waits a while when there were fewer than a batch.
     async fn claim_all(&self, queue: mpsc::Sender<Due>, mut stop: watch::Receiver<bool>) {
-        const BATCH: i64 = 128;
         let idle = Duration::from_secs(self.settings.dns_check_interval.clamp(1, 30));
         while !*stop.borrow() {
-            let claimed = match store::claim_due(&self.db, BATCH).await {
-                Ok(ids) => ids,
+            let loaded = match store::claim_due(&self.db, BATCH).await {
+                Ok(loaded) => loaded,
                 Err(error) => {
                     tracing::error!(%error, "domain verifier cannot claim domains");
                     Vec::new()
                 }
             };
-            let full_batch = claimed.len() as i64 == BATCH;
-            let loaded = match store::load_due(&self.db, &claimed).await {
-                Ok(loaded) => loaded,
-                Err(error) => {
-                    tracing::error!(%error, "domain verifier cannot read the claimed domains");
-                    Vec::new()
-                }
-            };
+            let full_batch = loaded.len() as i64 == BATCH;
             for next in loaded {
                 if queue.send(next).await.is_err() {
                     return;

@@ -423,7 +423,10 @@ pub async fn tokens(db: &Db, domain_id: &str) -> sqlx::Result<Vec<String>> {
 }
 
 /// The tokens of each of the domains `ids`, in order, with one query.
-pub async fn tokens_of(db: &Db, ids: &[&str]) -> sqlx::Result<HashMap<String, Vec<String>>> {
+pub async fn tokens_of<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Any>,
+    ids: &[&str],
+) -> sqlx::Result<HashMap<String, Vec<String>>> {
     let mut tokens: HashMap<String, Vec<String>> = HashMap::new();
     if ids.is_empty() {
         return Ok(tokens);
@@ -436,7 +439,7 @@ pub async fn tokens_of(db: &Db, ids: &[&str]) -> sqlx::Result<HashMap<String, Ve
     for id in ids {
         query = query.bind(*id);
     }
-    for row in query.fetch_all(&db.pool).await? {
+    for row in query.fetch_all(executor).await? {
         tokens
             .entry(row.try_get("domain_id")?)
             .or_default()
@@ -696,13 +699,15 @@ pub async fn give_ed25519_keys(
 
 /// Forgets the private keys retired by now: no one may sign with them again.
 pub async fn forget_retired(db: &Db) -> sqlx::Result<u64> {
-    let forgotten = sqlx::query(
-        "UPDATE dkim_keys SET private_key = '', public_key = '' \
+    let forgotten = db
+        .write_alone(
+            sqlx::query(
+                "UPDATE dkim_keys SET private_key = '', public_key = '' \
          WHERE retire_at <= $1 AND private_key <> ''",
-    )
-    .bind(db.now().0)
-    .execute(&db.pool)
-    .await?;
+            )
+            .bind(db.now().0),
+        )
+        .await?;
     Ok(forgotten.rows_affected())
 }
 

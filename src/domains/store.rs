@@ -217,10 +217,12 @@ pub async fn in_use(db: &Db, id: &str) -> sqlx::Result<InUse> {
 
 /// Deletes the account's domain with its keys, lookups and events.
 pub async fn delete(db: &Db, id: &str, account_id: &str) -> sqlx::Result<bool> {
-    let deleted = sqlx::query("DELETE FROM domains WHERE id = $1 AND account_id = $2")
-        .bind(id)
-        .bind(account_id)
-        .execute(&db.pool)
+    let deleted = db
+        .write_alone(
+            sqlx::query("DELETE FROM domains WHERE id = $1 AND account_id = $2")
+                .bind(id)
+                .bind(account_id),
+        )
         .await?;
     Ok(deleted.rows_affected() > 0)
 }
@@ -248,7 +250,7 @@ pub async fn render(
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let tokens = dkim::tokens_of(db, &ids).await?;
+    let tokens = dkim::tokens_of(&db.pool, &ids).await?;
     let mut keys = dkim::views_of(db, &ids, dkim::Schedule::of(settings)).await?;
 
     let sql = format!(
@@ -464,15 +466,17 @@ pub async fn find_by_id_anywhere(db: &Db, id: &str) -> sqlx::Result<Option<(Stri
 pub async fn lease_one(db: &Db, domain_id: &str) -> sqlx::Result<bool> {
     for _ in 0..100 {
         let now = db.now().0;
-        let taken = sqlx::query(
-            "UPDATE domains SET lease_until = $2 WHERE id = $1 \
-             AND (lease_until IS NULL OR lease_until < $3)",
-        )
-        .bind(domain_id)
-        .bind(now + LEASE_MS)
-        .bind(now)
-        .execute(&db.pool)
-        .await?;
+        let taken = db
+            .write_alone(
+                sqlx::query(
+                    "UPDATE domains SET lease_until = $2 WHERE id = $1 \
+                     AND (lease_until IS NULL OR lease_until < $3)",
+                )
+                .bind(domain_id)
+                .bind(now + LEASE_MS)
+                .bind(now),
+            )
+            .await?;
         if taken.rows_affected() == 1 {
             return Ok(true);
         }
@@ -481,8 +485,10 @@ pub async fn lease_one(db: &Db, domain_id: &str) -> sqlx::Result<bool> {
     Ok(false)
 }
 
-/// Claims up to `limit` domains that are due, for this instance alone.
-pub async fn claim_due(db: &Db, limit: i64) -> sqlx::Result<Vec<String>> {
+/// Claims up to `limit` domains that are due, for this instance alone, and reads them in
+/// the same transaction: on SQLite that is the connection that writes, whose cache the
+/// saved checks keep warm, and a claim waits its turn instead of colliding with them.
+pub async fn claim_due(db: &Db, limit: i64) -> anyhow::Result<Vec<Due>> {
     let lock = match db.engine {
         Engine::Postgres => "FOR UPDATE SKIP LOCKED",
         Engine::Sqlite => "",
@@ -497,16 +503,20 @@ pub async fn claim_due(db: &Db, limit: i64) -> sqlx::Result<Vec<String>> {
            AND (lease_until IS NULL OR lease_until < $2) \
          RETURNING id"
     );
-    sqlx::query_scalar(&sql)
+    let mut tx = db.begin().await?;
+    let ids: Vec<String> = sqlx::query_scalar(&sql)
         .bind(now + LEASE_MS)
         .bind(now)
         .bind(limit)
-        .fetch_all(&db.pool)
-        .await
+        .fetch_all(&mut *tx)
+        .await?;
+    let due = load_due(&mut tx, &ids).await?;
+    tx.commit().await?;
+    Ok(due)
 }
 
 /// The domains to check, with their tokens: two queries for a whole batch.
-pub async fn load_due(db: &Db, ids: &[String]) -> anyhow::Result<Vec<Due>> {
+pub async fn load_due(conn: &mut sqlx::AnyConnection, ids: &[String]) -> anyhow::Result<Vec<Due>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -523,9 +533,9 @@ pub async fn load_due(db: &Db, ids: &[String]) -> anyhow::Result<Vec<Due>> {
         query = query.bind(id);
     }
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let mut tokens = dkim::tokens_of(db, &id_refs).await?;
+    let mut tokens = dkim::tokens_of(&mut *conn, &id_refs).await?;
     let mut due = Vec::with_capacity(ids.len());
-    for row in query.fetch_all(&db.pool).await? {
+    for row in query.fetch_all(&mut *conn).await? {
         let id: String = row.try_get("id")?;
         let status: String = row.try_get("status")?;
         due.push(Due {

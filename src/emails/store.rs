@@ -358,13 +358,9 @@ pub async fn store_answer(
 
 /// Deletes expired answers and past minutes' send counts.
 pub async fn prune(db: &Db, now: Timestamp, minute: i64) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
-        .bind(now.0)
-        .execute(&db.pool)
+    db.write_alone(sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1").bind(now.0))
         .await?;
-    sqlx::query("DELETE FROM send_counts WHERE minute < $1")
-        .bind(minute - 1)
-        .execute(&db.pool)
+    db.write_alone(sqlx::query("DELETE FROM send_counts WHERE minute < $1").bind(minute - 1))
         .await?;
     Ok(())
 }
@@ -372,7 +368,8 @@ pub async fn prune(db: &Db, now: Timestamp, minute: i64) -> sqlx::Result<()> {
 /// Counts `emails` more sends of the account in `minute`; answers the minute's total,
 /// these included. One statement, so that concurrent requests each see the others.
 pub async fn count_sends(db: &Db, account_id: &str, minute: i64, emails: i64) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
+    let mut tx = db.begin().await?;
+    let sent = sqlx::query_scalar(
         "INSERT INTO send_counts (account_id, minute, sent) VALUES ($1, $2, $3) \
          ON CONFLICT (account_id, minute) DO UPDATE SET sent = send_counts.sent + excluded.sent \
          RETURNING sent",
@@ -380,8 +377,10 @@ pub async fn count_sends(db: &Db, account_id: &str, minute: i64, emails: i64) ->
     .bind(account_id)
     .bind(minute)
     .bind(emails)
-    .fetch_one(&db.pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(sent)
 }
 
 /// Takes back sends that were refused.
@@ -391,12 +390,15 @@ pub async fn uncount_sends(
     minute: i64,
     emails: i64,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE send_counts SET sent = sent - $3 WHERE account_id = $1 AND minute = $2")
+    db.write_alone(
+        sqlx::query(
+            "UPDATE send_counts SET sent = sent - $3 WHERE account_id = $1 AND minute = $2",
+        )
         .bind(account_id)
         .bind(minute)
-        .bind(emails)
-        .execute(&db.pool)
-        .await?;
+        .bind(emails),
+    )
+    .await?;
     Ok(())
 }
 

@@ -146,24 +146,25 @@ pub async fn delete(
     account_id: &str,
     entity_id: Option<&str>,
 ) -> sqlx::Result<bool> {
-    let deleted = sqlx::query(
+    let deleted = db.write_alone(sqlx::query(
         "DELETE FROM api_keys WHERE id = $1 AND account_id = $2 AND ($3 IS NULL OR entity_id = $3)",
     )
     .bind(id)
     .bind(account_id)
     .bind(entity_id)
-    .execute(&db.pool)
+    )
     .await?;
     Ok(deleted.rows_affected() > 0)
 }
 
 /// Deletes the keys user `user_id` created in entity `entity_id`.
 pub async fn revoke_created_by(db: &Db, entity_id: &str, user_id: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM api_keys WHERE entity_id = $1 AND created_by_user_id = $2")
-        .bind(entity_id)
-        .bind(user_id)
-        .execute(&db.pool)
-        .await?;
+    db.write_alone(
+        sqlx::query("DELETE FROM api_keys WHERE entity_id = $1 AND created_by_user_id = $2")
+            .bind(entity_id)
+            .bind(user_id),
+    )
+    .await?;
     Ok(())
 }
 

@@ -131,20 +131,22 @@ pub async fn admin_count(db: &Db, entity_id: &str) -> sqlx::Result<i64> {
 }
 
 pub async fn set_role(db: &Db, entity_id: &str, user_id: &str, role: Role) -> sqlx::Result<()> {
-    sqlx::query("UPDATE memberships SET role = $3 WHERE entity_id = $1 AND user_id = $2")
-        .bind(entity_id)
-        .bind(user_id)
-        .bind(role.as_str())
-        .execute(&db.pool)
-        .await?;
+    db.write_alone(
+        sqlx::query("UPDATE memberships SET role = $3 WHERE entity_id = $1 AND user_id = $2")
+            .bind(entity_id)
+            .bind(user_id)
+            .bind(role.as_str()),
+    )
+    .await?;
     Ok(())
 }
 
 pub async fn remove(db: &Db, entity_id: &str, user_id: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM memberships WHERE entity_id = $1 AND user_id = $2")
-        .bind(entity_id)
-        .bind(user_id)
-        .execute(&db.pool)
-        .await?;
+    db.write_alone(
+        sqlx::query("DELETE FROM memberships WHERE entity_id = $1 AND user_id = $2")
+            .bind(entity_id)
+            .bind(user_id),
+    )
+    .await?;
     Ok(())
 }

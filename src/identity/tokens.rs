@@ -39,9 +39,7 @@ pub async fn issue(
 
 /// Revokes one token (signing out).
 pub async fn revoke(db: &Db, token_hash: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM access_tokens WHERE token_hash = $1")
-        .bind(token_hash)
-        .execute(&db.pool)
+    db.write_alone(sqlx::query("DELETE FROM access_tokens WHERE token_hash = $1").bind(token_hash))
         .await?;
     Ok(())
 }

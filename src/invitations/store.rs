@@ -139,15 +139,17 @@ pub async fn insert(
 
 /// Cancels a pending invitation; false when it was not pending.
 pub async fn cancel(db: &Db, entity_id: &str, id: &str) -> sqlx::Result<bool> {
-    let cancelled = sqlx::query(
-        "UPDATE invitations SET status = 'cancelled', updated_at = $3 \
+    let cancelled = db
+        .write_alone(
+            sqlx::query(
+                "UPDATE invitations SET status = 'cancelled', updated_at = $3 \
          WHERE id = $1 AND entity_id = $2 AND status = 'pending'",
-    )
-    .bind(id)
-    .bind(entity_id)
-    .bind(db.now().0)
-    .execute(&db.pool)
-    .await?;
+            )
+            .bind(id)
+            .bind(entity_id)
+            .bind(db.now().0),
+        )
+        .await?;
     Ok(cancelled.rows_affected() > 0)
 }
 

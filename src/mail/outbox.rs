@@ -1329,13 +1329,13 @@ async fn settle(
 /// answers how many went.
 pub async fn delete_old_bodies(db: &Db, retention_ms: i64) -> sqlx::Result<u64> {
     let now = db.now().0;
-    let deleted = sqlx::query(
+    let deleted = db.write_alone(sqlx::query(
         "UPDATE emails SET body = NULL, body_deleted_at = $1 WHERE body IS NOT NULL AND \
          (status IN ('sent', 'failed', 'suppressed', 'cancelled') OR COALESCE(scheduled_at, created_at) < $2)",
     )
     .bind(now)
     .bind(now.saturating_sub(retention_ms))
-    .execute(&db.pool)
+    )
     .await?;
     Ok(deleted.rows_affected())
 }

@@ -72,10 +72,10 @@ pub async fn purge(
             },
         };
         if !dry_run && !matches!(outcome, Outcome::Kept(_)) {
-            sqlx::query("DELETE FROM deleted_maildirs WHERE mailbox_id = $1")
-                .bind(mailbox_id)
-                .execute(&db.pool)
-                .await?;
+            db.write_alone(
+                sqlx::query("DELETE FROM deleted_maildirs WHERE mailbox_id = $1").bind(mailbox_id),
+            )
+            .await?;
         }
         purged.push(Purged {
             address: row.try_get("address")?,

@@ -11,12 +11,13 @@ const FROM: &str = "FROM mailboxes m JOIN domains d ON d.id = m.domain_id";
 /// Keeps the `mail_directory` row, which the `dovecot_users` view reads, in step with
 /// the settings.
 pub async fn write_directory_settings(db: &Db, settings: &Settings) -> sqlx::Result<()> {
-    sqlx::query("UPDATE mail_directory SET vmail_root = $1, uid = $2, gid = $3 WHERE id = 1")
-        .bind(settings.vmail_root.trim_end_matches('/'))
-        .bind(settings.vmail_uid as i64)
-        .bind(settings.vmail_gid as i64)
-        .execute(&db.pool)
-        .await?;
+    db.write_alone(
+        sqlx::query("UPDATE mail_directory SET vmail_root = $1, uid = $2, gid = $3 WHERE id = 1")
+            .bind(settings.vmail_root.trim_end_matches('/'))
+            .bind(settings.vmail_uid as i64)
+            .bind(settings.vmail_gid as i64),
+    )
+    .await?;
     Ok(())
 }
 
@@ -148,17 +149,18 @@ pub async fn update(
     status: MailboxStatus,
     quota_mb: Option<i64>,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE mailboxes SET display_name = $2, status = $3, quota_mb = $4, updated_at = $5 \
+    db.write_alone(
+        sqlx::query(
+            "UPDATE mailboxes SET display_name = $2, status = $3, quota_mb = $4, updated_at = $5 \
          WHERE id = $1 AND account_id = $6",
+        )
+        .bind(mailbox.id)
+        .bind(display_name)
+        .bind(status.as_str())
+        .bind(quota_mb)
+        .bind(db.now().0)
+        .bind(account_id),
     )
-    .bind(mailbox.id)
-    .bind(display_name)
-    .bind(status.as_str())
-    .bind(quota_mb)
-    .bind(db.now().0)
-    .bind(account_id)
-    .execute(&db.pool)
     .await?;
     Ok(())
 }

@@ -105,7 +105,7 @@ pub async fn save(
     valid: &Valid,
     sealed_pass: Option<String>,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    db.write_alone(sqlx::query(
         "INSERT INTO smtp_settings (id, account_id, domain_id, provider, description, from_address, host, port, \
          secure, debug, reject_unauthorized, auth_user, auth_pass, created_at, updated_at) \
          VALUES ($1, $2, $3, 'smtp', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
@@ -128,17 +128,18 @@ pub async fn save(
     .bind(&valid.user)
     .bind(sealed_pass)
     .bind(db.now().0)
-    .execute(&db.pool)
+    )
     .await?;
     Ok(())
 }
 
 pub async fn delete(db: &Db, id: &str, account_id: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM smtp_settings WHERE id = $1 AND account_id = $2")
-        .bind(id)
-        .bind(account_id)
-        .execute(&db.pool)
-        .await?;
+    db.write_alone(
+        sqlx::query("DELETE FROM smtp_settings WHERE id = $1 AND account_id = $2")
+            .bind(id)
+            .bind(account_id),
+    )
+    .await?;
     Ok(())
 }
 

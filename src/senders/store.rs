@@ -171,14 +171,15 @@ pub async fn begin_send(
 ) -> sqlx::Result<(String, i64, i64, Option<i64>)> {
     let id = new_id("vs");
     let email = email.to_ascii_lowercase();
-    sqlx::query(
-        "INSERT INTO verification_sends (id, account_id, email, at) VALUES ($1, $2, $3, $4)",
+    db.write_alone(
+        sqlx::query(
+            "INSERT INTO verification_sends (id, account_id, email, at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id)
+        .bind(account_id)
+        .bind(&email)
+        .bind(now.0),
     )
-    .bind(&id)
-    .bind(account_id)
-    .bind(&email)
-    .bind(now.0)
-    .execute(&db.pool)
     .await?;
     let row = sqlx::query(
         "SELECT COUNT(*) AS sent, MIN(at) AS first, \
@@ -202,9 +203,7 @@ pub async fn begin_send(
 
 /// Takes back a send that was refused or never made.
 pub async fn forget_send(db: &Db, id: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM verification_sends WHERE id = $1")
-        .bind(id)
-        .execute(&db.pool)
+    db.write_alone(sqlx::query("DELETE FROM verification_sends WHERE id = $1").bind(id))
         .await?;
     Ok(())
 }
@@ -218,24 +217,30 @@ pub async fn take_code_try(
     code_hash: &str,
     tries: i64,
 ) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
+    let mut tx = db.begin().await?;
+    let failures = sqlx::query_scalar(
         "UPDATE sender_addresses SET code_failures = code_failures + 1 \
          WHERE id = $1 AND code_hash = $2 AND code_failures < $3 RETURNING code_failures",
     )
     .bind(sender_id)
     .bind(code_hash)
     .bind(tries)
-    .fetch_optional(&db.pool)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(failures)
 }
 
 /// Voids a code after its last wrong try.
 pub async fn void_code(db: &Db, sender_id: &str, code_hash: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE sender_addresses SET code_hash = NULL WHERE id = $1 AND code_hash = $2")
+    db.write_alone(
+        sqlx::query(
+            "UPDATE sender_addresses SET code_hash = NULL WHERE id = $1 AND code_hash = $2",
+        )
         .bind(sender_id)
-        .bind(code_hash)
-        .execute(&db.pool)
-        .await?;
+        .bind(code_hash),
+    )
+    .await?;
     Ok(())
 }
 

@@ -96,10 +96,12 @@ pub async fn insert(
 
 /// Removes an entry of the account; false when it had none.
 pub async fn delete(db: &Db, account_id: &str, email: &str) -> sqlx::Result<bool> {
-    let deleted = sqlx::query("DELETE FROM suppressions WHERE account_id = $1 AND email = $2")
-        .bind(account_id)
-        .bind(email)
-        .execute(&db.pool)
+    let deleted = db
+        .write_alone(
+            sqlx::query("DELETE FROM suppressions WHERE account_id = $1 AND email = $2")
+                .bind(account_id)
+                .bind(email),
+        )
         .await?;
     Ok(deleted.rows_affected() > 0)
 }

@@ -94,16 +94,15 @@ pub async fn begin_attempt(
 ) -> sqlx::Result<(String, i64, i64)> {
     let id = new_id("att");
     // No window is longer than a day: older attempts, of any subject, count no more.
-    sqlx::query("DELETE FROM attempts WHERE at <= $1")
-        .bind(now.0 - ATTEMPTS_KEPT)
-        .execute(&db.pool)
+    db.write_alone(sqlx::query("DELETE FROM attempts WHERE at <= $1").bind(now.0 - ATTEMPTS_KEPT))
         .await?;
-    sqlx::query("INSERT INTO attempts (id, subject, at) VALUES ($1, $2, $3)")
-        .bind(&id)
-        .bind(subject)
-        .bind(now.0)
-        .execute(&db.pool)
-        .await?;
+    db.write_alone(
+        sqlx::query("INSERT INTO attempts (id, subject, at) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(subject)
+            .bind(now.0),
+    )
+    .await?;
     let row = sqlx::query(
         "SELECT COUNT(*) AS n, MIN(at) AS first FROM attempts WHERE subject = $1 AND at > $2",
     )
@@ -118,9 +117,7 @@ pub async fn begin_attempt(
 /// Forgets attempts that turned out not to count (a success, or one refused before work).
 pub async fn forget_attempts(db: &Db, ids: &[String]) -> sqlx::Result<()> {
     for id in ids {
-        sqlx::query("DELETE FROM attempts WHERE id = $1")
-            .bind(id)
-            .execute(&db.pool)
+        db.write_alone(sqlx::query("DELETE FROM attempts WHERE id = $1").bind(id))
             .await?;
     }
     Ok(())
