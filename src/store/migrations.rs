@@ -19,8 +19,8 @@ macro_rules! embedded {
 
 type Embedded = &'static [(&'static str, &'static str, &'static str)];
 
-const SQLITE: Embedded = embedded!("sqlite": "0001" "tenancy", "0002" "domains", "0003" "mail", "0004" "mailboxes", "0005" "senders", "0006" "invitations", "0007" "identity", "0008" "senders_limit", "0009" "maildirs", "0010" "emails", "0011" "idempotency", "0012" "held_bodies", "0013" "webhooks", "0014" "dkim_rotation", "0015" "outbox_claim", "0016" "domain_lookups");
-const POSTGRES: Embedded = embedded!("postgres": "0001" "tenancy", "0002" "domains", "0003" "mail", "0004" "mailboxes", "0005" "senders", "0006" "invitations", "0007" "identity", "0008" "senders_limit", "0009" "maildirs", "0010" "emails", "0011" "idempotency", "0012" "held_bodies", "0013" "webhooks", "0014" "dkim_rotation", "0015" "outbox_claim", "0016" "domain_lookups");
+const SQLITE: Embedded = embedded!("sqlite": "0001" "tenancy", "0002" "domains", "0003" "mail", "0004" "mailboxes", "0005" "senders", "0006" "invitations", "0007" "identity", "0008" "senders_limit", "0009" "maildirs", "0010" "emails", "0011" "idempotency", "0012" "held_bodies", "0013" "webhooks", "0014" "dkim_rotation", "0015" "outbox_claim", "0016" "domain_lookups", "0017" "webhook_success");
+const POSTGRES: Embedded = embedded!("postgres": "0001" "tenancy", "0002" "domains", "0003" "mail", "0004" "mailboxes", "0005" "senders", "0006" "invitations", "0007" "identity", "0008" "senders_limit", "0009" "maildirs", "0010" "emails", "0011" "idempotency", "0012" "held_bodies", "0013" "webhooks", "0014" "dkim_rotation", "0015" "outbox_claim", "0016" "domain_lookups", "0017" "webhook_success");
 
 #[derive(Debug)]
 struct Source(Embedded);

@@ -629,8 +629,8 @@ async fn record(db: &Db, attempts: &[Attempted], disable_after: u64) -> sqlx::Re
     Ok(recorded)
 }
 
-/// Records successful attempts, those whose lease is still theirs, in three statements
-/// whatever their number: the jobs `succeeded`, an attempt row each, and their endpoints'
+/// Records successful attempts, those whose lease is still theirs, in two statements
+/// whatever their number: the jobs `succeeded` with their attempts, and their endpoints'
 /// runs of failures ended.
 async fn record_successes(
     tx: &mut sqlx::AnyConnection,
@@ -644,7 +644,6 @@ async fn record_successes(
             serde_json::json!({
                 "id": job.id,
                 "lease_until": job.lease_until,
-                "number": job.attempts,
                 "http_status": outcome.http_status,
                 "latency_ms": outcome.latency_ms,
                 "response": outcome.response,
@@ -657,17 +656,17 @@ async fn record_successes(
         &[
             ("id", "TEXT"),
             ("lease_until", "BIGINT"),
-            ("number", "BIGINT"),
             ("http_status", "BIGINT"),
             ("latency_ms", "BIGINT"),
             ("response", "TEXT"),
         ],
     );
-    // Ours are the jobs whose lease this attempt still held: marked `succeeded` first (on
-    // PostgreSQL, locked until the commit), they are then told by their attempt number
-    // from any that another instance took over and finished.
+    // Ours are the jobs whose lease this attempt still held; the attempt is kept on the
+    // job's row (migration 0017).
     let ours = sqlx::query(&format!(
-        "UPDATE webhook_deliveries SET status = 'succeeded', next_attempt_at = NULL, updated_at = $2 \
+        "UPDATE webhook_deliveries SET status = 'succeeded', next_attempt_at = NULL, updated_at = $2, \
+         success_http_status = v.http_status, success_latency_ms = v.latency_ms, \
+         success_response = v.response \
          FROM {source} WHERE webhook_deliveries.id = v.id AND webhook_deliveries.status = 'delivering' \
          AND webhook_deliveries.next_attempt_at = v.lease_until"
     ))
@@ -676,16 +675,6 @@ async fn record_successes(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    sqlx::query(&format!(
-        "INSERT INTO webhook_attempts (delivery_id, number, at, http_status, latency_ms, response) \
-         SELECT v.id, v.number, $2, v.http_status, v.latency_ms, v.response FROM {source} \
-         JOIN webhook_deliveries d ON d.id = v.id \
-         WHERE d.status = 'succeeded' AND d.attempts = v.number AND d.updated_at = $2"
-    ))
-    .bind(&rows)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
     // An endpoint that answered 2xx has ended its run of failures, whoever holds the job.
     let webhooks = endpoints_of(attempts.iter().map(|attempted| &attempted.job));
     let sql = format!(
@@ -919,11 +908,16 @@ pub async fn deliver_now(
     }
 }
 
-/// The latest recorded attempt of a delivery.
+/// The latest recorded attempt of a delivery: its success, kept on its row, or else the
+/// last of its attempts' rows.
 async fn last_outcome(db: &Db, delivery_id: &str) -> anyhow::Result<Outcome> {
     let row = sqlx::query(
-        "SELECT http_status, latency_ms, response, error FROM webhook_attempts \
-         WHERE delivery_id = $1 ORDER BY number DESC LIMIT 1",
+        "SELECT success_http_status AS http_status, success_latency_ms AS latency_ms, \
+         success_response AS response, NULL AS error, 1 AS latest \
+         FROM webhook_deliveries WHERE id = $1 AND success_http_status IS NOT NULL \
+         UNION ALL SELECT * FROM (SELECT http_status, latency_ms, response, error, 0 AS latest \
+         FROM webhook_attempts WHERE delivery_id = $1 ORDER BY number DESC LIMIT 1) AS failed \
+         ORDER BY latest DESC LIMIT 1",
     )
     .bind(delivery_id)
     .fetch_optional(&db.pool)

@@ -355,22 +355,41 @@ pub async fn rotate_secret(
 }
 
 const DELIVERY_COLUMNS: &str = "d.position, d.id, d.event_id, e.type AS event_type, d.status, \
-     d.next_attempt_at, d.created_at, d.updated_at";
+     d.attempts, d.next_attempt_at, d.created_at, d.updated_at, d.success_http_status, \
+     d.success_latency_ms, d.success_response";
 
 impl sqlx::FromRow<'_, AnyRow> for Delivery {
     fn from_row(row: &AnyRow) -> sqlx::Result<Delivery> {
         let status: String = row.try_get("status")?;
         let final_status = matches!(status.as_str(), "succeeded" | "failed");
         let next: Option<i64> = row.try_get("next_attempt_at")?;
+        let updated_at = Timestamp(row.try_get("updated_at")?);
+        // The successful attempt is kept on the delivery's row; the others are added from
+        // their own rows (`add_attempts`).
+        let success = row
+            .try_get::<Option<i64>, _>("success_http_status")?
+            .map(|http_status| -> sqlx::Result<Attempt> {
+                Ok(Attempt {
+                    number: row.try_get("attempts")?,
+                    at: updated_at,
+                    http_status: Some(http_status),
+                    latency_ms: row
+                        .try_get::<Option<i64>, _>("success_latency_ms")?
+                        .unwrap_or(0),
+                    response: row.try_get("success_response")?,
+                    error: None,
+                })
+            })
+            .transpose()?;
         Ok(Delivery {
             id: row.try_get("id")?,
             event_id: row.try_get("event_id")?,
             event_type: row.try_get("event_type")?,
             status,
-            attempts: Vec::new(),
+            attempts: success.into_iter().collect(),
             next_attempt_at: next.filter(|_| !final_status).map(Timestamp),
             created_at: Timestamp(row.try_get("created_at")?),
-            updated_at: Timestamp(row.try_get("updated_at")?),
+            updated_at,
             position: row.try_get("position")?,
         })
     }
@@ -427,7 +446,7 @@ pub async fn deliveries(
     Ok(Some(deliveries))
 }
 
-/// Fills in each delivery's attempts, first to last.
+/// Fills in each delivery's attempts from their rows, first to last.
 async fn add_attempts(db: &Db, deliveries: &mut [Delivery]) -> sqlx::Result<()> {
     if deliveries.is_empty() {
         return Ok(());
@@ -454,6 +473,9 @@ async fn add_attempts(db: &Db, deliveries: &mut [Delivery]) -> sqlx::Result<()> 
         if let Some(delivery) = deliveries.iter_mut().find(|d| d.id == delivery_id) {
             delivery.attempts.push(attempt);
         }
+    }
+    for delivery in deliveries {
+        delivery.attempts.sort_by_key(|attempt| attempt.number);
     }
     Ok(())
 }
