@@ -703,7 +703,7 @@ pub async fn forget_retired(db: &Db) -> sqlx::Result<u64> {
         .write_alone(
             sqlx::query(
                 "UPDATE dkim_keys SET private_key = '', public_key = '' \
-         WHERE retire_at <= $1 AND private_key <> ''",
+                 WHERE retire_at <= $1 AND private_key <> ''",
             )
             .bind(db.now().0),
         )

@@ -143,7 +143,7 @@ pub async fn cancel(db: &Db, entity_id: &str, id: &str) -> sqlx::Result<bool> {
         .write_alone(
             sqlx::query(
                 "UPDATE invitations SET status = 'cancelled', updated_at = $3 \
-         WHERE id = $1 AND entity_id = $2 AND status = 'pending'",
+                 WHERE id = $1 AND entity_id = $2 AND status = 'pending'",
             )
             .bind(id)
             .bind(entity_id)

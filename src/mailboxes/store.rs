@@ -152,7 +152,7 @@ pub async fn update(
     db.write_alone(
         sqlx::query(
             "UPDATE mailboxes SET display_name = $2, status = $3, quota_mb = $4, updated_at = $5 \
-         WHERE id = $1 AND account_id = $6",
+             WHERE id = $1 AND account_id = $6",
         )
         .bind(mailbox.id)
         .bind(display_name)

@@ -28,6 +28,9 @@ pub enum Engine {
 /// A connection pool plus the engine behind it, for the few places where SQL differs.
 #[derive(Clone)]
 pub struct Db {
+    /// For reads. Writes go through `begin` or `write_alone`: on SQLite a write made here
+    /// would meet the writing connection's lock in SQLite's busy handler, which polls
+    /// with sleeps and can lose every poll to a steady stream of transactions.
     pub pool: AnyPool,
     pub engine: Engine,
     /// Where write transactions run. On SQLite, one connection of its own: the only one
