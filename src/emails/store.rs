@@ -368,7 +368,7 @@ pub async fn prune(db: &Db, now: Timestamp, minute: i64) -> sqlx::Result<()> {
 /// Counts `emails` more sends of the account in `minute`; answers the minute's total,
 /// these included. One statement, so that concurrent requests each see the others.
 pub async fn count_sends(db: &Db, account_id: &str, minute: i64, emails: i64) -> sqlx::Result<i64> {
-    let mut tx = db.begin().await?;
+    let mut write = db.lone_write().await?;
     let sent = sqlx::query_scalar(
         "INSERT INTO send_counts (account_id, minute, sent) VALUES ($1, $2, $3) \
          ON CONFLICT (account_id, minute) DO UPDATE SET sent = send_counts.sent + excluded.sent \
@@ -377,9 +377,9 @@ pub async fn count_sends(db: &Db, account_id: &str, minute: i64, emails: i64) ->
     .bind(account_id)
     .bind(minute)
     .bind(emails)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *write)
     .await?;
-    tx.commit().await?;
+    write.done().await?;
     Ok(sent)
 }
 

@@ -949,9 +949,9 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
     for account in skip {
         query = query.bind(account);
     }
-    let mut tx = db.begin().await?;
-    let rows = query.fetch_all(&mut *tx).await?;
-    tx.commit().await?;
+    let mut write = db.lone_write().await?;
+    let rows = query.fetch_all(&mut *write).await?;
+    write.done().await?;
     let ids: Vec<String> = rows
         .iter()
         .map(|row| row.try_get("id"))

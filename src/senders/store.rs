@@ -217,7 +217,7 @@ pub async fn take_code_try(
     code_hash: &str,
     tries: i64,
 ) -> sqlx::Result<Option<i64>> {
-    let mut tx = db.begin().await?;
+    let mut write = db.lone_write().await?;
     let failures = sqlx::query_scalar(
         "UPDATE sender_addresses SET code_failures = code_failures + 1 \
          WHERE id = $1 AND code_hash = $2 AND code_failures < $3 RETURNING code_failures",
@@ -225,9 +225,9 @@ pub async fn take_code_try(
     .bind(sender_id)
     .bind(code_hash)
     .bind(tries)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *write)
     .await?;
-    tx.commit().await?;
+    write.done().await?;
     Ok(failures)
 }
 

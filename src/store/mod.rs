@@ -28,7 +28,7 @@ pub enum Engine {
 /// A connection pool plus the engine behind it, for the few places where SQL differs.
 #[derive(Clone)]
 pub struct Db {
-    /// For reads. Writes go through `begin` or `write_alone`: on SQLite a write made here
+    /// For reads. Writes go through `begin` or `lone_write`: on SQLite a write made here
     /// would meet the writing connection's lock in SQLite's busy handler, which polls
     /// with sleeps and can lose every poll to a steady stream of transactions.
     pub pool: AnyPool,
@@ -67,6 +67,42 @@ impl std::ops::Deref for WriteTx {
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
         &mut self.tx
+    }
+}
+
+/// Where one statement that writes runs on its own (see `Db::lone_write`); `done` ends it.
+pub enum LoneWrite {
+    /// SQLite: a write transaction in this process's turn.
+    Turn(WriteTx),
+    /// PostgreSQL: any connection, where a statement is a transaction of its own.
+    Pooled(sqlx::pool::PoolConnection<sqlx::Any>),
+}
+
+impl LoneWrite {
+    pub async fn done(self) -> sqlx::Result<()> {
+        match self {
+            LoneWrite::Turn(tx) => tx.commit().await,
+            LoneWrite::Pooled(_) => Ok(()),
+        }
+    }
+}
+
+impl std::ops::Deref for LoneWrite {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        match self {
+            LoneWrite::Turn(tx) => tx,
+            LoneWrite::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for LoneWrite {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        match self {
+            LoneWrite::Turn(tx) => tx,
+            LoneWrite::Pooled(conn) => conn,
+        }
     }
 }
 
@@ -138,15 +174,24 @@ impl Db {
         }
     }
 
-    /// One statement that writes, in a transaction of its own (on SQLite, in this
-    /// process's turn among its writers).
+    /// Where one statement that writes runs on its own: on SQLite, in this process's turn
+    /// among its writers, on the writing connection; on PostgreSQL, on any connection, with
+    /// no `BEGIN` and `COMMIT` around it.
+    pub async fn lone_write(&self) -> sqlx::Result<LoneWrite> {
+        match self.engine {
+            Engine::Sqlite => self.begin().await.map(LoneWrite::Turn),
+            Engine::Postgres => self.pool.acquire().await.map(LoneWrite::Pooled),
+        }
+    }
+
+    /// One statement that writes, on its own (see `lone_write`).
     pub async fn write_alone<'q>(
         &self,
         statement: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     ) -> sqlx::Result<sqlx::any::AnyQueryResult> {
-        let mut tx = self.begin().await?;
-        let done = statement.execute(&mut *tx).await?;
-        tx.commit().await?;
+        let mut write = self.lone_write().await?;
+        let done = statement.execute(&mut *write).await?;
+        write.done().await?;
         Ok(done)
     }
 

@@ -864,6 +864,7 @@ pub async fn deliver_now(
     db: &Db,
     master_key: &MasterKey,
     policy: &Policy,
+    webhook_id: &str,
     delivery_id: &str,
 ) -> anyhow::Result<Outcome> {
     // The worker may have it already (it was due at once): then its attempt, once
@@ -899,7 +900,7 @@ pub async fn deliver_now(
         // Given back untried since: claimed again above, on the next turn.
         let untried = status == "pending" && attempts == 0;
         if !under_way && !untried {
-            return last_outcome(db, delivery_id).await;
+            return last_outcome(db, webhook_id, delivery_id).await;
         }
         if Instant::now() >= deadline {
             anyhow::bail!("the delivery {delivery_id} is still being attempted");
@@ -908,27 +909,19 @@ pub async fn deliver_now(
     }
 }
 
-/// The latest recorded attempt of a delivery: its success, kept on its row, or else the
-/// last of its attempts' rows.
-async fn last_outcome(db: &Db, delivery_id: &str) -> anyhow::Result<Outcome> {
-    let row = sqlx::query(
-        "SELECT success_http_status AS http_status, success_latency_ms AS latency_ms, \
-         success_response AS response, NULL AS error, 1 AS latest \
-         FROM webhook_deliveries WHERE id = $1 AND success_http_status IS NOT NULL \
-         UNION ALL SELECT * FROM (SELECT http_status, latency_ms, response, error, 0 AS latest \
-         FROM webhook_attempts WHERE delivery_id = $1 ORDER BY number DESC LIMIT 1) AS failed \
-         ORDER BY latest DESC LIMIT 1",
-    )
-    .bind(delivery_id)
-    .fetch_optional(&db.pool)
-    .await?
-    .with_context(|| format!("the delivery {delivery_id} has no attempt recorded"))?;
-    let status: Option<i64> = row.try_get("http_status")?;
+/// The latest recorded attempt of a delivery, as its list of attempts shows it.
+async fn last_outcome(db: &Db, webhook_id: &str, delivery_id: &str) -> anyhow::Result<Outcome> {
+    let attempt = super::store::delivery(db, webhook_id, delivery_id)
+        .await?
+        .and_then(|mut delivery| delivery.attempts.pop())
+        .with_context(|| format!("the delivery {delivery_id} has no attempt recorded"))?;
     Ok(Outcome {
-        http_status: status.and_then(|status| u16::try_from(status).ok()),
-        latency_ms: row.try_get("latency_ms")?,
-        response: row.try_get("response")?,
-        error: row.try_get("error")?,
+        http_status: attempt
+            .http_status
+            .and_then(|status| u16::try_from(status).ok()),
+        latency_ms: attempt.latency_ms,
+        response: attempt.response,
+        error: attempt.error,
     })
 }
 

@@ -323,6 +323,7 @@ pub async fn test_webhook(
         &state.db,
         &state.master_key,
         &state.destination_policy,
+        &id,
         &delivery_id,
     )
     .await?;
