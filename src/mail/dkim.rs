@@ -3,14 +3,14 @@
 //! Ed25519, over the same header fields: receivers that know Ed25519 check both, the
 //! others the RSA one.
 
-use std::sync::{Arc, OnceLock};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 /// Headers signed once more than they appear ("oversigned", RFC 6376 §8.15): whoever
 /// replays the message cannot add a second From or Subject, nor a Cc or Reply-To it had
@@ -106,25 +106,53 @@ impl Signer {
     }
 }
 
-/// Runs `work` (composing and signing a message) on a blocking thread, at most one per
-/// core at once: an RSA signature holds a core for about a millisecond, which must never
-/// be one of the async runtime's threads, and more signing threads than cores would only
-/// make each message wait longer.
+/// Runs `work` (composing and signing a message) on one of the signing threads, one per
+/// core: an RSA signature holds a core for most of a millisecond, which must never be one
+/// of the async runtime's threads, and more signing threads than cores would only make
+/// each message wait longer. The threads take the next message from a queue as soon as
+/// they finish one, so that with messages waiting a core never idles between signatures,
+/// and always the same threads sign, their caches warm.
 pub async fn on_signing_threads<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<T> {
-    static THREADS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    let threads = THREADS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Arc::new(Semaphore::new(cores))
-    });
-    let turn = threads.clone().acquire_owned().await?;
-    let done = tokio::task::spawn_blocking(move || {
-        let _turn = turn;
-        work()
-    })
-    .await?;
-    Ok(done)
+    static QUEUE: OnceLock<mpsc::Sender<SigningWork>> = OnceLock::new();
+    let (done, result) = tokio::sync::oneshot::channel();
+    QUEUE
+        .get_or_init(start_signing_threads)
+        .send(Box::new(move || {
+            let _ = done.send(work());
+        }))
+        .map_err(|_| anyhow::anyhow!("the signing threads have stopped"))?;
+    result
+        .await
+        .map_err(|_| anyhow::anyhow!("composing or signing a message failed"))
+}
+
+type SigningWork = Box<dyn FnOnce() + Send>;
+
+fn start_signing_threads() -> mpsc::Sender<SigningWork> {
+    let (queue, waiting) = mpsc::channel::<SigningWork>();
+    let waiting = Arc::new(Mutex::new(waiting));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for _ in 0..cores {
+        let waiting = waiting.clone();
+        std::thread::Builder::new()
+            .name("dkim-signer".into())
+            .spawn(move || {
+                loop {
+                    let next = match waiting.lock() {
+                        Ok(waiting) => waiting.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(work) = next else { return };
+                    // A panic in one message's work fails that message (its sender is
+                    // dropped), not the thread.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(work));
+                }
+            })
+            .expect("cannot start a signing thread");
+    }
+    queue
 }
 
 /// Answers `message` with a `DKIM-Signature` header in front of it for each of `signers`
@@ -430,5 +458,37 @@ mod tests {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         assert!(most.load(Ordering::SeqCst) <= cores);
         assert!(most.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_while_signing_fails_that_message_and_keeps_every_thread() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for _ in 0..cores * 2 {
+            let failed = on_signing_threads(|| -> u8 { panic!("a broken message") }).await;
+            assert!(failed.is_err());
+        }
+        // As many messages as cores are signed at the same time: no thread was lost.
+        let together = Arc::new(AtomicUsize::new(0));
+        let work = (0..cores).map(|_| {
+            let together = together.clone();
+            tokio::spawn(on_signing_threads(move || {
+                together.fetch_add(1, Ordering::SeqCst);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while together.load(Ordering::SeqCst) < cores {
+                    if std::time::Instant::now() > deadline {
+                        return false;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                true
+            }))
+        });
+        for done in work.collect::<Vec<_>>() {
+            assert!(
+                done.await.unwrap().unwrap(),
+                "fewer signing threads than cores"
+            );
+        }
     }
 }
