@@ -42,9 +42,10 @@ const MAX_RETRY_DELAY_MS: i64 = 4 * 3_600_000;
 
 /// Deliveries under way at once on one instance.
 const SLOTS: usize = 16;
-/// Messages one claim takes at most: the free slots, and a slot's worth more that start
-/// as slots free.
-const CLAIM_AT_MOST: usize = 2 * SLOTS;
+/// Messages one claim takes at most: the free slots, and more that start as slots free.
+/// A claim costs about the same whatever its size, so the next is made only once fewer
+/// than `SLOTS` wait, and then fills up to this.
+const CLAIM_AT_MOST: usize = 4 * SLOTS;
 /// How long a claimed message waits in memory for a slot before it goes back to the queue.
 const AHEAD_HOLD: Duration = Duration::from_secs(1);
 /// When a message given back to the queue for want of a slot is due again.
@@ -646,8 +647,10 @@ fn claims_wanted(ahead: &Ahead, available: usize, lines: &Lines) -> Option<Wante
         .filter_map(|tenants| {
             let free = available.saturating_sub(usize::from(tenants));
             let waiting = ahead.len(tenants);
-            (free > 0 && waiting < SLOTS / 2)
-                .then(|| (tenants, (free + SLOTS - waiting).min(CLAIM_AT_MOST) as i64))
+            (free > 0 && waiting < SLOTS).then(|| {
+                let wanted = (free + CLAIM_AT_MOST).saturating_sub(waiting);
+                (tenants, wanted.min(CLAIM_AT_MOST) as i64)
+            })
         })
         .collect();
     (!wanted.is_empty()).then(|| Wanted {
