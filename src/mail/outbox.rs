@@ -1014,42 +1014,63 @@ pub async fn from_still_allowed(db: &Db, email: &Claimed) -> sqlx::Result<bool> 
     Ok(allowed.is_some())
 }
 
-/// The recipients of each of the emails `ids`, in order, with one query.
+/// The recipients of the emails `ids`, in order, read as one JSON value: on SQLite each
+/// row would be a hand-off between the connection's thread and this one.
 async fn recipients_of(
     db: &Db,
     ids: &[String],
 ) -> sqlx::Result<HashMap<String, Vec<(Pending, RecipientStatus, Option<i64>)>>> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        email_id: String,
+        position: i64,
+        address: String,
+        name: Option<String>,
+        #[serde(rename = "type")]
+        kind: String,
+        status: String,
+        attempts: i64,
+        next_attempt_at: Option<i64>,
+    }
     let mut recipients: HashMap<String, Vec<_>> = HashMap::new();
     if ids.is_empty() {
         return Ok(recipients);
     }
-    let sql = format!(
-        "SELECT email_id, position, address, name, type, status, attempts, next_attempt_at \
-         FROM email_recipients WHERE email_id IN ({}) ORDER BY email_id, position",
-        placeholders(1, ids.len())
-    );
-    let query = ids
-        .iter()
-        .fold(sqlx::query(&sql), |query, id| query.bind(id));
-    for row in query.fetch_all(&db.pool).await? {
-        let kind: String = row.try_get("type")?;
-        let status: String = row.try_get("status")?;
-        let attempts: i64 = row.try_get("attempts")?;
+    let (object, array) = match db.engine {
+        Engine::Sqlite => ("json_object", "json_group_array"),
+        Engine::Postgres => ("json_build_object", "json_agg"),
+    };
+    let wanted = json_rows(db.engine, &[("id", "TEXT")]);
+    let json: String = sqlx::query_scalar(&format!(
+        "SELECT COALESCE(CAST({array}({object}('email_id', r.email_id, 'position', r.position, \
+         'address', r.address, 'name', r.name, 'type', r.type, 'status', r.status, \
+         'attempts', r.attempts, 'next_attempt_at', r.next_attempt_at) \
+         ORDER BY r.email_id, r.position) AS TEXT), '[]') \
+         FROM email_recipients r WHERE r.email_id IN (SELECT v.id FROM {wanted})"
+    ))
+    .bind(
+        serde_json::Value::from_iter(ids.iter().map(|id| serde_json::json!({"id": id})))
+            .to_string(),
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    let rows: Vec<Row> =
+        serde_json::from_str(&json).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+    for row in rows {
         let recipient = (
             Pending {
-                position: row.try_get("position")?,
-                address: row.try_get("address")?,
-                name: row.try_get("name")?,
-                kind: RecipientType::parse(&kind).ok_or_else(|| decode_error("type", &kind))?,
-                attempts: attempts + 1,
+                position: row.position,
+                address: row.address,
+                name: row.name,
+                kind: RecipientType::parse(&row.kind)
+                    .ok_or_else(|| decode_error("type", &row.kind))?,
+                attempts: row.attempts + 1,
             },
-            RecipientStatus::parse(&status).ok_or_else(|| decode_error("status", &status))?,
-            row.try_get("next_attempt_at")?,
+            RecipientStatus::parse(&row.status)
+                .ok_or_else(|| decode_error("status", &row.status))?,
+            row.next_attempt_at,
         );
-        recipients
-            .entry(row.try_get("email_id")?)
-            .or_default()
-            .push(recipient);
+        recipients.entry(row.email_id).or_default().push(recipient);
     }
     Ok(recipients)
 }
