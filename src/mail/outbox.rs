@@ -1147,19 +1147,23 @@ pub async fn record<'a>(
         .iter()
         .partition(|attempt| latest[attempt.email.id.as_str()] == attempt.email.lease_until);
     let mut tx = db.begin().await?;
-    // Still ours? The lease is taken back in the same statement.
+    // Still ours? The lease is taken back when the status is set, at the end: one write of
+    // each email's row. Until then the rows are locked (on SQLite, the whole database):
+    // another instance cannot claim them in between.
     let leases: Vec<serde_json::Value> = candidates
         .iter()
         .map(|attempt| serde_json::json!({"id": attempt.email.id, "lease_until": attempt.email.lease_until}))
         .collect();
     let source = json_rows(db.engine, &[("id", "TEXT"), ("lease_until", "BIGINT")]);
+    let lock = match db.engine {
+        Engine::Postgres => " FOR UPDATE OF e",
+        Engine::Sqlite => "",
+    };
     let ours: HashSet<String> = sqlx::query_scalar(&format!(
-        "UPDATE emails SET lease_until = NULL, updated_at = $2 FROM {source} \
-         WHERE emails.id = v.id AND emails.lease_until = v.lease_until AND emails.status = 'sending' \
-         RETURNING emails.id"
+        "SELECT e.id FROM {source} JOIN emails e ON e.id = v.id \
+         WHERE e.lease_until = v.lease_until AND e.status = 'sending'{lock}"
     ))
     .bind(serde_json::Value::Array(leases).to_string())
-    .bind(now.0)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
@@ -1265,7 +1269,7 @@ pub async fn record<'a>(
 }
 
 /// Sets each email's status from its recipients': waiting again until the next due one,
-/// or final (and its body deleted).
+/// or final (and its body deleted); takes its lease back.
 async fn settle(
     conn: &mut sqlx::AnyConnection,
     engine: Engine,
@@ -1329,9 +1333,10 @@ async fn settle(
             ("final", "BIGINT"),
         ],
     );
-    // A final email's body goes.
+    // The lease is taken back; a final email's body goes.
     sqlx::query(&format!(
         "UPDATE emails SET status = v.status, next_attempt_at = v.next_attempt_at, \
+         lease_until = NULL, updated_at = $2, \
          last_error = COALESCE(v.last_error, emails.last_error), \
          sent_at = COALESCE(emails.sent_at, v.sent_at), \
          body = CASE WHEN v.final = 1 THEN NULL ELSE emails.body END, \
