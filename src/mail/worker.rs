@@ -493,6 +493,9 @@ impl Delivery {
         // slots free.
         let mut claiming: Option<tokio::task::JoinHandle<Vec<Claimed>>> = None;
         let mut may_claim = true;
+        // A line shortened, a slot freed or mail came while a claim ran: that claim may
+        // have left out what is now to be taken.
+        let mut woken_while_claiming = false;
         tracing::info!("delivery worker started");
         while !*stop.borrow() {
             shared.pool.close_unusable();
@@ -542,13 +545,22 @@ impl Delivery {
                         tracing::error!(%error, "a claim of messages failed");
                         Vec::new()
                     });
-                    // An empty claim found the queue drained: the next waits for a wakeup.
+                    // An empty claim found nothing to take (the queue drained, or only
+                    // crowded accounts' mail): the next waits for a wakeup, unless one came
+                    // while it ran.
                     let any = !claimed.is_empty();
                     claimed.into_iter().for_each(|m| ahead.push(m));
-                    any
+                    let woken = std::mem::take(&mut woken_while_claiming);
+                    any || woken
                 }
-                _ = shared.room.notified() => true,
-                _ = self.wakeup.notified() => true,
+                _ = shared.room.notified() => {
+                    woken_while_claiming |= claiming.is_some();
+                    true
+                }
+                _ = self.wakeup.notified() => {
+                    woken_while_claiming |= claiming.is_some();
+                    true
+                }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => true,
                 _ = stop.changed() => true,
             };
