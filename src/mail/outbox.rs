@@ -929,62 +929,158 @@ pub async fn claim_due(db: &Db, claim: &Claim<'_>) -> sqlx::Result<Vec<Claimed>>
         Engine::Sqlite => format!("IN ({in_turn})"),
     };
     let expired = "body IS NOT NULL AND COALESCE(scheduled_at, created_at) < $4";
-    let sql = format!(
-        "WITH RECURSIVE {lane_names} \
-         UPDATE emails SET status = 'sending', lease_until = $1, attempts = attempts + 1, updated_at = $2, \
+    let lease = format!(
+        "UPDATE emails SET status = 'sending', lease_until = $1, attempts = attempts + 1, updated_at = $2, \
          body_deleted_at = CASE WHEN {expired} THEN $2 ELSE body_deleted_at END, \
-         body = CASE WHEN {expired} THEN NULL ELSE body END \
-         WHERE id {chosen} AND {due} \
-         RETURNING id, account_id, entity_id, kind, from_address, from_name, reply_to, subject, message_id, \
-         tags, attempts, created_at, lease_until, \
-         CASE WHEN OCTET_LENGTH(body) <= {SMALL_BODY} THEN body END AS small_body"
+         body = CASE WHEN {expired} THEN NULL ELSE body END"
     );
     let now = db.now().0;
-    let mut query = sqlx::query(&sql)
-        .bind(now + lease_ms)
-        .bind(now)
-        .bind(limit)
-        .bind(now.saturating_sub(retention_ms))
-        .bind(per_account);
-    for account in skip {
-        query = query.bind(account);
-    }
-    let mut write = db.lone_write().await?;
-    let rows = query.fetch_all(&mut *write).await?;
-    write.done().await?;
-    let ids: Vec<String> = rows
-        .iter()
-        .map(|row| row.try_get("id"))
-        .collect::<sqlx::Result<_>>()?;
-    let mut recipients = recipients_of(db, &ids).await?;
-    let mut claimed = Vec::with_capacity(rows.len());
-    for (row, id) in rows.iter().zip(ids) {
-        let recipients = recipients.remove(&id).unwrap_or_default();
-        let pending = recipients
-            .iter()
-            .filter(|(_, status, next)| !status.is_final() && next.is_none_or(|next| next <= now))
-            .map(|(recipient, _, _)| recipient.clone())
-            .collect();
-        claimed.push(Claimed {
-            id,
-            account_id: row.try_get("account_id")?,
-            entity_id: row.try_get("entity_id")?,
-            kind: row.try_get("kind")?,
-            from: row.try_get("from_address")?,
-            from_name: row.try_get("from_name")?,
-            reply_to: row.try_get("reply_to")?,
-            subject: row.try_get("subject")?,
-            message_id: row.try_get("message_id")?,
-            tags: row.try_get("tags")?,
-            attempts: row.try_get("attempts")?,
-            created_at: row.try_get("created_at")?,
-            lease_until: row.try_get("lease_until")?,
-            small_body: row.try_get("small_body")?,
-            pending,
-            recipients: recipients.into_iter().map(|(r, _, _)| r).collect(),
-        });
-    }
-    Ok(claimed)
+    let lease_until = now + lease_ms;
+    let bind_choice = |sql| {
+        let mut query = sqlx::query_scalar::<_, String>(sql)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .bind(now.saturating_sub(retention_ms))
+            .bind(per_account);
+        for account in skip {
+            query = query.bind(account);
+        }
+        query
+    };
+    // The claimed emails come back as one JSON value, and so do their recipients: on
+    // SQLite each row would be a hand-off between the connection's thread and this one.
+    let (emails, mut recipients) = match db.engine {
+        Engine::Postgres => {
+            let sql = format!(
+                "WITH RECURSIVE {lane_names}, \
+                 e AS ({lease} WHERE id {chosen} AND {due} RETURNING {}) \
+                 SELECT {} FROM e",
+                claimed_columns(),
+                claimed_json(Engine::Postgres)
+            );
+            let emails = parse_claimed(&bind_choice(&sql).fetch_one(&db.pool).await?)?;
+            let recipients =
+                recipients_of(&mut *db.pool.acquire().await?, db.engine, &emails).await?;
+            (emails, recipients)
+        }
+        // No `UPDATE … RETURNING` inside a query here: the emails are picked, leased and
+        // read back in one transaction, which holds the write lock throughout and reads
+        // pages the writing connection has cached.
+        Engine::Sqlite => {
+            let mut tx = db.begin().await?;
+            let picked = bind_choice(&format!(
+                "WITH RECURSIVE {lane_names} \
+                 SELECT COALESCE(json_group_array(id), '[]') FROM ({in_turn}) AS picked"
+            ))
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(&format!(
+                "{lease} WHERE id IN (SELECT value FROM json_each($5)) AND {due}"
+            ))
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .bind(now.saturating_sub(retention_ms))
+            .bind(&picked)
+            .execute(&mut *tx)
+            .await?;
+            let emails: String = sqlx::query_scalar(&format!(
+                "SELECT {} FROM (SELECT {} FROM emails \
+                 WHERE id IN (SELECT value FROM json_each($1)) AND status = 'sending' \
+                 AND lease_until = $2) AS e",
+                claimed_json(Engine::Sqlite),
+                claimed_columns()
+            ))
+            .bind(&picked)
+            .bind(lease_until)
+            .fetch_one(&mut *tx)
+            .await?;
+            let emails = parse_claimed(&emails)?;
+            let recipients = recipients_of(&mut tx, db.engine, &emails).await?;
+            tx.commit().await?;
+            (emails, recipients)
+        }
+    };
+    Ok(emails
+        .into_iter()
+        .map(|row| {
+            let recipients = recipients.remove(&row.id).unwrap_or_default();
+            let pending = recipients
+                .iter()
+                .filter(|(_, status, next)| {
+                    !status.is_final() && next.is_none_or(|next| next <= now)
+                })
+                .map(|(recipient, _, _)| recipient.clone())
+                .collect();
+            Claimed {
+                id: row.id,
+                account_id: row.account_id,
+                entity_id: row.entity_id,
+                kind: row.kind,
+                from: row.from_address,
+                from_name: row.from_name,
+                reply_to: row.reply_to,
+                subject: row.subject,
+                message_id: row.message_id,
+                tags: row.tags,
+                attempts: row.attempts,
+                created_at: row.created_at,
+                lease_until,
+                small_body: row.small_body,
+                pending,
+                recipients: recipients.into_iter().map(|(r, _, _)| r).collect(),
+            }
+        })
+        .collect())
+}
+
+/// The columns of a claimed email that the worker reads (`small_body`: the body, when it
+/// is small enough to come with the claim).
+fn claimed_columns() -> String {
+    format!(
+        "id, account_id, entity_id, kind, from_address, from_name, reply_to, subject, \
+         message_id, tags, attempts, created_at, next_attempt_at, \
+         CASE WHEN OCTET_LENGTH(body) <= {SMALL_BODY} THEN body END AS small_body"
+    )
+}
+
+/// The claimed emails of `e` (with [`claimed_columns`]) as one JSON array, in the order
+/// they fell due.
+fn claimed_json(engine: Engine) -> String {
+    let (object, array) = match engine {
+        Engine::Sqlite => ("json_object", "json_group_array"),
+        Engine::Postgres => ("json_build_object", "json_agg"),
+    };
+    format!(
+        "COALESCE(CAST({array}({object}('id', e.id, 'account_id', e.account_id, \
+         'entity_id', e.entity_id, 'kind', e.kind, 'from_address', e.from_address, \
+         'from_name', e.from_name, 'reply_to', e.reply_to, 'subject', e.subject, \
+         'message_id', e.message_id, 'tags', e.tags, 'attempts', e.attempts, \
+         'created_at', e.created_at, 'small_body', e.small_body) \
+         ORDER BY e.next_attempt_at, e.id) AS TEXT), '[]')"
+    )
+}
+
+#[derive(Deserialize)]
+struct ClaimedRow {
+    id: String,
+    account_id: Option<String>,
+    entity_id: Option<String>,
+    kind: String,
+    from_address: String,
+    from_name: Option<String>,
+    reply_to: Option<String>,
+    subject: String,
+    message_id: String,
+    tags: String,
+    attempts: i64,
+    created_at: i64,
+    small_body: Option<String>,
+}
+
+fn parse_claimed(json: &str) -> sqlx::Result<Vec<ClaimedRow>> {
+    serde_json::from_str(json).map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }
 
 /// Whether the From of an API email is still the account's to send as, by the rule the API
@@ -1017,8 +1113,9 @@ pub async fn from_still_allowed(db: &Db, email: &Claimed) -> sqlx::Result<bool> 
 /// The recipients of the emails `ids`, in order, read as one JSON value: on SQLite each
 /// row would be a hand-off between the connection's thread and this one.
 async fn recipients_of(
-    db: &Db,
-    ids: &[String],
+    connection: &mut sqlx::AnyConnection,
+    engine: Engine,
+    emails: &[ClaimedRow],
 ) -> sqlx::Result<HashMap<String, Vec<(Pending, RecipientStatus, Option<i64>)>>> {
     #[derive(serde::Deserialize)]
     struct Row {
@@ -1033,14 +1130,14 @@ async fn recipients_of(
         next_attempt_at: Option<i64>,
     }
     let mut recipients: HashMap<String, Vec<_>> = HashMap::new();
-    if ids.is_empty() {
+    if emails.is_empty() {
         return Ok(recipients);
     }
-    let (object, array) = match db.engine {
+    let (object, array) = match engine {
         Engine::Sqlite => ("json_object", "json_group_array"),
         Engine::Postgres => ("json_build_object", "json_agg"),
     };
-    let wanted = json_rows(db.engine, &[("id", "TEXT")]);
+    let wanted = json_rows(engine, &[("id", "TEXT")]);
     let json: String = sqlx::query_scalar(&format!(
         "SELECT COALESCE(CAST({array}({object}('email_id', r.email_id, 'position', r.position, \
          'address', r.address, 'name', r.name, 'type', r.type, 'status', r.status, \
@@ -1049,10 +1146,10 @@ async fn recipients_of(
          FROM email_recipients r WHERE r.email_id IN (SELECT v.id FROM {wanted})"
     ))
     .bind(
-        serde_json::Value::from_iter(ids.iter().map(|id| serde_json::json!({"id": id})))
+        serde_json::Value::from_iter(emails.iter().map(|e| serde_json::json!({"id": e.id})))
             .to_string(),
     )
-    .fetch_one(&db.pool)
+    .fetch_one(connection)
     .await?;
     let rows: Vec<Row> =
         serde_json::from_str(&json).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
